@@ -1,0 +1,89 @@
+"""The 1-minute bar: the unit that flows from ingest to features, models, risk and the backtest."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MINUTE_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One closed 1-minute bar of one symbol, in exchange event time.
+
+    `quote_volume`, `trades`, `taker_buy_base` and `taker_buy_quote` are None when the source does not carry
+    them (the 6-column OHLCV layout); code that needs them degrades instead of inventing them.
+    """
+
+    symbol: str
+    open_time: int  # epoch ms, start of the minute
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    quote_volume: float | None = None
+    trades: int | None = None
+    taker_buy_base: float | None = None
+    taker_buy_quote: float | None = None
+
+    @property
+    def close_time(self) -> int:
+        """Last millisecond of the minute, as Binance reports it."""
+        return self.open_time + MINUTE_MS - 1
+
+    @property
+    def vwap(self) -> float:
+        """Volume-weighted average price; the typical price when volume or quote volume is unknown or zero."""
+        if self.quote_volume is not None and self.volume > 0:
+            return self.quote_volume / self.volume
+        return (self.high + self.low + self.close) / 3.0
+
+    @property
+    def halted(self) -> bool:
+        """A flat, zero-volume minute: the exchange was not trading, so it carries no price information."""
+        return self.volume == 0 and self.high == self.low
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Bar:
+        return cls(
+            symbol=str(data["symbol"]),
+            open_time=int(data["open_time"]),
+            open=float(data["open"]),
+            high=float(data["high"]),
+            low=float(data["low"]),
+            close=float(data["close"]),
+            volume=float(data["volume"]),
+            quote_volume=_opt_float(data.get("quote_volume")),
+            trades=None if data.get("trades") is None else int(data["trades"]),
+            taker_buy_base=_opt_float(data.get("taker_buy_base")),
+            taker_buy_quote=_opt_float(data.get("taker_buy_quote")),
+        )
+
+
+def _opt_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+def to_epoch_ms(timestamp: int | float) -> int:
+    """Normalise an epoch timestamp in seconds, milliseconds, microseconds or nanoseconds to milliseconds.
+
+    The unit is told by magnitude: Binance switched its spot dumps from ms to µs on 2025-01-01, and recorded
+    captures stamp lines in µs or ns.
+    """
+    value = int(timestamp)
+    if value >= 10**17:
+        return value // 1_000_000
+    if value >= 10**14:
+        return value // 1_000
+    if value >= 10**11:
+        return value
+    return value * 1_000

@@ -1,0 +1,188 @@
+"""The Faust app: its topics, tables and agents, built from one Settings object."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from streams import metrics
+from streams.bar_builder import BarBuilder
+from streams.config import Settings
+from streams.ingest import CONTROL_HEADER, FLUSH, Ingest, dead_letter, wall_ms
+from streams.serialization import dumps
+
+log = logging.getLogger("mlrisk")
+
+CLOSED_BARS_KEPT_MS = 3 * 86_400_000  # closed bars kept in the table (key "SYMBOL:open_time") for three days
+IDLE_FLUSH_MS = 10_000  # a symbol quiet this long (wall clock) gets its finished minutes closed
+
+
+TABLE_NAMES = ("bar-state", "closed-bars")
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What the worker's views and services share: the app, its topics and tables, and the ingest logic."""
+
+    settings: Settings
+    app: faust.App
+    topics: dict[str, Any]
+    tables: dict[str, Any]
+    ingest: Ingest
+    services: dict[str, Any] = field(default_factory=dict)
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the topics the system reads and writes, partitioned alike so one symbol's data is co-located."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        plain = (
+            settings.market_data_topic,
+            settings.dlq_topic,
+            settings.bars_topic,
+            settings.signals_topic,
+            settings.executions_topic,
+        )
+        # changelog topics too: created here they exist before Faust's first write to them
+        compacted = tuple(f"{settings.faust_app_id}-{table}-changelog" for table in TABLE_NAMES)
+        wanted = [NewTopic(name, settings.partitions, 1) for name in plain if name not in existing] + [
+            NewTopic(name, settings.partitions, 1, topic_configs={"cleanup.policy": "compact"})
+            for name in compacted
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass  # another worker created it first
+    finally:
+        await admin.close()
+
+
+def build_app(settings: Settings) -> Runtime:
+    app = faust.App(
+        settings.faust_app_id,
+        broker=settings.kafka_brokers,
+        store="memory://",
+        datadir=str(settings.home / "faust"),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 5),
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        web_port=settings.web_port,
+        web_host=settings.web_host,
+        web_enabled=True,
+        stream_wait_empty=False,
+        table_standby_replicas=0,
+        producer_acks=-1,
+        producer_linger_ms=1,
+    )
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    topics = {
+        "market_data": app.topic(settings.market_data_topic, partitions=settings.partitions, **raw),
+        "dlq": app.topic(settings.dlq_topic, partitions=settings.partitions, **raw),
+        "bars": app.topic(settings.bars_topic, partitions=settings.partitions, **raw),
+        "signals": app.topic(settings.signals_topic, partitions=settings.partitions, **raw),
+        "executions": app.topic(settings.executions_topic, partitions=settings.partitions, **raw),
+    }
+    tables = {
+        # str keys and JSON values through Faust's json codec, which is orjson when installed
+        "bar_state": app.Table("bar-state", partitions=settings.partitions, key_type=str),
+        "closed_bars": app.Table("closed-bars", partitions=settings.partitions, key_type=str),
+    }
+    ingest = Ingest(BarBuilder(settings.allowed_lateness_ms), tables["bar_state"], settings.max_future_ms)
+    runtime = Runtime(settings, app, topics, tables, ingest)
+
+    async def publish_bars(symbol: str, bars: list) -> None:
+        closed = tables["closed_bars"]
+        for bar in bars:
+            # waits for the broker's acknowledgement: a bar that the state records as closed is never lost
+            await app.producer.send_and_wait(
+                settings.bars_topic, symbol.encode(), dumps(bar.to_dict()), None, None, None
+            )
+            closed[f"{symbol}:{bar.open_time}"] = bar.to_dict()
+            expired = f"{symbol}:{bar.open_time - CLOSED_BARS_KEPT_MS}"
+            if expired in closed:
+                del closed[expired]
+
+    @app.agent(topics["market_data"], name="ingest")
+    async def ingest_agent(stream: Any) -> None:
+        async for event in stream.events():
+            message = event.message
+            headers = dict(message.headers or [])
+            key = message.key
+            if headers.get(CONTROL_HEADER) == FLUSH and key is not None:
+                symbol = key.decode()
+                view = ingest.views.get(symbol)
+                now = wall_ms()
+                if view is not None and now - view.last_event_wall_ms >= IDLE_FLUSH_MS:
+                    bars = ingest.flush(symbol, now)
+                    if bars:
+                        await publish_bars(symbol, bars)
+                continue
+            try:
+                result = ingest.handle(event.value, key, message.topic, message.partition, message.offset, wall_ms())
+            except Exception as exc:  # a bug must not stop the worker: park the message with the reason
+                log.exception("ingest failed on %s[%s]@%s", message.topic, message.partition, message.offset)
+                metrics.ERRORS.labels("ingest").inc()
+                metrics.EVENTS_REJECTED.labels("internal_error").inc()
+                await topics["dlq"].send(
+                    key=key, value=dead_letter(f"internal_error: {exc!r}", message.topic, message.partition,
+                                               message.offset, event.value, wall_ms())
+                )
+                continue
+            if result.dead_letter is not None:
+                await topics["dlq"].send(key=key, value=result.dead_letter)
+            elif result.rekey_symbol is not None:
+                await topics["market_data"].send(key=result.rekey_symbol.encode(), value=event.value)
+            elif result.bars:
+                await publish_bars(result.bars[0].symbol, result.bars)
+
+    @app.timer(2.0)
+    async def flush_quiet_symbols() -> None:
+        """Ask the ingest agent (in-stream, where tables may change) to close bars of quiet symbols."""
+        now = wall_ms()
+        for symbol, view in list(ingest.views.items()):
+            if now - view.last_event_wall_ms >= IDLE_FLUSH_MS:
+                state = ingest.state_for(symbol)
+                if state.open_bars:
+                    await topics["market_data"].send(
+                        key=symbol.encode(), value=b"", headers=[(CONTROL_HEADER, FLUSH)]
+                    )
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.page("/health")
+    async def health_view(web: Any, request: Any) -> Any:
+        checks = {name: check() for name, check in _health_checks(runtime).items()}
+        ready = all(c["ok"] for c in checks.values())
+        return web.json({"status": "ok" if ready else "degraded", "checks": checks}, status=200 if ready else 503)
+
+    runtime.services["ingest_agent"] = ingest_agent
+    return runtime
+
+
+def _health_checks(runtime: Runtime) -> dict[str, Any]:
+    def kafka() -> dict[str, Any]:
+        consumer = runtime.app.consumer
+        assigned = len(consumer.assignment()) if consumer is not None else 0
+        return {"ok": runtime.app.producer is not None, "assigned_partitions": assigned}
+
+    checks = {"kafka": kafka}
+    for name, service in runtime.services.items():
+        health = getattr(service, "health", None)
+        if callable(health):
+            checks[name] = health
+    return checks

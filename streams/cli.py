@@ -1,0 +1,173 @@
+"""The `mlrisk` command: worker, replay, db, train, backtest, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+from streams.config import REPO_ROOT, Settings, SettingsError
+
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def _time_ms(text: str | None) -> int | None:
+    """ISO 8601 date or date-time (UTC when no zone is given) → epoch ms."""
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as error:
+        print(f"mlrisk: configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from faust.worker import Worker
+
+    from streams.app import build_app, ensure_topics
+
+    asyncio.run(ensure_topics(settings))
+    runtime = build_app(settings)
+    worker = Worker(runtime.app, loglevel=settings.log_level, quiet=args.quiet)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from streams.app import ensure_topics
+    from streams.replay import collect, merged, publish
+
+    symbols = [s.strip() for s in args.symbols.split(",")] if args.symbols else None
+    streams = collect(Path(args.data), symbols, _time_ms(args.start), _time_ms(args.end), args.source)
+    messages = list(merged(streams))
+    if not messages:
+        print("mlrisk replay: no data matches the folder, symbols and time range", file=sys.stderr)
+        return 1
+    asyncio.run(ensure_topics(settings))
+    with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=args.quiet) as bar:
+        task = bar.add_task("replay", total=len(messages))
+        sent = asyncio.run(
+            publish(messages, settings.bootstrap_servers, settings.market_data_topic, args.speed or None,
+                    lambda n: bar.update(task, completed=n))
+        )
+    first = datetime.fromtimestamp(messages[0].time_ms / 1000, UTC).isoformat()
+    last = datetime.fromtimestamp(messages[-1].time_ms / 1000, UTC).isoformat()
+    print(f"replayed {sent} messages of {len({m.symbol for m in messages})} symbol(s), {first} .. {last}, "
+          f"to {settings.market_data_topic}")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from streams import pgserver
+    from streams.db import database_url, init_schema
+
+    if args.action == "start":
+        print(pgserver.start(settings.home))
+    elif args.action == "stop":
+        pgserver.stop(settings.home)
+    elif args.action == "url":
+        print(database_url(settings, start_embedded=False))
+    elif args.action == "init":
+        url = database_url(settings)
+        timescale = init_schema(url, args.retention_days)
+        print(f"schema applied to {url.split('@')[-1]} (TimescaleDB hypertables: {'yes' if timescale else 'no'})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from models.train import train_cli
+
+    train_cli(Path(args.data), args.symbol.upper(), Path(args.out), quick=args.quick, horizon=args.horizon)
+    return 0
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from models.backtest import backtest_cli
+
+    backtest_cli(
+        Path(args.data), args.symbol.upper(), Path(args.models), Path(args.out),
+        signals_out=Path(args.signals_out) if args.signals_out else None,
+        start_ms=_time_ms(args.start), end_ms=_time_ms(args.end),
+    )
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.run import main as bench_main
+
+    return bench_main(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="mlrisk", description="Real-time trading signals for crypto perpetuals.")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="run the Faust worker (ingest, signals, sink, API, metrics)")
+    worker.add_argument("--quiet", action="store_true", help="no start-up banner")
+    worker.set_defaults(func=cmd_worker)
+
+    replay = sub.add_parser("replay", help="publish real data to market-data in exchange-time order")
+    replay.add_argument("--data", default=str(DEFAULT_DATA), help="folder of bar files and/or websocket captures")
+    replay.add_argument("--symbols", help="comma-separated symbols (default: all found)")
+    replay.add_argument("--start", help="ISO date/time, inclusive (UTC)")
+    replay.add_argument("--end", help="ISO date/time, exclusive (UTC)")
+    replay.add_argument("--speed", type=float, default=0.0, help="x real time; 0 = as fast as possible")
+    replay.add_argument("--source", choices=("auto", "bars", "captures"), default="auto")
+    replay.add_argument("--quiet", action="store_true")
+    replay.set_defaults(func=cmd_replay)
+
+    db = sub.add_parser("db", help="the database: init applies schema.sql; start/stop the embedded server")
+    db.add_argument("action", choices=("init", "start", "stop", "url"))
+    db.add_argument("--retention-days", type=int, default=365)
+    db.set_defaults(func=cmd_db)
+
+    train = sub.add_parser("train", help="walk-forward training of the three models")
+    train.add_argument("--data", default=str(DEFAULT_DATA))
+    train.add_argument("--symbol", default="BTCUSDT")
+    train.add_argument("--out", default=str(REPO_ROOT / "artifacts" / "models"))
+    train.add_argument("--quick", action="store_true", help="small and fast: for tests and the demo")
+    train.add_argument("--horizon", type=int, default=15, help="minutes ahead")
+    train.set_defaults(func=cmd_train)
+
+    backtest = sub.add_parser("backtest", help="bar-by-bar backtest through the live code path")
+    backtest.add_argument("--data", default=str(DEFAULT_DATA))
+    backtest.add_argument("--symbol", default="BTCUSDT")
+    backtest.add_argument("--models", default=str(REPO_ROOT / "artifacts" / "models"))
+    backtest.add_argument("--out", default="report.json")
+    backtest.add_argument("--signals-out")
+    backtest.add_argument("--start")
+    backtest.add_argument("--end")
+    backtest.set_defaults(func=cmd_backtest)
+
+    bench = sub.add_parser("bench", help="throughput, latency, sink and inference benchmarks")
+    bench.add_argument("--out", default="bench.json")
+    bench.add_argument("--events", type=int, default=100_000)
+    bench.set_defaults(func=cmd_bench)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+    args = parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""Ingest: validate market events, route bad ones to the dead-letter topic, build 1-minute bars.
+
+The agent is a small loop; the rules live in `streams.events` (parsing) and `streams.bar_builder` (bars).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.bars import Bar
+from streams import metrics
+from streams.bar_builder import ACCEPTED, BarBuilder, SymbolBars
+from streams.events import (
+    BadEvent,
+    BookTicker,
+    DepthSnapshot,
+    DepthUpdate,
+    Kline,
+    MarkPrice,
+    Trade,
+    event_kind,
+    parse_event,
+)
+from streams.serialization import dumps
+
+CONTROL_HEADER = "mlrisk-control"
+FLUSH = b"flush"
+
+
+def dead_letter(error: BadEvent | str, topic: str, partition: int, offset: int, raw: bytes,
+                received_at_ms: int) -> bytes:
+    """The DLQ message of the contract: the reason, where the message came from, and its original bytes."""
+    return dumps(
+        {
+            "error": str(error),
+            "reason": error.code if isinstance(error, BadEvent) else "error",
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "received_at": received_at_ms,
+            "raw": base64.b64encode(raw).decode("ascii"),
+        }
+    )
+
+
+@dataclass(slots=True)
+class MarketView:
+    """What the rest of the worker knows of a symbol's market besides bars: best bid/ask, mark price."""
+
+    bid_price: float | None = None
+    ask_price: float | None = None
+    bid_qty: float | None = None
+    ask_qty: float | None = None
+    mark_price: float | None = None
+    funding_rate: float | None = None
+    book: Any = None  # streams.book.OrderBook once depth arrives
+    last_event_wall_ms: int = 0
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """What one message produced: closed bars to publish, or a DLQ payload, or a re-keyed message."""
+
+    bars: list[Bar] = field(default_factory=list)
+    dead_letter: bytes | None = None
+    rekey_symbol: str | None = None
+    state_changed: bool = False
+
+
+class Ingest:
+    """Per-message ingest logic over a bar-state mapping (a Faust table in the worker, a dict in tests)."""
+
+    def __init__(self, builder: BarBuilder, bar_states: Any, max_future_ms: int,
+                 book_factory: Callable[[str], Any] | None = None) -> None:
+        self.builder = builder
+        self.bar_states = bar_states
+        self.max_future_ms = max_future_ms
+        self.views: dict[str, MarketView] = {}
+        self.book_factory = book_factory
+
+    def state_for(self, symbol: str) -> SymbolBars:
+        data = self.bar_states.get(symbol)
+        return SymbolBars(symbol) if data is None else SymbolBars.from_dict(data)
+
+    def handle(self, raw: bytes, key: bytes | None, topic: str, partition: int, offset: int,
+               now_ms: int) -> IngestResult:
+        try:
+            event = parse_event(raw, now_ms, self.max_future_ms)
+        except BadEvent as error:
+            metrics.EVENTS_REJECTED.labels(error.code).inc()
+            return IngestResult(dead_letter=dead_letter(error, topic, partition, offset, raw, now_ms))
+        symbol = event.symbol
+        if key is not None and key != symbol.encode():
+            # keyed wrongly (or not at all): send it on under its symbol so one symbol stays on one partition
+            return IngestResult(rekey_symbol=symbol)
+        metrics.EVENTS_IN.labels(event_kind(event), symbol).inc()
+        view = self.views.get(symbol)
+        if view is None:
+            view = self.views[symbol] = MarketView()
+        view.last_event_wall_ms = now_ms
+        if isinstance(event, Trade):
+            return self._bars(symbol, *self._apply(symbol, lambda s: self.builder.on_trade(s, event)))
+        if isinstance(event, Kline):
+            return self._bars(symbol, *self._apply(symbol, lambda s: self.builder.on_kline(s, event)))
+        if isinstance(event, BookTicker):
+            view.bid_price, view.bid_qty = event.bid_price, event.bid_qty
+            view.ask_price, view.ask_qty = event.ask_price, event.ask_qty
+        elif isinstance(event, MarkPrice):
+            view.mark_price, view.funding_rate = event.mark_price, event.funding_rate
+        elif isinstance(event, (DepthUpdate, DepthSnapshot)) and self.book_factory is not None:
+            if view.book is None:
+                view.book = self.book_factory(symbol)
+            view.book.apply(event)
+        return IngestResult()
+
+    def _apply(self, symbol: str, step: Callable[[SymbolBars], tuple[str, list[Bar]]]) -> tuple[str, list[Bar]]:
+        state = self.state_for(symbol)
+        outcome, bars = step(state)
+        if outcome != ACCEPTED:
+            metrics.EVENTS_DROPPED.labels(outcome, symbol).inc()
+        self.bar_states[symbol] = state.to_dict()
+        return outcome, bars
+
+    def _bars(self, symbol: str, outcome: str, bars: list[Bar]) -> IngestResult:
+        if bars:
+            metrics.BARS_CLOSED.labels(symbol).inc(len(bars))
+        return IngestResult(bars=bars, state_changed=True)
+
+    def flush(self, symbol: str, now_ms: int) -> list[Bar]:
+        """Close the bars of a symbol whose feed went quiet (`now_ms` is the wall clock)."""
+        state = self.state_for(symbol)
+        bars = self.builder.close_due(state, now_ms)
+        if bars:
+            self.bar_states[symbol] = state.to_dict()
+            metrics.BARS_CLOSED.labels(symbol).inc(len(bars))
+        return bars
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+SendBar = Callable[[Bar], Awaitable[None]]

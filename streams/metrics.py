@@ -1,0 +1,58 @@
+"""Prometheus metrics, prefix `mlrisk_`: one registry per process, served on /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS_IN = Counter("mlrisk_events_in_total", "Accepted market events", ["kind", "symbol"], registry=REGISTRY)
+EVENTS_REJECTED = Counter(
+    "mlrisk_events_rejected_total", "Market events sent to the dead-letter topic", ["reason"], registry=REGISTRY
+)
+EVENTS_DROPPED = Counter(
+    "mlrisk_events_dropped_total",
+    "Valid events not used for bars (duplicate, late, ignored)",
+    ["outcome", "symbol"],
+    registry=REGISTRY,
+)
+BARS_CLOSED = Counter("mlrisk_bars_closed_total", "Closed 1-minute bars", ["symbol"], registry=REGISTRY)
+SIGNALS_OUT = Counter(
+    "mlrisk_signals_total", "Signals decided", ["symbol", "signal_type", "risk_level"], registry=REGISTRY
+)
+LATENCY = Histogram(
+    "mlrisk_end_to_end_latency_seconds",
+    "Event in (bar-closing event received) to signal out",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
+INFERENCE = Histogram(
+    "mlrisk_inference_seconds",
+    "Inference time per model and batch",
+    ["model"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+    registry=REGISTRY,
+)
+FEATURE_DRIFT = Gauge(
+    "mlrisk_feature_drift_psi", "Population stability index of live features against training", ["model", "feature"],
+    registry=REGISTRY,
+)
+RISK_SCORE = Gauge("mlrisk_risk_score", "Latest risk score per symbol", ["symbol"], registry=REGISTRY)
+MODEL_WEIGHT = Gauge("mlrisk_model_weight", "Ensemble weight per model and symbol", ["model", "symbol"],
+                     registry=REGISTRY)
+SINK_ROWS = Counter("mlrisk_sink_rows_total", "Rows written to the database", ["table"], registry=REGISTRY)
+SINK_LAG = Gauge("mlrisk_sink_lag_seconds", "Age of the oldest row waiting for the database", ["table"],
+                 registry=REGISTRY)
+SINK_ERRORS = Counter("mlrisk_sink_errors_total", "Failed database writes (retried)", ["table"], registry=REGISTRY)
+CONSUMER_LAG = Gauge("mlrisk_consumer_lag_messages", "Messages behind the end of the topic", ["topic", "partition"],
+                     registry=REGISTRY)
+PAPER_EQUITY = Gauge("mlrisk_paper_equity_usdt", "Paper account equity", registry=REGISTRY)
+DRAWDOWN = Gauge("mlrisk_drawdown_ratio", "Paper account drawdown from peak", registry=REGISTRY)
+LIQUIDATIONS = Counter("mlrisk_liquidations_total", "Paper positions liquidated", ["symbol"], registry=REGISTRY)
+TRADING_STATE = Gauge("mlrisk_trading_state", "Trading state: 0 active, 1 reducing, 2 halted", registry=REGISTRY)
+ERRORS = Counter("mlrisk_errors_total", "Unexpected errors, by stage", ["stage"], registry=REGISTRY)
+
+
+def render() -> bytes:
+    """The Prometheus text exposition of every metric."""
+    return generate_latest(REGISTRY)
