@@ -242,6 +242,11 @@ def load_bars(
         raise FileNotFoundError(f"no 1-minute bar files for {symbol} under {data_dir}")
     frames = []
     for path in files:
+        span = _name_span_ms(path)
+        if span is not None and (
+            (end_ms is not None and span[0] >= end_ms) or (start_ms is not None and span[1] <= start_ms)
+        ):
+            continue
         frame = read_bar_file(path)
         if len(frame) == 0:
             continue
@@ -253,6 +258,26 @@ def load_bars(
     if not frames:
         return _empty(symbol.upper())
     return concat(frames).between(start_ms, end_ms)
+
+
+_MONTH_RE = re.compile(r"-1m-(\d{4})-(\d{2})\.csv")
+_FROM_RE = re.compile(r"-1m-from-(\d{4}-\d{2}-\d{2})\.csv")
+_WINDOW_SLACK_MS = 40 * 86_400_000  # an OHLCV window holds 50,000 minutes (under 35 days)
+
+
+def _name_span_ms(path: Path) -> tuple[int, int] | None:
+    """The time span a file's name promises (a month, or a window from a day), to skip files cheaply."""
+    month = _MONTH_RE.search(path.name)
+    if month:
+        year, mon = int(month.group(1)), int(month.group(2))
+        start = datetime(year, mon, 1, tzinfo=UTC)
+        end = datetime(year + (mon == 12), mon % 12 + 1, 1, tzinfo=UTC)
+        return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+    window = _FROM_RE.search(path.name)
+    if window:
+        start_ms = int(datetime.fromisoformat(window.group(1)).replace(tzinfo=UTC).timestamp() * 1000)
+        return start_ms, start_ms + _WINDOW_SLACK_MS
+    return None
 
 
 def available_symbols(data_dir: Path | str) -> list[str]:

@@ -67,6 +67,7 @@ async def ensure_topics(settings: Settings) -> None:
 
 
 def build_app(settings: Settings) -> Runtime:
+    (settings.home / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.faust_app_id,
         broker=settings.kafka_brokers,

@@ -1,0 +1,521 @@
+"""One risk decision per bar: long, short, close or hold, with every risk field of the signal.
+
+Edge rule: the expected gross edge of a trade over the model's horizon is (2p − 1) · E|move|, where p is the
+probability of the chosen direction and E|move| = σ·√T·√(2/π) is the mean absolute Gaussian move over the
+horizon. A trade opens only if that edge covers the round-trip cost (2 × taker fee + 2 × slippage) times
+`min_edge_to_cost`. With the probabilities a 1-minute model produces (bunched near 0.5) almost every bar is
+therefore `hold`.
+
+Order of the steps, each of which may turn the decision into `hold` with its reason: regime → trading state
+→ direction and edge → stops → leverage (at the largest size the rule could give) → risk score → size (base
+rule, risk budget, Kelly) → portfolio limits → liquidation price at the final size → a last check of every
+invariant. Sizes are rounded down to cents and quantity is size / entry, unrounded; stop and target are
+rounded toward the entry; the liquidation price and the risk-reward ratio are computed from those final
+values, so every invariant is checked on exactly what is published.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import replace
+from types import MappingProxyType
+
+from risk.config import RiskConfig
+from risk.leverage import EXCHANGE_MAX_LEVERAGE, choose_leverage, stop_precedes_liquidation
+from risk.liquidation import BracketTable, liquidation_price
+from risk.portfolio import check_candidate, effective_trading_state, gross_exposure_usdt, symbol_exposure_usdt
+from risk.regime import update_regime
+from risk.scoring import (
+    concentration_score,
+    liquidation_risk,
+    liquidity_score,
+    risk_components,
+    risk_level,
+    risk_score,
+    signal_strength,
+    volatility_score,
+)
+from risk.sizing import REGIME_SIZE_MULTIPLIER, bracket_win_probability, floor_to_cents, plan_size
+from risk.stops import plan_stops, risk_reward_ratio
+from risk.types import (
+    MarketRegime,
+    MarketSnapshot,
+    ModelView,
+    OpenPosition,
+    PortfolioState,
+    RegimeState,
+    RiskDecision,
+    Side,
+    TradingState,
+)
+
+__all__ = ["RiskConfig", "decide", "expected_edge_fraction", "invariant_violations"]
+
+_MEAN_ABS_GAUSSIAN = math.sqrt(2.0 / math.pi)
+_EMPTY: Mapping[str, float] = MappingProxyType({})
+
+
+def expected_edge_fraction(p_direction: float, sigma_1m: float, horizon_minutes: int) -> float:
+    """Expected gross return of a trade in the favoured direction: (2p − 1) · σ·√T·√(2/π)."""
+    return (2.0 * p_direction - 1.0) * sigma_1m * math.sqrt(horizon_minutes) * _MEAN_ABS_GAUSSIAN
+
+
+def _finite_positive(value: float | None) -> bool:
+    return value is not None and 0.0 < value < math.inf
+
+
+def _input_problem(market: MarketSnapshot, model: ModelView) -> str | None:
+    if not _finite_positive(market.price):
+        return f"price {market.price!r} is not a positive number"
+    if market.mark_price is not None and not _finite_positive(market.mark_price):
+        return f"mark price {market.mark_price!r} is not a positive number"
+    if not _finite_positive(market.sigma_1m):
+        return f"sigma_1m {market.sigma_1m!r} is not a positive number"
+    if not (0.0 <= model.p_up <= 1.0) or not (0.0 <= model.confidence <= 1.0):
+        return f"model output out of range (p_up {model.p_up!r}, confidence {model.confidence!r})"
+    if (
+        isinstance(model.horizon_minutes, bool)
+        or not isinstance(model.horizon_minutes, int)
+        or model.horizon_minutes < 1
+    ):
+        return f"horizon_minutes {model.horizon_minutes!r} is not a positive integer"
+    return None
+
+
+class _Context:
+    """What every branch of one decision shares (computed once)."""
+
+    __slots__ = (
+        "market",
+        "model",
+        "portfolio",
+        "config",
+        "regime_state",
+        "regime",
+        "state",
+        "confidence",
+        "volatility",
+        "liquidity",
+        "reasons",
+    )
+
+    def __init__(
+        self,
+        market: MarketSnapshot,
+        model: ModelView,
+        portfolio: PortfolioState,
+        config: RiskConfig,
+        regime_state: RegimeState,
+    ) -> None:
+        self.market = market
+        self.model = model
+        self.portfolio = portfolio
+        self.config = config
+        self.regime_state = regime_state
+        self.regime: MarketRegime = regime_state.regime
+        self.state: TradingState = effective_trading_state(portfolio, config.limits)
+        confidence = model.confidence
+        self.confidence = min(max(confidence, 0.0), 1.0) if math.isfinite(confidence) else 0.0
+        self.volatility = volatility_score(market)
+        self.liquidity = liquidity_score(market, config.base_position_usdt)
+        self.reasons: list[str] = []
+
+    def components(self, liquidation: float, concentration: float) -> dict[str, float]:
+        return risk_components(
+            volatility=self.volatility,
+            liquidity=self.liquidity,
+            liquidation=liquidation,
+            regime=self.regime,
+            disagreement=self.model.disagreement,
+            concentration=concentration,
+        )
+
+    def concentration(self, symbol: str, notional_usdt: float) -> float:
+        equity = self.portfolio.equity
+        limits = self.config.limits
+        if equity <= 0.0:
+            return 1.0
+        positions = self.portfolio.positions
+        symbol_share = (symbol_exposure_usdt(positions, symbol) + notional_usdt) / (
+            equity * limits.max_symbol_exposure
+        )
+        gross_share = (gross_exposure_usdt(positions) + notional_usdt) / (equity * limits.max_gross_exposure)
+        return concentration_score(symbol_share, gross_share)
+
+    def hold(
+        self,
+        reason: str,
+        components: Mapping[str, float] | None = None,
+        risk_factors: Mapping[str, float] = _EMPTY,
+    ) -> RiskDecision:
+        self.reasons.append(reason)
+        parts = (
+            components
+            if components is not None
+            else self.components(0.0, self.concentration(self.market.symbol, 0.0))
+        )
+        score = risk_score(parts)
+        return RiskDecision(
+            signal_type="hold",
+            signal_strength="hold",
+            confidence_score=self.confidence,
+            risk_level=risk_level(score),
+            market_regime=self.regime,
+            entry_price=self.market.price,
+            recommended_leverage=None,
+            position_size_usdt=None,
+            quantity=None,
+            stop_loss_price=None,
+            take_profit_price=None,
+            risk_reward_ratio=None,
+            liquidation_price=None,
+            risk_score=score,
+            liquidation_risk=0.0,
+            portfolio_impact=0.0,
+            volatility_score=self.volatility,
+            liquidity_score=self.liquidity,
+            risk_components=MappingProxyType(dict(parts)),
+            reasons=tuple(self.reasons),
+            regime_state=self.regime_state,
+            base_position_size=self.config.base_position_usdt,
+            leverage_multiplier=None,
+            stop_loss_adjustment=None,
+            take_profit_adjustment=None,
+            confidence_boost=0.0,
+            risk_factors=risk_factors,
+            trading_state=self.state,
+            symbol=self.market.symbol,
+        )
+
+
+def decide(
+    market: MarketSnapshot,
+    model: ModelView,
+    position: OpenPosition | None,
+    portfolio: PortfolioState,
+    regime_prev: RegimeState | None,
+    config: RiskConfig,
+) -> RiskDecision:
+    """The risk decision for one closed bar of one symbol.
+
+    `position` is the account's open position in `market.symbol` (None when flat); `portfolio` holds every
+    position, this one included. Deterministic and free of side effects: the next regime state is returned in
+    the decision, not stored.
+    """
+    regime_state = update_regime(regime_prev, market, config.regime)
+    context = _Context(market, model, portfolio, config, regime_state)
+    problem = _input_problem(market, model)
+    if problem is not None:
+        return context.hold(problem)
+    if position is not None:
+        if position.symbol != market.symbol:
+            raise ValueError(
+                f"position in {position.symbol} passed with a market snapshot of {market.symbol}"
+            )
+        return _manage_position(context, position)
+    return _consider_entry(context)
+
+
+def _close_reason(context: _Context, position: OpenPosition) -> str | None:
+    price = context.market.price
+    p_up = context.model.p_up
+    conviction = context.config.close_conviction
+    convinced = context.confidence >= context.config.close_min_confidence
+    if context.regime == "liquidation_event":
+        return "liquidation_event regime: close the open position"
+    if position.side == "long":
+        if price <= position.stop_loss_price:
+            return "price reached the stop loss"
+        if price >= position.take_profit_price:
+            return "price reached the take profit"
+        if convinced and p_up <= 0.5 - conviction:
+            return f"model contradicts the long (p_up {p_up:.4f})"
+    else:
+        if price >= position.stop_loss_price:
+            return "price reached the stop loss"
+        if price <= position.take_profit_price:
+            return "price reached the take profit"
+        if convinced and p_up >= 0.5 + conviction:
+            return f"model contradicts the short (p_up {p_up:.4f})"
+    return None
+
+
+def _manage_position(context: _Context, position: OpenPosition) -> RiskDecision:
+    market = context.market
+    reference = market.reference_price
+    open_risk = liquidation_risk(
+        reference, position.liquidation_price, market.sigma_1m, context.model.horizon_minutes
+    )
+    parts = context.components(open_risk, context.concentration(market.symbol, 0.0))
+    reason = _close_reason(context, position)
+    if reason is None:
+        decision = context.hold("position open: the model agrees or lacks conviction", parts)
+        # an open position keeps its liquidation risk visible while the signal is hold
+        return replace(decision, liquidation_risk=open_risk)
+    context.reasons.append(reason)
+    score = risk_score(parts)
+    return RiskDecision(
+        signal_type="close",
+        signal_strength=signal_strength(
+            "close", context.confidence, context.config.strong_signal_confidence, position.side
+        ),
+        confidence_score=context.confidence,
+        risk_level=risk_level(score),
+        market_regime=context.regime,
+        entry_price=market.price,
+        recommended_leverage=None,
+        position_size_usdt=floor_to_cents(position.quantity * market.price),
+        quantity=position.quantity,
+        stop_loss_price=None,
+        take_profit_price=None,
+        risk_reward_ratio=None,
+        liquidation_price=position.liquidation_price,
+        risk_score=score,
+        liquidation_risk=open_risk,
+        portfolio_impact=0.0,
+        volatility_score=context.volatility,
+        liquidity_score=context.liquidity,
+        risk_components=MappingProxyType(parts),
+        reasons=tuple(context.reasons),
+        regime_state=context.regime_state,
+        base_position_size=context.config.base_position_usdt,
+        leverage_multiplier=None,
+        stop_loss_adjustment=None,
+        take_profit_adjustment=None,
+        confidence_boost=0.0,
+        risk_factors=_EMPTY,
+        trading_state=context.state,
+        symbol=market.symbol,
+    )
+
+
+def _consider_entry(context: _Context) -> RiskDecision:
+    market = context.market
+    model = context.model
+    config = context.config
+    if context.regime == "liquidation_event":
+        return context.hold("liquidation_event regime: no new positions")
+    if context.state != "ACTIVE":
+        return context.hold(f"trading state {context.state}: no new positions")
+    if model.p_up == 0.5:
+        return context.hold("the model favours no direction")
+    side: Side = "long" if model.p_up > 0.5 else "short"
+    p_direction = model.p_up if side == "long" else 1.0 - model.p_up
+    horizon = model.horizon_minutes
+    edge = expected_edge_fraction(p_direction, market.sigma_1m, horizon)
+    cost = config.round_trip_cost_fraction
+    factors: dict[str, float] = {"expected_edge_bps": edge * 1e4, "round_trip_cost_bps": cost * 1e4}
+    if edge < config.min_edge_to_cost * cost:
+        return context.hold(
+            f"expected edge {edge * 1e4:.2f} bps does not cover {config.min_edge_to_cost} × round-trip cost "
+            f"{cost * 1e4:.2f} bps",
+            risk_factors=MappingProxyType(factors),
+        )
+
+    entry = market.price
+    stops = plan_stops(side, entry, market.atr, market.sigma_1m, horizon, context.regime, config.stops)
+    stop = stops.stop_loss_price
+    reference = market.reference_price
+    mark_past_stop = reference <= stop if side == "long" else reference >= stop
+    if mark_past_stop or stop == entry:
+        return context.hold(
+            "the mark price is already at or beyond the stop", risk_factors=MappingProxyType(factors)
+        )
+
+    brackets = config.brackets_for_symbol(market.symbol)
+    regime_multiplier = REGIME_SIZE_MULTIPLIER[context.regime]
+    # The largest size the base rule can give (before the risk discount) fixes the highest bracket any final
+    # size can fall in; the leverage safe there is safe for every smaller size.
+    largest_usdt = floor_to_cents(config.base_position_usdt * context.confidence * regime_multiplier)
+    if largest_usdt < config.limits.min_position_usdt:
+        return context.hold("size below the minimum order", risk_factors=MappingProxyType(factors))
+    try:
+        choice = choose_leverage(
+            side,
+            entry,
+            largest_usdt / entry,
+            stop,
+            brackets,
+            max_leverage=config.max_leverage,
+            min_buffer_fraction=config.min_liquidation_buffer,
+            sigma_1m=market.sigma_1m,
+            horizon_minutes=horizon,
+            regime_factor=config.regime_leverage_factor[context.regime],
+            adverse_sigmas=config.leverage_adverse_sigmas,
+            max_margin_loss_fraction=config.leverage_max_margin_loss,
+        )
+    except ValueError as error:
+        return context.hold(f"no bracket for the position: {error}", risk_factors=MappingProxyType(factors))
+    for name, cap in choice.caps.items():
+        factors[f"leverage_cap_{name}"] = float(cap)
+    if choice.leverage is None:
+        return context.hold(choice.reason, risk_factors=MappingProxyType(factors))
+    leverage = choice.leverage
+
+    bound_liquidation = liquidation_price(side, entry, largest_usdt / entry, leverage, brackets)
+    bound_risk = liquidation_risk(reference, bound_liquidation, market.sigma_1m, horizon)
+    parts = context.components(bound_risk, context.concentration(market.symbol, largest_usdt))
+    score = risk_score(parts)
+
+    stop_fraction = abs(entry - stop) / entry
+    take_profit_fraction = abs(stops.take_profit_price - entry) / entry
+    drift_per_minute = edge / horizon
+    win_probability = bracket_win_probability(
+        drift_per_minute, market.sigma_1m, stop_fraction, take_profit_fraction
+    )
+    size = plan_size(
+        base_usdt=config.base_position_usdt,
+        confidence=context.confidence,
+        risk_score=score,
+        regime=context.regime,
+        equity_usdt=context.portfolio.equity,
+        risk_fraction=config.risk_fraction,
+        kelly_fraction=config.kelly_fraction,
+        win_probability=win_probability,
+        reward_risk_ratio=stops.risk_reward_ratio,
+        stop_fraction=stop_fraction,
+    )
+    factors["bracket_win_probability"] = win_probability
+    for name, bound in size.bounds.items():
+        factors[f"size_bound_{name}_usdt"] = bound
+    if size.size_usdt < config.limits.min_position_usdt:
+        return context.hold(
+            f"size {size.size_usdt} USDT below the minimum order (bound by {size.binding})",
+            parts,
+            MappingProxyType(factors),
+        )
+    approval = check_candidate(market.symbol, size.size_usdt, leverage, context.portfolio, config.limits)
+    if not approval.approved:
+        return context.hold(
+            f"refused by the portfolio limit {approval.refused_by}", parts, MappingProxyType(factors)
+        )
+    size_usdt = approval.allowed_size_usdt
+    quantity = size_usdt / entry
+    final_liquidation = liquidation_price(side, entry, quantity, leverage, brackets)
+    final_risk = liquidation_risk(reference, final_liquidation, market.sigma_1m, horizon)
+    context.reasons.append(
+        f"{side}: edge {edge * 1e4:.2f} bps over cost {cost * 1e4:.2f} bps; {choice.reason}; "
+        f"size bound by {approval.binding_limit or size.binding}"
+    )
+    decision = RiskDecision(
+        signal_type=side,
+        signal_strength=signal_strength(side, context.confidence, config.strong_signal_confidence),
+        confidence_score=context.confidence,
+        risk_level=risk_level(score),
+        market_regime=context.regime,
+        entry_price=entry,
+        recommended_leverage=leverage,
+        position_size_usdt=size_usdt,
+        quantity=quantity,
+        stop_loss_price=stop,
+        take_profit_price=stops.take_profit_price,
+        risk_reward_ratio=stops.risk_reward_ratio,
+        liquidation_price=final_liquidation,
+        risk_score=score,
+        liquidation_risk=final_risk,
+        portfolio_impact=approval.portfolio_impact,
+        volatility_score=context.volatility,
+        liquidity_score=context.liquidity,
+        risk_components=MappingProxyType(parts),
+        reasons=tuple(context.reasons),
+        regime_state=context.regime_state,
+        base_position_size=config.base_position_usdt,
+        leverage_multiplier=float(leverage),
+        stop_loss_adjustment=stops.stop_fraction / config.stops.base_stop_fraction,
+        take_profit_adjustment=stops.take_profit_fraction / config.stops.base_take_profit_fraction,
+        confidence_boost=context.confidence * (1.0 - score / 100.0),
+        risk_factors=MappingProxyType(factors),
+        trading_state=context.state,
+        symbol=market.symbol,
+    )
+    violations = invariant_violations(decision, config, brackets)
+    if violations:
+        context.reasons.pop()
+        return context.hold("invariant not met: " + "; ".join(violations), parts, MappingProxyType(factors))
+    return decision
+
+
+def invariant_violations(
+    decision: RiskDecision, config: RiskConfig, brackets: BracketTable | None = None
+) -> list[str]:
+    """Every invariant of the signals contract that the decision breaks (empty when it keeps them all).
+
+    `brackets` defaults to the table the config gives the decision's symbol.
+    """
+    problems: list[str] = []
+    if not 0.0 <= decision.risk_score <= 100.0:
+        problems.append(f"risk_score {decision.risk_score} outside 0..100")
+    if not 0.0 <= decision.liquidation_risk <= 100.0:
+        problems.append(f"liquidation_risk {decision.liquidation_risk} outside 0..100")
+    if not 0.0 <= decision.confidence_score <= 1.0:
+        problems.append(f"confidence_score {decision.confidence_score} outside 0..1")
+    if decision.signal_type == "hold":
+        carried = [
+            name
+            for name in (
+                "recommended_leverage",
+                "position_size_usdt",
+                "quantity",
+                "stop_loss_price",
+                "take_profit_price",
+                "risk_reward_ratio",
+                "liquidation_price",
+            )
+            if getattr(decision, name) is not None
+        ]
+        if carried:
+            problems.append("hold carries " + ", ".join(carried))
+        return problems
+    if decision.signal_type == "close":
+        return problems
+    side: Side = "long" if decision.signal_type == "long" else "short"
+    entry = decision.entry_price
+    stop = decision.stop_loss_price
+    target = decision.take_profit_price
+    liquidation = decision.liquidation_price
+    leverage = decision.recommended_leverage
+    size = decision.position_size_usdt
+    quantity = decision.quantity
+    if (
+        stop is None
+        or target is None
+        or liquidation is None
+        or leverage is None
+        or size is None
+        or quantity is None
+        or decision.risk_reward_ratio is None
+    ):
+        return [*problems, f"{side} lacks a price, size or leverage"]
+    if side == "long" and not liquidation < stop < entry < target:
+        problems.append("long prices out of order (liquidation < stop < entry < target)")
+    if side == "short" and not 0.0 < target < entry < stop < liquidation:
+        problems.append("short prices out of order (target < entry < stop < liquidation)")
+    if not stop_precedes_liquidation(side, entry, stop, liquidation, config.min_liquidation_buffer):
+        problems.append("stop not ahead of liquidation by the buffer")
+    if (
+        isinstance(leverage, bool)
+        or not isinstance(leverage, int)
+        or not 1 <= leverage <= min(EXCHANGE_MAX_LEVERAGE, config.max_leverage)
+    ):
+        problems.append(f"leverage {leverage} outside 1..{config.max_leverage}")
+        return problems
+    table = brackets if brackets is not None else config.brackets_for_symbol(decision.symbol)
+    try:
+        if leverage > table.max_leverage_for_notional(quantity * entry):
+            problems.append(f"leverage {leverage} above the bracket maximum")
+        if liquidation_price(side, entry, quantity, leverage, table) != liquidation:
+            problems.append("liquidation price differs from the exchange formula")
+    except ValueError as error:
+        problems.append(str(error))
+    if decision.risk_reward_ratio != risk_reward_ratio(entry, stop, target):
+        problems.append("risk_reward_ratio differs from |tp − entry| / |entry − sl|")
+    rule = (
+        config.base_position_usdt
+        * decision.confidence_score
+        * (1.0 - decision.risk_score / 100.0)
+        * REGIME_SIZE_MULTIPLIER[decision.market_regime]
+    )
+    if size > rule or size <= 0.0:
+        problems.append(f"size {size} USDT outside (0, base rule {rule}]")
+    return problems

@@ -1,0 +1,189 @@
+"""Integration fixtures: the real Kafka broker and PostgreSQL server, and real `mlrisk worker` processes.
+
+Nothing here is mocked: tests talk to the services that `make services-up` (or these fixtures) start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BROKERS = "localhost:9092"
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka() -> str:
+    if not _answers("127.0.0.1", 9092):
+        subprocess.run([str(REPO_ROOT / "ops" / "kafka" / "kafka.sh"), "start"], check=True)
+    return BROKERS
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    from streams.config import Settings
+    from streams.db import database_url as url_for
+    from streams.db import init_schema
+
+    url = url_for(Settings.from_env())
+    init_schema(url)
+    return url
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class WorkerProcess:
+    """One `mlrisk worker` subprocess with its own topics (a unique prefix), home folder and web port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.port = int(env["MLRISK_WEB_PORT"])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: bool = True) -> WorkerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--quiet"],
+            cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        import json
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as resp:
+                    body = json.loads(resp.read())
+                    if body["checks"]["kafka"]["assigned_partitions"] > 0:
+                        return
+            except Exception:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"worker not ready in {timeout_s}s: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self, kill: bool = False, timeout_s: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}-"
+
+
+@pytest.fixture
+def worker_env(kafka: str, database_url: str, topic_prefix: str, tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        MLRISK_TOPIC_PREFIX=topic_prefix,
+        MLRISK_WEB_PORT=str(free_port()),
+        MLRISK_HOME=str(tmp_path / "home"),
+        MLRISK_PARTITIONS="2",
+        DATABASE_URL=database_url,
+        MLRISK_LOG_LEVEL="warn",
+    )
+    return env
+
+
+@pytest.fixture
+def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    workers: list[WorkerProcess] = []
+
+    def start(**overrides: str) -> WorkerProcess:
+        env = {**worker_env, **overrides}
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(workers)}.log").start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop(kill=True)
+
+
+async def consume_all(topic: str, expected: int | None, timeout_s: float, idle_s: float = 5.0) -> list[Any]:
+    """Read a topic from the beginning until `expected` messages arrived, or nothing new for `idle_s`."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=BROKERS, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    messages: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        last_new = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            fresh = [m for records in batch.values() for m in records]
+            if fresh:
+                messages.extend(fresh)
+                last_new = time.monotonic()
+            if expected is not None and len(messages) >= expected:
+                # keep listening briefly so that duplicates would show up
+                if time.monotonic() - last_new > 2.0:
+                    break
+            elif expected is None and messages and time.monotonic() - last_new > idle_s:
+                break
+    finally:
+        await consumer.stop()
+    return messages
+
+
+def read_topic(topic: str, expected: int | None, timeout_s: float = 120.0) -> list[Any]:
+    return asyncio.run(consume_all(topic, expected, timeout_s))
+
+
+async def produce(topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=BROKERS, linger_ms=5, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in items]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def replay(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", "replay", "--quiet", *args],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True,
+    )

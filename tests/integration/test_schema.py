@@ -1,0 +1,111 @@
+"""`mlrisk db init` on the real server: every table and column of the contract, and safe to run twice."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import psycopg
+
+from streams.config import REPO_ROOT
+
+EXPECTED = {
+    "actionable_trade_signals": {
+        "timestamp": ("timestamp with time zone", None), "id": ("bigint", None), "signal_id": ("uuid", None),
+        "symbol": ("character varying", 20), "signal_type": ("character varying", None),
+        "signal_strength": ("character varying", None), "confidence_score": ("numeric", (5, 4)),
+        "risk_level": ("character varying", None), "market_regime": ("character varying", None),
+        "recommended_leverage": ("integer", None), "position_size_usdt": ("numeric", (15, 2)),
+        "stop_loss_price": ("numeric", (15, 6)), "take_profit_price": ("numeric", (15, 6)),
+        "risk_reward_ratio": ("numeric", (8, 4)), "ml_confidence": ("numeric", (5, 4)),
+        "ml_prediction": ("character varying", 20), "model_contributions": ("jsonb", None),
+        "risk_score": ("numeric", (5, 2)), "liquidation_risk": ("numeric", (5, 2)),
+        "portfolio_impact": ("numeric", (8, 6)), "volatility_score": ("numeric", (5, 4)),
+        "liquidity_score": ("numeric", (5, 4)), "market_depth_analysis": ("jsonb", None), "metadata": ("jsonb", None),
+    },
+    "ml_risk_integration_metrics": {
+        "timestamp": ("timestamp with time zone", None), "id": ("bigint", None),
+        "service_name": ("character varying", 50), "signals_generated": ("integer", None),
+        "signals_executed": ("integer", None), "average_confidence": ("numeric", (5, 4)),
+        "average_risk_score": ("numeric", (5, 2)), "success_rate": ("numeric", (5, 4)),
+        "total_pnl": ("numeric", (15, 2)), "processing_time_ms": ("integer", None), "error_count": ("integer", None),
+        "metadata": ("jsonb", None),
+    },
+    "signal_execution_logs": {
+        "timestamp": ("timestamp with time zone", None), "id": ("bigint", None), "signal_id": ("uuid", None),
+        "symbol": ("character varying", 20), "execution_status": ("character varying", 20),
+        "execution_price": ("numeric", (15, 6)), "execution_size": ("numeric", (15, 2)),
+        "execution_leverage": ("integer", None), "actual_stop_loss": ("numeric", (15, 6)),
+        "actual_take_profit": ("numeric", (15, 6)), "execution_time_ms": ("integer", None),
+        "error_message": ("text", None), "metadata": ("jsonb", None),
+    },
+    "risk_adjusted_positions": {
+        "timestamp": ("timestamp with time zone", None), "id": ("bigint", None), "signal_id": ("uuid", None),
+        "symbol": ("character varying", 20), "signal_type": ("character varying", None),
+        "base_position_size": ("numeric", (15, 2)), "risk_adjusted_size": ("numeric", (15, 2)),
+        "leverage_multiplier": ("numeric", (8, 4)), "stop_loss_adjustment": ("numeric", (8, 4)),
+        "take_profit_adjustment": ("numeric", (8, 4)), "risk_factors": ("jsonb", None),
+        "confidence_boost": ("numeric", (5, 4)), "market_regime": ("character varying", None),
+        "volatility_score": ("numeric", (5, 4)), "liquidity_score": ("numeric", (5, 4)), "metadata": ("jsonb", None),
+    },
+}
+
+
+def _db_init(database_url: str) -> str:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "db", "init"], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, check=True)
+    return result.stdout
+
+
+def test_db_init_twice_gives_every_contract_column_with_its_type(database_url: str) -> None:
+    _db_init(database_url)
+    assert "schema applied" in _db_init(database_url)
+    with psycopg.connect(database_url) as conn:
+        for table, columns in EXPECTED.items():
+            rows = conn.execute(
+                "SELECT column_name, data_type, character_maximum_length, numeric_precision, numeric_scale "
+                "FROM information_schema.columns WHERE table_name = %s", (table,)
+            ).fetchall()
+            found = {name: (dtype, length, (precision, scale)) for name, dtype, length, precision, scale in rows}
+            assert set(found) == set(columns), table
+            for name, (dtype, size) in columns.items():
+                got_type, got_length, got_numeric = found[name]
+                assert got_type == dtype, (table, name)
+                if dtype == "numeric":
+                    assert got_numeric == size, (table, name)
+                elif size is not None:
+                    assert got_length == size, (table, name)
+            primary = conn.execute(
+                "SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i "
+                "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
+                "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+                "WHERE i.indrelid = %s::regclass AND i.indisprimary", (table,)
+            ).fetchone()
+            assert primary is not None and primary[0] == ["timestamp", "id"], table
+
+
+def test_signal_rows_are_idempotent_on_signal_id(database_url: str) -> None:
+    _db_init(database_url)
+    insert = ("INSERT INTO actionable_trade_signals (timestamp, signal_id, symbol, signal_type, signal_strength, "
+              "confidence_score, risk_level, market_regime) VALUES ('2024-05-01T00:00:00Z', %s, 'BTCUSDT', 'long', "
+              "'buy', 0.6, 'low', 'ranging') ON CONFLICT (signal_id, timestamp) DO NOTHING")
+    signal_id = "7d0e7d4e-3a1c-4b51-9a70-3d4d2c1f0a11"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM actionable_trade_signals WHERE signal_id = %s", (signal_id,))
+        conn.execute(insert, (signal_id,))
+        conn.execute(insert, (signal_id,))
+        count = conn.execute("SELECT count(*) FROM actionable_trade_signals WHERE signal_id = %s",
+                             (signal_id,)).fetchone()
+        indexes = {r[0] for r in conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'actionable_trade_signals'").fetchall()}
+    assert count == (1,)
+    assert any("(symbol, \"timestamp\" DESC)" in i for i in indexes)
+    assert any("(signal_type)" in i for i in indexes) and any("(confidence_score)" in i for i in indexes)
+
+
+def test_schema_file_creates_hypertables_only_where_timescaledb_exists() -> None:
+    sql = (REPO_ROOT / "schema.sql").read_text()
+    assert "pg_available_extensions WHERE name = 'timescaledb'" in sql
+    assert sql.count("CREATE TABLE IF NOT EXISTS") == 4

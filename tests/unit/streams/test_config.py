@@ -1,0 +1,64 @@
+"""A bad setting stops start-up with a message that names it; good ones are read as given."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from streams.config import Settings, SettingsError, normalise_symbol
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MLRISK_MAX_LEVERAGE", "0"),
+        ("MLRISK_MAX_LEVERAGE", "126"),
+        ("MLRISK_MAX_LEVERAGE", "ten"),
+        ("MLRISK_BASE_POSITION_USDT", "-5"),
+        ("MLRISK_BASE_POSITION_USDT", "nan"),
+        ("MLRISK_WEB_PORT", "70000"),
+        ("MLRISK_KAFKA_BROKERS", "localhost"),
+        ("MLRISK_SYMBOLS", "BTCUSDT,$$$"),
+        ("MLRISK_TOPIC_PREFIX", "bad prefix"),
+        ("MLRISK_PARTITIONS", "0"),
+        ("MLRISK_PUBLISH_HOLD", "maybe"),
+        ("MLRISK_LOG_LEVEL", "loud"),
+    ],
+)
+def test_bad_setting_is_named(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({name: value})
+    assert name in str(caught.value)
+
+
+def test_settings_read_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {"MLRISK_KAFKA_BROKERS": "kafka://k1:9092,k2:9093", "MLRISK_SYMBOLS": "btc/usdt, ETHUSDT",
+         "MLRISK_TOPIC_PREFIX": "x-", "MLRISK_MAX_LEVERAGE": "20", "MLRISK_BASE_POSITION_USDT": "250.5"}
+    )
+    assert settings.bootstrap_servers == "k1:9092,k2:9093"
+    assert settings.symbols == ("BTCUSDT", "ETHUSDT")
+    assert settings.signals_topic == "x-signals" and settings.dlq_topic == "x-market-data-dlq"
+    assert (settings.max_leverage, settings.base_position_usdt) == (20, 250.5)
+
+
+def test_defaults_match_the_contract() -> None:
+    settings = Settings.from_env({})
+    assert settings.market_data_topic == "market-data"
+    assert (settings.base_position_usdt, settings.max_leverage, settings.web_port) == (1000.0, 125, 6066)
+    assert settings.database_url is None
+
+
+def test_symbol_spellings() -> None:
+    assert {normalise_symbol(s) for s in ("BTC/USDT", "btcusdt", "BTC-USDT")} == {"BTCUSDT"}
+
+
+def test_worker_refuses_to_start_on_a_bad_setting() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "worker"],
+        env={"PATH": "/usr/bin:/bin", "MLRISK_MAX_LEVERAGE": "500"}, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "MLRISK_MAX_LEVERAGE" in result.stderr

@@ -1,0 +1,77 @@
+"""docker-compose.yml for users: the services, ports, volumes and environment the README promises."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from streams.config import REPO_ROOT
+
+
+def _compose() -> dict:
+    return yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_has_every_service_with_its_ports() -> None:
+    services = _compose()["services"]
+    assert {"kafka", "timescaledb", "prometheus", "grafana", "worker", "replay", "train", "db-init"} <= set(services)
+    ports = {name: [p.split(":")[0] for p in svc.get("ports", [])] for name, svc in services.items()}
+    assert ports["kafka"] == ["9092"] and ports["timescaledb"] == ["5432"] and ports["worker"] == ["6066"]
+    assert ports["prometheus"] == ["9090"] and ports["grafana"] == ["3000"]
+    assert "KRaft" in (REPO_ROOT / "docker-compose.yml").read_text() or \
+        services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+
+
+def test_worker_environment_points_at_the_compose_services() -> None:
+    services = _compose()["services"]
+    env = services["worker"]["environment"]
+    assert env["MLRISK_KAFKA_BROKERS"] == "kafka://kafka:29092"
+    assert "@timescaledb:5432/" in env["DATABASE_URL"]
+    assert services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"].startswith("PLAINTEXT://kafka:29092")
+    assert services["worker"]["depends_on"]["db-init"]["condition"] == "service_completed_successfully"
+
+
+def test_every_mounted_file_exists_and_named_volumes_are_declared() -> None:
+    compose = _compose()
+    declared = set(compose["volumes"])
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (REPO_ROOT / source).exists(), (name, source)
+            elif not source.startswith(("$", "/", "..")):
+                assert source in declared, (name, source)
+    prometheus = yaml.safe_load((REPO_ROOT / "ops/prometheus/prometheus.yml").read_text())
+    assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == ["worker:6066"]
+    for rule_file in prometheus["rule_files"]:
+        local = REPO_ROOT / "ops/prometheus" / rule_file.rsplit("/", 1)[-1]
+        assert yaml.safe_load(local.read_text())["groups"]
+
+
+def test_images_are_pinned_and_the_dockerfile_builds_the_cli() -> None:
+    for name, service in _compose()["services"].items():
+        if "image" in service:
+            assert re.search(r":[\w.\-]+$", service["image"]), name
+        else:
+            assert service["build"] == "."
+    assert 'ENTRYPOINT ["mlrisk"]' in (REPO_ROOT / "Dockerfile").read_text()
+
+
+def _compose_client() -> list[str] | None:
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+@pytest.mark.skipif(_compose_client() is None, reason="no docker compose client on this machine")
+def test_docker_compose_config_accepts_the_file() -> None:
+    client = _compose_client()
+    assert client is not None
+    result = subprocess.run([*client, "config", "--quiet"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
