@@ -100,13 +100,17 @@ class RiskConfig:
     def from_env(cls, environ: Mapping[str, str]) -> RiskConfig:
         """A config from environment variables (passed in: risk reads no environment itself).
 
-        Reads MLRISK_BASE_POSITION_USDT and MLRISK_MAX_LEVERAGE; a bad value raises ValueError naming the
-        variable.
+        Reads MLRISK_BASE_POSITION_USDT, MLRISK_MAX_LEVERAGE, MLRISK_EQUITY_USDT, MLRISK_TAKER_FEE_RATE,
+        MLRISK_SLIPPAGE_BPS and MLRISK_MIN_EDGE_TO_COST; a bad value raises ValueError naming the variable.
         """
         settings: dict[str, float | int] = {}
         readers = (
             ("MLRISK_BASE_POSITION_USDT", "base_position_usdt", float),
             ("MLRISK_MAX_LEVERAGE", "max_leverage", int),
+            ("MLRISK_EQUITY_USDT", "equity_usdt", float),
+            ("MLRISK_TAKER_FEE_RATE", "taker_fee_rate", float),
+            ("MLRISK_SLIPPAGE_BPS", "slippage_bps", float),
+            ("MLRISK_MIN_EDGE_TO_COST", "min_edge_to_cost", float),
         )
         for variable, name, parse in readers:
             text = environ.get(variable)

@@ -22,7 +22,7 @@ CLOSED_BARS_KEPT_MS = 3 * 86_400_000  # closed bars kept in the table (key "SYMB
 IDLE_FLUSH_MS = 10_000  # a symbol quiet this long (wall clock) gets its finished minutes closed
 
 
-TABLE_NAMES = ("bar-state", "closed-bars")
+TABLE_NAMES = ("bar-state", "closed-bars", "engine-state", "paper-books")
 
 
 @dataclass(slots=True)
@@ -100,16 +100,20 @@ def build_app(settings: Settings) -> Runtime:
         # str keys and JSON values through Faust's json codec, which is orjson when installed
         "bar_state": app.Table("bar-state", partitions=settings.partitions, key_type=str),
         "closed_bars": app.Table("closed-bars", partitions=settings.partitions, key_type=str),
+        "engine_state": app.Table("engine-state", partitions=settings.partitions, key_type=str),
+        "paper_books": app.Table("paper-books", partitions=settings.partitions, key_type=str),
     }
     ingest = Ingest(BarBuilder(settings.allowed_lateness_ms), tables["bar_state"], settings.max_future_ms)
     runtime = Runtime(settings, app, topics, tables, ingest)
 
-    async def publish_bars(symbol: str, bars: list) -> None:
+    async def publish_bars(symbol: str, bars: list, received_ms: int) -> None:
+        """`received_ms`: when the event that closed the bars arrived (the start of end-to-end latency)."""
         closed = tables["closed_bars"]
         for bar in bars:
             # waits for the broker's acknowledgement: a bar that the state records as closed is never lost
             await app.producer.send_and_wait(
-                settings.bars_topic, symbol.encode(), dumps(bar.to_dict()), None, None, None
+                settings.bars_topic, symbol.encode(), dumps({**bar.to_dict(), "received_ms": received_ms}), None,
+                None, None,
             )
             closed[f"{symbol}:{bar.open_time}"] = bar.to_dict()
             expired = f"{symbol}:{bar.open_time - CLOSED_BARS_KEPT_MS}"
@@ -129,10 +133,11 @@ def build_app(settings: Settings) -> Runtime:
                 if view is not None and now - view.last_event_wall_ms >= IDLE_FLUSH_MS:
                     bars = ingest.flush(symbol, now)
                     if bars:
-                        await publish_bars(symbol, bars)
+                        await publish_bars(symbol, bars, now)
                 continue
+            received = wall_ms()
             try:
-                result = ingest.handle(event.value, key, message.topic, message.partition, message.offset, wall_ms())
+                result = ingest.handle(event.value, key, message.topic, message.partition, message.offset, received)
             except Exception as exc:  # a bug must not stop the worker: park the message with the reason
                 log.exception("ingest failed on %s[%s]@%s", message.topic, message.partition, message.offset)
                 metrics.ERRORS.labels("ingest").inc()
@@ -147,7 +152,7 @@ def build_app(settings: Settings) -> Runtime:
             elif result.rekey_symbol is not None:
                 await topics["market_data"].send(key=result.rekey_symbol.encode(), value=event.value)
             elif result.bars:
-                await publish_bars(result.bars[0].symbol, result.bars)
+                await publish_bars(result.bars[0].symbol, result.bars, received)
 
     @app.timer(2.0)
     async def flush_quiet_symbols() -> None:
@@ -172,6 +177,9 @@ def build_app(settings: Settings) -> Runtime:
         return web.json({"status": "ok" if ready else "degraded", "checks": checks}, status=200 if ready else 503)
 
     runtime.services["ingest_agent"] = ingest_agent
+    from streams.pipeline import attach_pipeline
+
+    attach_pipeline(runtime)
     return runtime
 
 

@@ -1,0 +1,200 @@
+"""Out-of-sample figures for P(up): IC, hit rate, log-loss, calibration, and the report plots."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.bars import MINUTE_MS
+
+DAY_MS = 1440 * MINUTE_MS
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank), as Spearman's correlation needs."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(x.shape[0])
+    sorted_x = x[order]
+    boundaries = np.flatnonzero(np.diff(sorted_x)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [x.shape[0]]])
+    mean_rank = (starts + ends - 1) / 2.0
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    denom = float(np.sqrt(np.sum(a * a) * np.sum(b * b)))
+    return float(np.sum(a * b) / denom) if denom > 0 else 0.0
+
+
+def spearman(score: np.ndarray, realised: np.ndarray) -> float:
+    """Spearman rank correlation over the rows where both are finite."""
+    ok = np.isfinite(score) & np.isfinite(realised)
+    if ok.sum() < 3:
+        return float("nan")
+    return pearson(_ranks(score[ok]), _ranks(realised[ok]))
+
+
+def expected_calibration_error(p_up: np.ndarray, up: np.ndarray, bins: int = 10) -> float:
+    """ECE over `bins` equal-mass (quantile) bins: Σ (bin share) × |mean p − observed frequency|."""
+    ok = np.isfinite(p_up) & np.isfinite(up)
+    p, y = p_up[ok], up[ok]
+    if p.size == 0:
+        return float("nan")
+    order = np.argsort(p, kind="mergesort")
+    total = 0.0
+    for chunk in np.array_split(order, bins):
+        if chunk.size:
+            total += chunk.size * abs(float(p[chunk].mean()) - float(y[chunk].mean()))
+    return total / p.size
+
+
+def reliability_table(p_up: np.ndarray, up: np.ndarray, bins: int = 10) -> list[tuple[float, float, int]]:
+    """(mean predicted, observed frequency, count) per equal-mass bin."""
+    ok = np.isfinite(p_up) & np.isfinite(up)
+    p, y = p_up[ok], up[ok]
+    order = np.argsort(p, kind="mergesort")
+    return [
+        (float(p[c].mean()), float(y[c].mean()), int(c.size)) for c in np.array_split(order, bins) if c.size
+    ]
+
+
+def log_loss(p_up: np.ndarray, up: np.ndarray) -> float:
+    ok = np.isfinite(p_up) & np.isfinite(up)
+    p = np.clip(p_up[ok], 1e-12, 1 - 1e-12)
+    y = up[ok]
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if p.size else float("nan")
+
+
+def daily_ic(p_up: np.ndarray, forward_return: np.ndarray, open_time_ms: np.ndarray) -> np.ndarray:
+    """Spearman IC per UTC day (days with fewer than 100 scored rows are skipped)."""
+    day = open_time_ms // DAY_MS
+    out = []
+    for d in np.unique(day):
+        sel = day == d
+        if sel.sum() >= 100:
+            out.append(spearman(p_up[sel], forward_return[sel]))
+    return np.array(out)
+
+
+def score_metrics(
+    p_up: np.ndarray, forward_return: np.ndarray, open_time_ms: np.ndarray | None = None
+) -> dict[str, float]:
+    """IC and direction figures of P(up) against realised forward log returns (NaN returns ignored).
+
+    `ic` is Spearman (the contract's IC); `pearson_ic` the linear one; `accuracy` counts a zero return as
+    "not up";
+    `hit_rate`, `log_loss` and `ece` use non-zero returns only (the direction label).
+    """
+    ok = np.isfinite(p_up) & np.isfinite(forward_return)
+    p, r = p_up[ok], forward_return[ok]
+    moved = r != 0
+    up = (r > 0).astype(np.float64)
+    label = np.where(moved, up, np.nan)
+    out = {
+        "rows": int(p.size),
+        "ic": spearman(p, r),
+        "pearson_ic": pearson(p, r) if p.size > 2 else float("nan"),
+        "accuracy": float(np.mean((p > 0.5) == (r > 0))) if p.size else float("nan"),
+        "hit_rate": float(np.mean((p[moved] > 0.5) == (r[moved] > 0))) if moved.any() else float("nan"),
+        "majority_rate": float(max(up[moved].mean(), 1 - up[moved].mean())) if moved.any() else float("nan"),
+        "log_loss": log_loss(p, label),
+        "ece": expected_calibration_error(p, label),
+        "p_up_p01": float(np.percentile(p, 1)) if p.size else float("nan"),
+        "p_up_p99": float(np.percentile(p, 99)) if p.size else float("nan"),
+    }
+    if open_time_ms is not None:
+        days = daily_ic(p, r, open_time_ms[ok])
+        out["ic_daily_mean"] = float(np.mean(days)) if days.size else float("nan")
+        out["ic_daily_positive_share"] = float(np.mean(days > 0)) if days.size else float("nan")
+    return out
+
+
+def drawdown(equity: np.ndarray) -> np.ndarray:
+    """Fractional drawdown from the running peak (≤ 0)."""
+    peak = np.maximum.accumulate(equity)
+    return equity / peak - 1.0
+
+
+def plot_report(
+    path_prefix: Path,
+    p_up: np.ndarray,
+    forward_return: np.ndarray,
+    time_ms: np.ndarray,
+    equity: np.ndarray,
+    baseline_equity: np.ndarray | None = None,
+) -> list[Path]:
+    """Reliability diagram, equity curve and drawdown as PNG files beside the report; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path_prefix = Path(path_prefix)
+    path_prefix.parent.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    ok = np.isfinite(p_up) & np.isfinite(forward_return) & (forward_return != 0)
+    table = reliability_table(p_up[ok], (forward_return[ok] > 0).astype(np.float64))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if table:
+        xs, ys, _ = zip(*table, strict=True)
+        ax.plot(xs, ys, "o-", label="ensemble")
+        lo, hi = min(xs + ys), max(xs + ys)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="perfect")
+    ax.set_xlabel("mean predicted P(up)")
+    ax.set_ylabel("observed share up")
+    ax.set_title("Reliability (10 equal-mass bins)")
+    ax.legend()
+    written.append(path_prefix.with_name(path_prefix.name + "_reliability.png"))
+    fig.savefig(written[-1], dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    days = (time_ms - time_ms[0]) / DAY_MS if time_ms.size else time_ms
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(days, equity, label="strategy")
+    if baseline_equity is not None:
+        ax.plot(days, baseline_equity, label="buy and hold", alpha=0.7)
+    ax.set_xlabel("days")
+    ax.set_ylabel("equity (USDT)")
+    ax.legend()
+    written.append(path_prefix.with_name(path_prefix.name + "_equity.png"))
+    fig.savefig(written[-1], dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.fill_between(days, drawdown(equity) * 100, 0, color="tab:red", alpha=0.5)
+    ax.set_xlabel("days")
+    ax.set_ylabel("drawdown %")
+    written.append(path_prefix.with_name(path_prefix.name + "_drawdown.png"))
+    fig.savefig(written[-1], dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return written
+
+
+def bench_inference(bundle: Any) -> dict[str, dict[str, float]]:
+    """Median µs per row of each member's predict_proba at batch 1 and batch 64 (LightGBM on one thread)."""
+    rng = np.random.default_rng(0)
+    n_features = len(bundle.metadata["features"])
+    out: dict[str, dict[str, float]] = {}
+    for member in bundle.members:
+        probe = rng.standard_normal((64, member.window, n_features)).astype(np.float32)
+        out[member.name] = {
+            "batch_1": _median_call_us(member, probe[:1], 300),
+            "batch_64": _median_call_us(member, probe, 40) / 64,
+        }
+    return out
+
+
+def _median_call_us(model: Any, windows: np.ndarray, repeats: int) -> float:
+    for _ in range(5):
+        model.predict_proba(windows)
+    durations = np.empty(repeats)
+    for i in range(repeats):
+        start = time.perf_counter_ns()
+        model.predict_proba(windows)
+        durations[i] = time.perf_counter_ns() - start
+    return float(np.median(durations) / 1e3)

@@ -1,0 +1,133 @@
+"""Versioned artifacts: `<out>/<version>/{lightgbm,lstm,transformer}/` + metadata.json; `<out>/CURRENT`.
+
+Loading serves LightGBM natively and the sequence models through onnxruntime (models.onnx_serving), so a
+process
+that only scores never imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from models.base import ProbabilityModel
+from models.ensemble import EnsembleConfig
+from models.features import FEATURE_NAMES, feature_hash
+
+CURRENT_FILE = "CURRENT"
+METADATA_FILE = "metadata.json"
+MEMBER_ORDER = ("lightgbm", "lstm", "transformer")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelBundle:
+    """A loaded model version: its members (in MEMBER_ORDER), the ensemble config and the metadata."""
+
+    path: Path
+    version: str
+    symbol: str
+    horizon_minutes: int
+    members: tuple[ProbabilityModel, ...]
+    ensemble: EnsembleConfig
+    metadata: dict[str, Any]
+
+    @property
+    def window(self) -> int:
+        """Feature rows the longest member reads."""
+        return max(m.window for m in self.members)
+
+    @property
+    def member_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.members)
+
+
+def code_version() -> str:
+    """Package version plus a hash of the models package's source: the code that trained a version."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    try:
+        from importlib.metadata import version
+
+        package = version("mlrisk")
+    except Exception:  # not installed (a bare checkout): the source hash alone still identifies the code
+        package = "unknown"
+    return f"{package}+{digest.hexdigest()[:12]}"
+
+
+def save_version(
+    out_dir: Path,
+    version: str,
+    members: list[ProbabilityModel],
+    metadata: dict[str, Any],
+    promote_now: bool = True,
+) -> Path:
+    """Write every member into its subdirectory and the metadata; optionally point CURRENT at it."""
+    folder = Path(out_dir) / version
+    folder.mkdir(parents=True, exist_ok=True)
+    for member in members:
+        member.save(folder / member.name)
+    (folder / METADATA_FILE).write_bytes(
+        orjson.dumps(metadata, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    )
+    if promote_now:
+        promote(out_dir, version)
+    return folder
+
+
+def promote(out_dir: Path, version: str) -> None:
+    """Point CURRENT at `version` (written aside and renamed, so readers never see half a name)."""
+    out = Path(out_dir)
+    if not (out / version / METADATA_FILE).is_file():
+        raise FileNotFoundError(f"no model version {version!r} under {out}")
+    tmp = out / (CURRENT_FILE + ".tmp")
+    tmp.write_text(version + "\n", encoding="utf-8")
+    tmp.replace(out / CURRENT_FILE)
+
+
+def current_version(model_dir: Path) -> str:
+    pointer = Path(model_dir) / CURRENT_FILE
+    if not pointer.is_file():
+        raise FileNotFoundError(f"no {CURRENT_FILE} file in {model_dir}: train a model first (mlrisk train)")
+    return pointer.read_text(encoding="utf-8").strip()
+
+
+def load_member(folder: Path, name: str) -> ProbabilityModel:
+    """One member from its folder: LightGBM natively, the sequence models through onnxruntime."""
+    if name == "lightgbm":
+        from models.lightgbm_model import LightGBMModel
+
+        return LightGBMModel.load(folder, num_threads=1)
+    from models.onnx_serving import OnnxSequenceModel
+
+    return OnnxSequenceModel.load(folder)
+
+
+def load_bundle(model_dir: Path | str, version: str | None = None) -> ModelBundle:
+    """Load the CURRENT version (or `version`) of `model_dir`; refuses models trained on other features."""
+    model_dir = Path(model_dir)
+    version = version or current_version(model_dir)
+    folder = model_dir / version
+    metadata = orjson.loads((folder / METADATA_FILE).read_bytes())
+    if metadata["feature_hash"] != feature_hash() or tuple(metadata["features"]) != FEATURE_NAMES:
+        raise ValueError(
+            f"model {version} was trained on features {metadata['feature_hash']}, this code computes "
+            f"{feature_hash()}: retrain"
+        )
+    config = EnsembleConfig.from_dict(metadata["ensemble"])
+    members = tuple(load_member(folder / name, name) for name in config.members)
+    return ModelBundle(
+        path=folder,
+        version=version,
+        symbol=str(metadata["symbol"]),
+        horizon_minutes=int(metadata["horizon_minutes"]),
+        members=members,
+        ensemble=config,
+        metadata=metadata,
+    )

@@ -1,0 +1,177 @@
+"""Assemble the contract's ActionableTradeSignal (a plain dict of JSON numbers) and check its invariants."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from models.ensemble import EnsemblePrediction
+from models.features import MarketFeatures
+from risk.config import RiskConfig
+from risk.sizing import REGIME_SIZE_MULTIPLIER
+from risk.types import RiskDecision
+
+SCHEMA_VERSION = 1
+SIGNAL_NAMESPACE = uuid.UUID("6f1d2c1e-8a5b-4f9e-9a51-3c2f0e7d4b10")
+EXTRA_KEYS = ("mark_price", "spread_bps", "depth_usdt", "book_imbalance")
+
+
+def signal_id(symbol: str, bar_close_time_ms: int, model_version: str) -> str:
+    """uuid5 of (symbol, bar close, model version): a replayed bar gets the same id, so sinks deduplicate."""
+    return str(uuid.uuid5(SIGNAL_NAMESPACE, f"{symbol}|{bar_close_time_ms}|{model_version}"))
+
+
+def iso_utc(epoch_ms: int) -> str:
+    """ISO8601 UTC with a Z; milliseconds only when present."""
+    stamp = datetime.fromtimestamp(epoch_ms / 1000, UTC)
+    text = stamp.strftime("%Y-%m-%dT%H:%M:%S")
+    if epoch_ms % 1000:
+        text += f".{epoch_ms % 1000:03d}"
+    return text + "Z"
+
+
+def _num(value: float | None) -> float | None:
+    """A plain float, or None for a missing or non-finite value (JSON has no NaN)."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _mapping(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {str(k): _num(v) if isinstance(v, int | float) else v for k, v in values.items()}
+
+
+def build_signal(
+    symbol: str,
+    bar_close_time_ms: int,
+    model_version: str,
+    horizon_minutes: int,
+    members: tuple[str, ...],
+    prediction: EnsemblePrediction,
+    decision: RiskDecision,
+    market: MarketFeatures,
+    extras: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The signal for one bar: ensemble and risk fields, contributions per model, the metadata behind them.
+
+    The timestamp is the bar's close (the end of its minute), taken from the bar and never from a clock.
+    """
+    hold = decision.signal_type == "hold"
+    depth = {k: extras[k] for k in EXTRA_KEYS if extras is not None and extras.get(k) is not None}
+    leverage = None if hold or decision.recommended_leverage is None else int(decision.recommended_leverage)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "signal_id": signal_id(symbol, bar_close_time_ms, model_version),
+        "symbol": symbol,
+        "timestamp": iso_utc(bar_close_time_ms + 1),
+        "bar_close_time": int(bar_close_time_ms),
+        "signal_type": decision.signal_type,
+        "signal_strength": decision.signal_strength,
+        "confidence_score": float(decision.confidence_score),
+        "ml_confidence": float(prediction.confidence),
+        "ml_prediction": prediction.prediction,
+        "risk_level": decision.risk_level,
+        "market_regime": decision.market_regime,
+        "entry_price": float(decision.entry_price),
+        "recommended_leverage": leverage,
+        "position_size_usdt": None if hold else _num(decision.position_size_usdt),
+        "quantity": None if hold else _num(decision.quantity),
+        "stop_loss_price": None if hold else _num(decision.stop_loss_price),
+        "take_profit_price": None if hold else _num(decision.take_profit_price),
+        "risk_reward_ratio": None if hold else _num(decision.risk_reward_ratio),
+        "liquidation_price": None if hold else _num(decision.liquidation_price),
+        "risk_score": float(decision.risk_score),
+        "liquidation_risk": float(decision.liquidation_risk),
+        "portfolio_impact": float(decision.portfolio_impact),
+        "volatility_score": float(decision.volatility_score),
+        "liquidity_score": float(decision.liquidity_score),
+        "model_contributions": prediction.contributions(members),
+        "model_version": model_version,
+        "latency_ms": 0.0,
+        "metadata": {
+            "horizon_minutes": int(horizon_minutes),
+            "p_up": prediction.p_up,
+            "disagreement": prediction.disagreement,
+            "risk_components": _mapping(decision.risk_components),
+            "reasons": list(decision.reasons),
+            "trading_state": decision.trading_state,
+            "regime_indicators": {
+                "atr": _num(market.atr),
+                "sigma_1m": _num(market.sigma_1m),
+                "vol_percentile": _num(market.vol_percentile),
+                "adx": _num(market.adx),
+                "trend": _num(market.trend),
+                "return_1m": _num(market.return_1m),
+                "volume_z": _num(market.volume_z),
+                "trades_z": _num(market.trades_z),
+            },
+            "risk_adjusted_positions": {
+                "base_position_size": _num(decision.base_position_size),
+                "risk_adjusted_size": None if hold else _num(decision.position_size_usdt),
+                "leverage_multiplier": _num(decision.leverage_multiplier),
+                "stop_loss_adjustment": _num(decision.stop_loss_adjustment),
+                "take_profit_adjustment": _num(decision.take_profit_adjustment),
+                "confidence_boost": _num(decision.confidence_boost),
+                "risk_factors": _mapping(decision.risk_factors),
+            },
+            "market_depth_analysis": depth,
+        },
+    }
+
+
+def invariant_violations(signal: Mapping[str, Any], config: RiskConfig) -> list[str]:
+    """Every contract invariant a signal breaks, read from the signal itself (empty if none)."""
+    problems: list[str] = []
+    if not 0.0 <= signal["risk_score"] <= 100.0 or not 0.0 <= signal["liquidation_risk"] <= 100.0:
+        problems.append("risk_score or liquidation_risk outside 0..100")
+    if not 0.0 <= signal["confidence_score"] <= 1.0:
+        problems.append("confidence_score outside 0..1")
+    kind = signal["signal_type"]
+    sized = (
+        "recommended_leverage",
+        "position_size_usdt",
+        "quantity",
+        "stop_loss_price",
+        "take_profit_price",
+        "risk_reward_ratio",
+        "liquidation_price",
+    )
+    if kind == "hold":
+        problems.extend(f"hold carries {name}" for name in sized if signal[name] is not None)
+        return problems
+    if kind not in ("long", "short"):
+        return problems
+    if any(signal[name] is None for name in sized):
+        return problems + ["long/short signal lacks a sizing field"]
+    entry, stop, tp = signal["entry_price"], signal["stop_loss_price"], signal["take_profit_price"]
+    liq, leverage, size = (
+        signal["liquidation_price"],
+        signal["recommended_leverage"],
+        signal["position_size_usdt"],
+    )
+    if kind == "long" and not liq < stop < entry < tp:
+        problems.append("long: not liquidation < stop < entry < take profit")
+    if kind == "short" and not (tp < entry < stop and (liq == 0.0 or stop < liq)):
+        problems.append("short: not take profit < entry < stop < liquidation")
+    if abs(stop - liq) < 0.005 * entry and not (kind == "long" and liq == 0.0):
+        problems.append("stop within 0.5 % of entry from liquidation")
+    if not isinstance(leverage, int) or not 1 <= leverage <= min(125, config.max_leverage):
+        problems.append(f"leverage {leverage!r} not an integer in 1..{min(125, config.max_leverage)}")
+    else:
+        bracket = config.brackets_for_symbol(signal["symbol"]).bracket_for_notional(size)
+        if leverage > bracket.max_leverage:
+            problems.append(f"leverage {leverage} above the bracket maximum {bracket.max_leverage}")
+    rr = abs(tp - entry) / abs(entry - stop)
+    if not math.isclose(signal["risk_reward_ratio"], rr, rel_tol=1e-6, abs_tol=1e-6):
+        problems.append(f"risk_reward_ratio {signal['risk_reward_ratio']} != {rr}")
+    multiplier = REGIME_SIZE_MULTIPLIER[signal["market_regime"]]
+    rule = (
+        config.base_position_usdt * signal["confidence_score"] * (1 - signal["risk_score"] / 100) * multiplier
+    )
+    if size > rule + 0.01:
+        problems.append(f"position size {size} above the sizing rule {rule:.2f}")
+    return problems

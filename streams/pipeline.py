@@ -1,0 +1,172 @@
+"""The stages after ingest: signals (with paper execution), the database sink, service metrics and the API."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from faust.streams import _current_event
+
+from models.bars import Bar
+from models.engine import SignalEngine, SymbolState
+from models.registry import ModelBundle, load_bundle
+from models.simulate import FillCosts
+from risk.config import RiskConfig
+from streams import metrics
+from streams.app import Runtime
+from streams.config import SettingsError
+from streams.db import database_url
+from streams.execution import PaperAccount, PaperBook, PaperBroker
+from streams.serialization import dumps, loads
+from streams.signals import BarEvent, SignalStage
+from streams.sink import Sink, metrics_row
+
+log = logging.getLogger("mlrisk.pipeline")
+
+
+@dataclass(slots=True)
+class ServiceCounters:
+    """What happened since the last per-minute metrics row."""
+
+    signals: int = 0
+    executed: int = 0
+    confidence_sum: float = 0.0
+    risk_sum: float = 0.0
+    latency_ms_sum: float = 0.0
+    errors: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+    def add_signal(self, signal: dict[str, Any]) -> None:
+        self.signals += 1
+        self.confidence_sum += signal["confidence_score"]
+        self.risk_sum += signal["risk_score"]
+        self.latency_ms_sum += signal["latency_ms"]
+        self.by_type[signal["signal_type"]] = self.by_type.get(signal["signal_type"], 0) + 1
+
+
+def load_models(model_dir: Any) -> ModelBundle | None:
+    try:
+        return load_bundle(model_dir)
+    except FileNotFoundError:
+        log.warning("no trained models under %s: bars are built, no signals until `mlrisk train` runs", model_dir)
+        return None
+
+
+def attach_pipeline(runtime: Runtime) -> None:
+    settings, app, topics, tables = runtime.settings, runtime.app, runtime.topics, runtime.tables
+    try:
+        risk_config = RiskConfig.from_env(os.environ)
+    except ValueError as error:
+        raise SettingsError(str(error)) from None
+    bundle = load_models(settings.model_dir)
+    engine = SignalEngine(bundle, risk_config) if bundle is not None else None
+    broker = PaperBroker(PaperAccount(risk_config.equity_usdt, risk_config.limits),
+                         FillCosts(risk_config.taker_fee_rate, risk_config.slippage_bps))
+    stage = SignalStage(engine, tables["engine_state"], tables["paper_books"], broker, runtime.ingest.views,
+                        settings.publish_hold) if engine is not None else None
+    sink = Sink(database_url(settings))
+    counters = ServiceCounters()
+    runtime.services.update(engine=engine, stage=stage, broker=broker, bundle=bundle,
+                            risk_config=risk_config, counters=counters)
+    service_name = f"mlrisk-worker@{socket.gethostname()}"[:50]
+
+    @app.task
+    async def open_sink() -> None:
+        await sink.open()
+
+    def persist(item: BarEvent, symbol: str, state: SymbolState, paper: PaperBook) -> None:
+        # table writes go to the changelog partition of the event being processed: the bar's own
+        _current_event.set(weakref.ref(item.event))
+        tables["engine_state"][symbol] = state.to_bytes().decode()
+        tables["paper_books"][symbol] = paper.to_dict()
+
+    async def emit(signal: dict[str, Any] | None, executions: list[dict[str, Any]], item: BarEvent) -> None:
+        key = item.bar.symbol.encode()
+        if signal is not None:
+            await topics["signals"].send(key=key, value=dumps(signal))
+            counters.add_signal(signal)
+        for execution in executions:
+            await topics["executions"].send(key=key, value=dumps(execution))
+            if execution["execution_status"] == "executed":
+                counters.executed += 1
+            elif execution["execution_status"] == "liquidated":
+                metrics.LIQUIDATIONS.labels(item.bar.symbol).inc()
+
+    @app.agent(topics["bars"], name="signals")
+    async def signal_agent(stream: Any) -> None:
+        async for events in stream.take_events(64, within=0.01):
+            if stage is None:
+                continue
+            items = []
+            for event in events:
+                data = loads(event.value)
+                items.append(BarEvent(Bar.from_dict(data), data.get("received_ms"), event))
+            try:
+                await stage.process(items, persist, emit)
+            except Exception:
+                counters.errors += 1
+                metrics.ERRORS.labels("signals").inc()
+                raise
+
+    @app.agent(topics["signals"], name="sink-signals")
+    async def sink_signals(stream: Any) -> None:
+        async for values in stream.take(500, within=0.5):
+            await sink.write_signals([loads(v) for v in values], time.time() * 1000)
+
+    @app.agent(topics["executions"], name="sink-executions")
+    async def sink_executions(stream: Any) -> None:
+        async for values in stream.take(500, within=0.5):
+            await sink.write_executions([loads(v) for v in values], time.time() * 1000)
+
+    @app.timer(60.0)
+    async def service_metrics() -> None:
+        """One row per minute in ml_risk_integration_metrics, and the paper account's gauges."""
+        snapshot = ServiceCounters(**{f: getattr(counters, f) for f in ServiceCounters.__dataclass_fields__})
+        counters.__init__()  # type: ignore[misc]
+        account = broker.account
+        books = [b.book for b in account.books.values()]
+        trades = sum(b.trades for b in books)
+        n = max(snapshot.signals, 1)
+        row = {
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime()),
+            "service_name": service_name,
+            "signals_generated": snapshot.signals,
+            "signals_executed": snapshot.executed,
+            "average_confidence": round(snapshot.confidence_sum / n, 4),
+            "average_risk_score": round(snapshot.risk_sum / n, 2),
+            "success_rate": round(sum(b.wins for b in books) / trades, 4) if trades else None,
+            "total_pnl": round(account.equity_usdt() - account.initial_equity_usdt, 2),
+            "processing_time_ms": int(round(snapshot.latency_ms_sum / n)),
+            "error_count": snapshot.errors,
+            "metadata": {"signals_by_type": snapshot.by_type, "model_version": bundle.version if bundle else None,
+                         "trading_state": account.portfolio(int(time.time() * 1000)).trading_state},
+        }
+        metrics.TRADING_STATE.set(("ACTIVE", "REDUCING", "HALTED").index(row["metadata"]["trading_state"]))
+        await sink.write("ml_risk_integration_metrics", [metrics_row(row)])
+
+    @app.timer(5.0)
+    async def consumer_lag() -> None:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            try:
+                position = await consumer.position(tp)
+                highwater = consumer.highwater(tp)
+            except Exception:  # a partition being revoked has no position: skip it this round
+                continue
+            if position is not None and highwater is not None:
+                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
+
+    def models_health() -> dict[str, Any]:
+        return {"ok": bundle is not None, "version": bundle.version if bundle else None}
+
+    runtime.services["models"] = type("ModelsHealth", (), {"health": staticmethod(models_health)})()
+    runtime.services["database"] = sink
+
+    from streams.web import register_api
+
+    register_api(runtime)

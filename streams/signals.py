@@ -1,0 +1,197 @@
+"""The signal stage: closed bars → features → batched ensemble inference → risk → signals and paper fills.
+
+Bars arrive keyed by symbol. A batch from `stream.take_events` is processed in rounds (one bar per symbol per
+round, so each symbol's bars stay in order); each round is scored with one inference call per model, run in an
+executor so the event loop never blocks. Per-symbol engine and paper state live in changelog-backed tables: a
+restarted worker resumes exactly where it left off, and a redelivered bar gets its earlier signal back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.bars import Bar
+from models.engine import SignalEngine, SymbolState
+from streams import metrics
+from streams.execution import PaperBook, PaperBroker
+from streams.ingest import MarketView
+
+log = logging.getLogger("mlrisk.signals")
+
+ACTIONABLE = ("long", "short", "close")
+
+
+@dataclass(slots=True)
+class BarEvent:
+    """A decoded bar with what is needed to persist state in its partition and to measure latency."""
+
+    bar: Bar
+    received_ms: float | None
+    event: Any  # the Faust event, whose partition table writes must use
+
+
+@dataclass(slots=True)
+class Outcome:
+    signal: dict[str, Any] | None
+    executions: list[dict[str, Any]] = field(default_factory=list)
+    republished: bool = False
+
+
+class PerformanceTracker:
+    """Rolling, out-of-sample hit rate and IC per model, resolved once the horizon has passed."""
+
+    def __init__(self, horizon_minutes: int, window: int = 2_000) -> None:
+        self.horizon_ms = horizon_minutes * 60_000
+        self.window = window
+        self.pending: dict[str, OrderedDict[int, tuple[float, dict[str, float]]]] = {}
+        self.resolved: list[tuple[float, dict[str, float]]] = []  # (forward return, p_up per model)
+
+    def record(self, symbol: str, bar: Bar, signal: dict[str, Any]) -> None:
+        queue = self.pending.setdefault(symbol, OrderedDict())
+        # settle what this bar's close makes known
+        due = self.horizon_ms
+        for open_time in list(queue):
+            if open_time + due == bar.open_time:
+                close, probs = queue.pop(open_time)
+                self.resolved.append((float(np.log(bar.close / close)), probs))
+            elif open_time + due < bar.open_time:
+                queue.pop(open_time)  # a gap: no clean outcome
+        del self.resolved[: max(0, len(self.resolved) - self.window)]
+        probs = {name: c["p_up"] for name, c in signal["model_contributions"].items()}
+        probs["ensemble"] = signal["metadata"]["p_up"]
+        queue[bar.open_time] = (bar.close, probs)
+
+    def report(self) -> dict[str, Any]:
+        if len(self.resolved) < 10:
+            return {"resolved": len(self.resolved)}
+        returns = np.array([r for r, _ in self.resolved])
+        out: dict[str, Any] = {"resolved": len(self.resolved)}
+        for name in self.resolved[-1][1]:
+            scores = np.array([p.get(name, np.nan) for _, p in self.resolved])
+            ok = np.isfinite(scores) & (returns != 0)
+            hits = float(np.mean((scores[ok] > 0.5) == (returns[ok] > 0))) if ok.any() else None
+            ic = _spearman(scores[ok], returns[ok]) if ok.sum() > 2 else None
+            out[name] = {"hit_rate": hits, "ic": ic}
+        return out
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+class SignalStage:
+    """Per-batch logic of the signal agent; tables are injected (Faust tables in the worker)."""
+
+    def __init__(self, engine: SignalEngine, engine_states: Any, paper_books: Any, broker: PaperBroker,
+                 views: dict[str, MarketView], publish_hold: bool = False) -> None:
+        self.engine = engine
+        self.engine_states = engine_states
+        self.paper_books = paper_books
+        self.broker = broker
+        self.views = views
+        self.publish_hold = publish_hold
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.tracker = PerformanceTracker(engine.horizon)
+        self.last_signals: dict[str, dict[str, Any]] = {}
+
+    def load_state(self, symbol: str) -> SymbolState:
+        blob = self.engine_states.get(symbol)
+        return self.engine.new_state(symbol) if blob is None else SymbolState.from_bytes(blob.encode())
+
+    def load_paper(self, symbol: str) -> PaperBook:
+        data = self.paper_books.get(symbol)
+        book = PaperBook() if data is None else PaperBook.from_dict(data)
+        self.broker.account.books[symbol] = book
+        return book
+
+    def extras(self, symbol: str) -> dict[str, Any]:
+        view = self.views.get(symbol)
+        if view is None:
+            return {}
+        extras: dict[str, Any] = {}
+        if view.mark_price is not None:
+            extras["mark_price"] = view.mark_price
+        analysis = view.book.analysis() if view.book is not None else None
+        if analysis is not None:
+            extras.update(spread_bps=analysis["spread_bps"], depth_usdt=analysis["depth_usdt"],
+                          book_imbalance=analysis["book_imbalance"])
+        elif view.bid_price and view.ask_price and view.ask_price > view.bid_price:
+            mid = (view.bid_price + view.ask_price) / 2
+            extras["spread_bps"] = (view.ask_price - view.bid_price) / mid * 1e4
+        return extras
+
+    async def process(self, items: Sequence[BarEvent], persist: Callable[[BarEvent, str, SymbolState, PaperBook],
+                                                                          None],
+                      emit: Callable[[dict[str, Any], list[dict[str, Any]], BarEvent], Awaitable[None]]) -> int:
+        """Run the batch in rounds; `persist` stores a symbol's state, `emit` publishes a signal and fills."""
+        queues: OrderedDict[str, list[BarEvent]] = OrderedDict()
+        for item in items:
+            queues.setdefault(item.bar.symbol, []).append(item)
+        states: dict[str, SymbolState] = {}
+        papers: dict[str, PaperBook] = {}
+        decided = 0
+        while queues:
+            round_items = [queue.pop(0) for queue in queues.values()]
+            for symbol in [s for s, q in queues.items() if not q]:
+                del queues[symbol]
+            pendings = []
+            staged = []
+            for item in round_items:
+                symbol = item.bar.symbol
+                state = states.get(symbol) or states.setdefault(symbol, self.load_state(symbol))
+                paper = papers.get(symbol) or papers.setdefault(symbol, self.load_paper(symbol))
+                previous = state.last_close_time
+                if previous is not None and item.bar.close_time <= previous:
+                    old = self.engine.previous_signal(state, item.bar)
+                    if old is not None and (old["signal_type"] in ACTIONABLE or self.publish_hold):
+                        await emit(old, [], item)  # redelivery after a crash: same id, the sink keeps one
+                    continue
+                executions = self.broker.on_bar(item.bar)
+                pending = self.engine.prepare(state, item.bar)
+                staged.append((item, state, paper, pending, executions))
+                if pending is not None:
+                    pendings.append(pending)
+            predictions = []
+            if pendings:
+                started = time.perf_counter()
+                predictions = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self.engine.score, pendings)
+                metrics.INFERENCE.labels("ensemble").observe(time.perf_counter() - started)
+            by_pending = dict(zip([id(p) for p in pendings], predictions, strict=True))
+            for item, state, paper, pending, executions in staged:
+                symbol = item.bar.symbol
+                signal = None
+                if pending is not None:
+                    signal = self.engine.finish(state, pending, by_pending[id(pending)], self.extras(symbol))
+                    decided += 1
+                    self.tracker.record(symbol, item.bar, signal)
+                    self.last_signals[symbol] = signal
+                    metrics.SIGNALS_OUT.labels(symbol, signal["signal_type"], signal["risk_level"]).inc()
+                    metrics.RISK_SCORE.labels(symbol).set(signal["risk_score"])
+                    for name, contribution in signal["model_contributions"].items():
+                        metrics.MODEL_WEIGHT.labels(name, symbol).set(contribution["weight"])
+                    if signal["signal_type"] in ACTIONABLE:
+                        executions = executions + self.broker.on_signal(signal)
+                persist(item, symbol, state, paper)
+                publishable = signal is not None and (signal["signal_type"] in ACTIONABLE or self.publish_hold)
+                if publishable or executions:
+                    if signal is not None and item.received_ms is not None:
+                        signal["latency_ms"] = round(time.time() * 1000 - item.received_ms, 3)
+                        metrics.LATENCY.observe(signal["latency_ms"] / 1000)
+                    await emit(signal if publishable else None, executions, item)  # type: ignore[arg-type]
+        account = self.broker.account
+        metrics.PAPER_EQUITY.set(account.equity_usdt())
+        metrics.DRAWDOWN.set(account.drawdown())
+        return decided

@@ -1,0 +1,169 @@
+"""The database sink: signals, risk-adjusted positions, execution logs and service metrics, written in batches.
+
+Each batch is one multi-row INSERT ... ON CONFLICT DO NOTHING on the table's idempotency key, so a redelivered
+message writes nothing twice. A failed write is retried with backoff until it succeeds: the stream's batch is
+acknowledged (and its offsets committed) only after its rows are durable, and while the database is away the
+agent waits, which holds back consumption — backpressure instead of loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from streams import metrics
+
+log = logging.getLogger("mlrisk.sink")
+
+SIGNAL_COLUMNS = (
+    "timestamp", "signal_id", "symbol", "signal_type", "signal_strength", "confidence_score", "risk_level",
+    "market_regime", "recommended_leverage", "position_size_usdt", "stop_loss_price", "take_profit_price",
+    "risk_reward_ratio", "ml_confidence", "ml_prediction", "model_contributions", "risk_score", "liquidation_risk",
+    "portfolio_impact", "volatility_score", "liquidity_score", "market_depth_analysis", "metadata",
+)
+POSITION_COLUMNS = (
+    "timestamp", "signal_id", "symbol", "signal_type", "base_position_size", "risk_adjusted_size",
+    "leverage_multiplier", "stop_loss_adjustment", "take_profit_adjustment", "risk_factors", "confidence_boost",
+    "market_regime", "volatility_score", "liquidity_score", "metadata",
+)
+EXECUTION_COLUMNS = (
+    "timestamp", "signal_id", "symbol", "execution_status", "execution_price", "execution_size",
+    "execution_leverage", "actual_stop_loss", "actual_take_profit", "execution_time_ms", "error_message",
+    "metadata",
+)
+METRICS_COLUMNS = (
+    "timestamp", "service_name", "signals_generated", "signals_executed", "average_confidence",
+    "average_risk_score", "success_rate", "total_pnl", "processing_time_ms", "error_count", "metadata",
+)
+CONFLICT_KEYS = {
+    "actionable_trade_signals": "(signal_id, timestamp)",
+    "risk_adjusted_positions": "(signal_id, timestamp)",
+    "signal_execution_logs": "(signal_id, execution_status, timestamp)",
+    "ml_risk_integration_metrics": "(service_name, timestamp)",
+}
+COLUMNS = {
+    "actionable_trade_signals": SIGNAL_COLUMNS,
+    "risk_adjusted_positions": POSITION_COLUMNS,
+    "signal_execution_logs": EXECUTION_COLUMNS,
+    "ml_risk_integration_metrics": METRICS_COLUMNS,
+}
+SIGNAL_FIELDS_IN_METADATA = ("entry_price", "quantity", "liquidation_price", "bar_close_time", "model_version",
+                             "latency_ms", "schema_version")
+
+
+def signal_row(signal: dict[str, Any]) -> tuple[Any, ...]:
+    meta = dict(signal.get("metadata") or {})
+    depth = meta.pop("market_depth_analysis", None)
+    meta.pop("risk_adjusted_positions", None)
+    for name in SIGNAL_FIELDS_IN_METADATA:
+        meta[name] = signal.get(name)
+    values = {**signal, "model_contributions": Jsonb(signal.get("model_contributions")),
+              "market_depth_analysis": Jsonb(depth), "metadata": Jsonb(meta)}
+    return tuple(values[c] for c in SIGNAL_COLUMNS)
+
+
+def position_row(signal: dict[str, Any]) -> tuple[Any, ...]:
+    adjusted = dict((signal.get("metadata") or {}).get("risk_adjusted_positions") or {})
+    factors = adjusted.pop("risk_factors", None)
+    values = {
+        **adjusted,
+        "timestamp": signal["timestamp"], "signal_id": signal["signal_id"], "symbol": signal["symbol"],
+        "signal_type": signal["signal_type"], "risk_factors": Jsonb(factors), "market_regime": signal["market_regime"],
+        "volatility_score": signal["volatility_score"], "liquidity_score": signal["liquidity_score"],
+        "metadata": Jsonb({"model_version": signal.get("model_version")}),
+    }
+    return tuple(values.get(c) for c in POSITION_COLUMNS)
+
+
+def execution_row(execution: dict[str, Any]) -> tuple[Any, ...]:
+    values = {**execution, "metadata": Jsonb(execution.get("metadata"))}
+    return tuple(values.get(c) for c in EXECUTION_COLUMNS)
+
+
+def metrics_row(row: dict[str, Any]) -> tuple[Any, ...]:
+    values = {**row, "metadata": Jsonb(row.get("metadata"))}
+    return tuple(values.get(c) for c in METRICS_COLUMNS)
+
+
+def insert_sql(table: str, rows: int) -> str:
+    columns = COLUMNS[table]
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * rows)} "
+            f"ON CONFLICT {CONFLICT_KEYS[table]} DO NOTHING")
+
+
+class Sink:
+    """Batched, idempotent, retrying writes through a small async connection pool."""
+
+    def __init__(self, url: str, max_retry_delay_s: float = 5.0) -> None:
+        self.url = url
+        self.pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False, timeout=10.0,
+                                        kwargs={"autocommit": True, "connect_timeout": 3})
+        self.max_retry_delay_s = max_retry_delay_s
+        self.healthy = False
+        self.rows_written = 0
+
+    async def open(self) -> None:
+        """Open the pool without waiting for the server, then check it answers (retrying in the background)."""
+        await self.pool.open(wait=False)
+        delay = 0.2
+        while not self.healthy:
+            try:
+                async with self.pool.connection() as conn:
+                    await conn.execute("SELECT 1")
+                self.healthy = True
+            except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_retry_delay_s)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": self.healthy, "rows_written": self.rows_written}
+
+    async def write(self, table: str, rows: Sequence[tuple[Any, ...]], oldest_ms: float | None = None) -> None:
+        """Write the rows in one statement; retry until the database takes them."""
+        if not rows:
+            return
+        sql = insert_sql(table, len(rows))
+        params = [value for row in rows for value in row]
+        delay = 0.2
+        while True:
+            try:
+                async with self.pool.connection() as conn:
+                    await conn.execute(sql, params)  # type: ignore[arg-type]
+                self.healthy = True
+                self.rows_written += len(rows)
+                metrics.SINK_ROWS.labels(table).inc(len(rows))
+                metrics.SINK_LAG.labels(table).set(0.0 if oldest_ms is None else time.time() - oldest_ms / 1000)
+                return
+            except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as error:
+                # psycopg_pool raises PoolTimeout (an OperationalError) while the server is away
+                self.healthy = False
+                metrics.SINK_ERRORS.labels(table).inc()
+                if oldest_ms is not None:
+                    metrics.SINK_LAG.labels(table).set(time.time() - oldest_ms / 1000)
+                log.warning("database write to %s failed (%s); retrying in %.1fs", table, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_retry_delay_s)
+
+    async def write_signals(self, signals: Sequence[dict[str, Any]], received_ms: float | None = None) -> None:
+        await self.write("actionable_trade_signals", [signal_row(s) for s in signals], received_ms)
+        await self.write("risk_adjusted_positions", [position_row(s) for s in signals if s["signal_type"] != "hold"],
+                         received_ms)
+
+    async def write_executions(self, executions: Sequence[dict[str, Any]], received_ms: float | None = None) -> None:
+        await self.write("signal_execution_logs", [execution_row(e) for e in executions], received_ms)
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(sql, params)  # type: ignore[arg-type]
+            return await cursor.fetchall()

@@ -1,0 +1,314 @@
+"""The HTTP API under /ml-risk: signals on demand and from the database, performance, risk, regime; OpenAPI.
+
+Errors are JSON `{"error": ...}` with a 4xx status; bad input never gives a 500.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import orjson
+from faust import web
+
+from models.bars import Bar
+from models.engine import SymbolState
+from risk.portfolio import historical_var, parametric_var
+from streams.app import Runtime
+from streams.config import normalise_symbol
+
+MAX_LIMIT = 1000
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _json(view: web.View, body: Any, status: int = 200) -> web.Response:
+    return view.bytes(orjson.dumps(body, default=_default, option=orjson.OPT_SERIALIZE_NUMPY),
+                      content_type="application/json", status=status)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    raise TypeError(type(value).__name__)
+
+
+def _symbol(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise BadRequest(400, "'symbol' must be a non-empty string such as BTCUSDT or BTC/USDT")
+    symbol = normalise_symbol(raw)
+    if not symbol.isalnum() or not 2 <= len(symbol) <= 20:
+        raise BadRequest(400, f"not a symbol: {raw!r}")
+    return symbol
+
+
+def _finite(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise BadRequest(422, f"bar field {name!r} must be a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise BadRequest(422, f"bar field {name!r} must be a number") from None
+    if not math.isfinite(number):
+        raise BadRequest(422, f"bar field {name!r} must be finite")
+    return number
+
+
+def _bars_from_body(symbol: str, raw: Any) -> list[Bar]:
+    if not isinstance(raw, list) or not raw:
+        raise BadRequest(422, "'bars' must be a non-empty list of 1-minute bars, oldest first")
+    bars = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise BadRequest(422, f"bars[{i}] must be an object")
+        for name in ("open_time", "open", "high", "low", "close", "volume"):
+            if name not in item:
+                raise BadRequest(422, f"bars[{i}] lacks {name!r}")
+        open_time = int(_finite(item["open_time"], "open_time"))
+        if open_time >= 10**14:
+            open_time //= 1000
+        prices = [_finite(item[n], n) for n in ("open", "high", "low", "close")]
+        if min(prices) <= 0 or not prices[2] <= min(prices[0], prices[3]) <= max(prices[0], prices[3]) <= prices[1]:
+            raise BadRequest(422, f"bars[{i}] prices must be positive with low <= open, close <= high")
+        optional = {n: _finite(item[n], n) for n in ("quote_volume", "trades", "taker_buy_base", "taker_buy_quote")
+                    if item.get(n) is not None}
+        bars.append(Bar(symbol, open_time - open_time % 60_000, *prices, _finite(item["volume"], "volume"),
+                        optional.get("quote_volume"),
+                        None if "trades" not in optional else int(optional["trades"]),
+                        optional.get("taker_buy_base"), optional.get("taker_buy_quote")))
+    if any(b.open_time <= a.open_time for a, b in zip(bars, bars[1:], strict=False)):
+        raise BadRequest(422, "bars must be in increasing open_time order")
+    return bars
+
+
+def register_api(runtime: Runtime) -> None:
+    app = runtime.app
+    services = runtime.services
+
+    def state_of(symbol: str) -> SymbolState | None:
+        blob = runtime.tables["engine_state"].get(symbol)
+        return None if blob is None else SymbolState.from_bytes(blob.encode())
+
+    async def guarded(view: web.View, handler: Any) -> web.Response:
+        try:
+            status, body = await handler()
+            return _json(view, body, status)
+        except BadRequest as error:
+            return _json(view, {"error": error.message}, error.status)
+
+    @app.page("/ml-risk/generate-signal")
+    class GenerateSignal(web.View):
+        async def post(self, request: web.Request) -> web.Response:
+            async def handle() -> tuple[int, Any]:
+                try:
+                    body = orjson.loads(await request.read())
+                except orjson.JSONDecodeError:
+                    raise BadRequest(400, "the body must be JSON") from None
+                if not isinstance(body, dict):
+                    raise BadRequest(400, "the body must be a JSON object")
+                symbol = _symbol(body.get("symbol"))
+                engine = services.get("engine")
+                if engine is None:
+                    raise BadRequest(409, "no trained models are loaded")
+                if "bars" in body:
+                    bars = _bars_from_body(symbol, body["bars"])
+                    state = engine.new_state(symbol)
+                    signal = None
+                    for bar in bars:
+                        signal = engine.on_bar(state, bar) or signal
+                    if signal is None or state.last_close_time != bars[-1].close_time or \
+                            signal["bar_close_time"] != bars[-1].close_time:
+                        raise BadRequest(422, f"too few bars for the features: {len(bars)} given, the models need "
+                                              f"about {engine.window + 100} consecutive minutes")
+                    return 200, signal
+                stage = services.get("stage")
+                if stage is None or (symbol not in stage.last_signals and state_of(symbol) is None):
+                    raise BadRequest(404, f"unknown symbol {symbol}: no bars seen on this worker")
+                signal = stage.last_signals.get(symbol) or (state_of(symbol).recent or [None])[-1]  # type: ignore
+                if signal is None:
+                    raise BadRequest(409, f"{symbol} is not warmed up yet")
+                return 200, signal
+
+            return await guarded(self, handle)
+
+    @app.page("/ml-risk/signals/{symbol}")
+    class Signals(web.View):
+        async def get(self, request: web.Request, symbol: str) -> web.Response:
+            async def handle() -> tuple[int, Any]:
+                name = _symbol(symbol)
+                raw_limit = request.query.get("limit", "50")
+                if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+                    raise BadRequest(400, f"'limit' must be an integer in 1..{MAX_LIMIT}")
+                since = request.query.get("since")
+                since_at = None
+                if since is not None:
+                    try:
+                        since_at = datetime.fromisoformat(since.replace("Z", "+00:00"))
+                    except ValueError:
+                        raise BadRequest(400, "'since' must be an ISO 8601 time") from None
+                rows = await services["database"].query(
+                    "SELECT to_jsonb(s) FROM actionable_trade_signals s WHERE symbol = %s "
+                    "AND (%s::timestamptz IS NULL OR timestamp >= %s::timestamptz) "
+                    "ORDER BY timestamp DESC, id DESC LIMIT %s",
+                    (name, since_at, since_at, int(raw_limit)),
+                )
+                return 200, {"symbol": name, "signals": [r[0] for r in rows]}
+
+            return await guarded(self, handle)
+
+    @app.page("/ml-risk/performance")
+    class Performance(web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            async def handle() -> tuple[int, Any]:
+                stage = services.get("stage")
+                broker = services["broker"]
+                account = broker.account
+                rows = await services["database"].query(
+                    "SELECT signal_type, count(*) FROM actionable_trade_signals "
+                    "WHERE timestamp > now() - interval '30 days' OR true GROUP BY signal_type")
+                books = [b.book for b in account.books.values()]
+                trades = sum(b.trades for b in books)
+                return 200, {
+                    "models": stage.tracker.report() if stage else {},
+                    "model_version": services["bundle"].version if services.get("bundle") else None,
+                    "paper": {
+                        "equity_usdt": account.equity_usdt(),
+                        "pnl_usdt": account.equity_usdt() - account.initial_equity_usdt,
+                        "drawdown": account.drawdown(),
+                        "trades": trades,
+                        "win_rate": sum(b.wins for b in books) / trades if trades else None,
+                        "fees_usdt": sum(b.fees_paid_usdt for b in books),
+                        "liquidations": sum(b.liquidations for b in books),
+                    },
+                    "signals_by_type": {t: n for t, n in rows},
+                }
+
+            return await guarded(self, handle)
+
+    @app.page("/ml-risk/risk-analysis")
+    class RiskAnalysis(web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            async def handle() -> tuple[int, Any]:
+                account = services["broker"].account
+                stage = services.get("stage")
+                equity = account.equity_usdt()
+                positions = account.positions()
+                exposure = sum(p.notional_usdt for p in positions)
+                margin = sum(p.margin_usdt for p in positions)
+                symbols: dict[str, Any] = {}
+                sigmas = []
+                for symbol, signal in (stage.last_signals.items() if stage else []):
+                    book = account.books.get(symbol)
+                    price = book.last_price if book else signal["entry_price"]
+                    position = book.book.position if book else None
+                    distance = None
+                    if position is not None and position.liquidation_price > 0 and price > 0:
+                        distance = abs(price - position.liquidation_price) / price
+                    sigma = signal["metadata"]["regime_indicators"].get("sigma_1m")
+                    if sigma:
+                        sigmas.append(sigma)
+                    symbols[symbol] = {"risk_score": signal["risk_score"], "risk_level": signal["risk_level"],
+                                       "liquidation_distance": distance, "position": None if position is None else
+                                       {"side": position.side, "notional_usdt": position.notional_usdt,
+                                        "leverage": position.leverage,
+                                        "liquidation_price": position.liquidation_price}}
+                pnl = [b.book.realised_pnl_usdt for b in account.books.values()]
+                sigma = float(np.mean(sigmas)) if sigmas else None
+                return 200, {
+                    "equity_usdt": equity,
+                    "gross_exposure_usdt": exposure,
+                    "margin_used_usdt": margin,
+                    "margin_use": margin / equity if equity > 0 else None,
+                    "drawdown": account.drawdown(),
+                    "var_95_usdt": {
+                        "parametric_1h": parametric_var(sigma * math.sqrt(60), 1.0, 0.95) * exposure if sigma else 0.0,
+                        "historical": historical_var(np.diff(pnl) / equity, 0.95) * equity if len(pnl) > 20 else None,
+                    },
+                    "trading_state": account.portfolio(int(datetime.now().timestamp() * 1000)).trading_state,
+                    "symbols": symbols,
+                }
+
+            return await guarded(self, handle)
+
+    @app.page("/ml-risk/market-regime")
+    class MarketRegime(web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            async def handle() -> tuple[int, Any]:
+                symbol = _symbol(request.query.get("symbol"))
+                stage = services.get("stage")
+                signal = stage.last_signals.get(symbol) if stage else None
+                state = state_of(symbol)
+                if signal is None and state is not None and state.recent:
+                    signal = state.recent[-1]
+                if signal is None:
+                    raise BadRequest(404, f"unknown symbol {symbol}: no decision yet on this worker")
+                regime = state.regime if state is not None else None
+                return 200, {
+                    "symbol": symbol,
+                    "market_regime": signal["market_regime"],
+                    "as_of": signal["timestamp"],
+                    "indicators": signal["metadata"]["regime_indicators"],
+                    "hysteresis": None if regime is None else {"candidate": regime.candidate, "count": regime.count},
+                }
+
+            return await guarded(self, handle)
+
+    @app.page("/openapi.json")
+    class OpenApi(web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            return _json(self, OPENAPI)
+
+
+def _error_responses(*codes: int) -> dict[str, Any]:
+    return {str(c): {"description": "error", "content": {"application/json": {"schema": {
+        "$ref": "#/components/schemas/Error"}}}} for c in codes}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "mlrisk", "version": "1", "description": "Actionable trading signals with risk controls."},
+    "paths": {
+        "/ml-risk/generate-signal": {"post": {
+            "summary": "A signal from the live state of a symbol, or from the given recent 1-minute bars",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["symbol"],
+                "properties": {"symbol": {"type": "string", "example": "BTCUSDT"},
+                               "bars": {"type": "array", "items": {"$ref": "#/components/schemas/Bar"}}}}}}},
+            "responses": {"200": {"description": "ActionableTradeSignal"}, **_error_responses(400, 404, 409, 422)}}},
+        "/ml-risk/signals/{symbol}": {"get": {
+            "summary": "Recent signals from the database, newest first",
+            "parameters": [
+                {"name": "symbol", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
+                {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}}],
+            "responses": {"200": {"description": "signals"}, **_error_responses(400)}}},
+        "/ml-risk/performance": {"get": {"summary": "Per-model hit rate and IC, paper PnL, signals by type",
+                                         "responses": {"200": {"description": "performance"}}}},
+        "/ml-risk/risk-analysis": {"get": {"summary": "Exposure, margin, VaR, drawdown, per-symbol risk",
+                                           "responses": {"200": {"description": "risk"}}}},
+        "/ml-risk/market-regime": {"get": {
+            "summary": "Regime of a symbol with the indicators behind it",
+            "parameters": [{"name": "symbol", "in": "query", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "regime"}, **_error_responses(400, 404)}}},
+        "/health": {"get": {"summary": "Liveness and readiness", "responses": {"200": {"description": "ready"},
+                                                                              "503": {"description": "degraded"}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+    },
+    "components": {"schemas": {
+        "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
+        "Bar": {"type": "object", "required": ["open_time", "open", "high", "low", "close", "volume"],
+                "properties": {n: {"type": "number"} for n in (
+                    "open_time", "open", "high", "low", "close", "volume", "quote_volume", "trades",
+                    "taker_buy_base", "taker_buy_quote")}},
+    }},
+}
