@@ -1,10 +1,8 @@
 """Walk-forward table for 2024: per quarter, every model trained only on the year before it, measured on it.
 
 Usage: .venv/bin/python bench/walk_forward_report.py [--data DIR] [--horizon 15] [--json out.json]
-[--no-neural]
-Prints IC (Spearman), daily IC mean, accuracy, hit rate on non-zero returns, log-loss and ECE per model and
-for
-the online-weighted ensemble. Nothing is tuned on these folds.
+[--no-neural] Prints IC (Spearman), daily IC mean, accuracy, hit rate on non-zero returns, log-loss and ECE
+per model and for the online-weighted ensemble. Nothing is tuned on these folds.
 """
 
 from __future__ import annotations
@@ -46,7 +44,7 @@ def main() -> None:
     config = TrainConfig(horizon_minutes=args.horizon)
     if args.no_neural:
         config = replace(config, neural=False)
-    console = Console()
+    console = Console(width=140)
     frame = load_bars(args.data, "BTCUSDT", None, ms("2025-01-01") + DAY_MS)
     ds = build_dataset(frame, args.horizon)
     data_start = int(frame.open_time[0])

@@ -1,12 +1,11 @@
 """The one code path from closed bar to signal, shared by the backtest and the live worker.
 
 `prepare` advances a symbol's state with a bar (settling the ensemble's due predictions, the virtual
-position's
-stops, the features) and returns what must be scored; `score` runs each model once over every symbol's pending
-row; `finish` asks the risk library for a decision, updates the virtual position and returns the signal dict.
-A bar not newer than the last one processed (a redelivery) changes nothing: `on_bar` answers it with the
-signal
-already emitted for it. State serialises to bytes and restores exactly, so a restart continues bit for bit.
+position's stops, the features) and returns what must be scored; `score` runs each model once over every
+symbol's pending row; `finish` asks the risk library for a decision, updates the virtual position and returns
+the signal dict. A bar not newer than the last one processed (a redelivery) changes nothing: `on_bar` answers
+it with the signal already emitted for it. State serialises to bytes and restores exactly, so a restart
+continues bit for bit.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
 """Combine the member models' probabilities with weights earned by their recent, realised log-loss.
 
 Per symbol, each member carries an exponentially-weighted sum of its log-losses over the predictions whose
-outcome is known (`forget` sets the memory, about 1 / (1 − forget) predictions); the weights are the
-softmax of
-−`learning_rate` × that sum. Before any outcome is known the sums stand at their steady state for the member's
-validation log-loss, so the initial weights come from validation. Predictions wait in the state until the bar
-`horizon` minutes later closes; a missing bar or an exactly-zero return resolves nothing.
+outcome is known (`forget` sets the memory, about 1 / (1 − forget) predictions); the weights are the softmax
+of −`learning_rate` × that sum. Before any outcome is known the sums stand at their steady state for the
+member's validation log-loss, so the initial weights come from validation. Predictions wait in the state until
+the bar `horizon` minutes later closes; a missing bar or an exactly-zero return resolves nothing.
 
 Everything here is a pure step over small arrays: the same outcomes in the same order give the same weights.
 """

@@ -88,9 +88,8 @@ def score_metrics(
 ) -> dict[str, float]:
     """IC and direction figures of P(up) against realised forward log returns (NaN returns ignored).
 
-    `ic` is Spearman (the contract's IC); `pearson_ic` the linear one; `accuracy` counts a zero return as
-    "not up";
-    `hit_rate`, `log_loss` and `ece` use non-zero returns only (the direction label).
+    `ic` is Spearman (the contract's IC); `pearson_ic` the linear one; `accuracy` counts a zero return as "not
+    up"; `hit_rate`, `log_loss` and `ece` use non-zero returns only (the direction label).
     """
     ok = np.isfinite(p_up) & np.isfinite(forward_return)
     p, r = p_up[ok], forward_return[ok]

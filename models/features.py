@@ -5,19 +5,17 @@ Every feature is one of three kinds, and each kind has a single definition that 
 - per-bar quantities from the bar and the previous available bar (`_bar_inputs`);
 - recursive quantities (Wilder ATR/RSI/ADX, MACD's EMAs), advanced by `_recursive_step`, which the batch path
   runs in a plain loop and the live path runs once per bar;
-- windowed quantities (rolling z-scores, volatility, highs/lows, VWAP, percentiles): the `_K_*` kernels take a
+- windowed quantities (rolling z-scores, volatility, highs/lows, VWAP, percentiles): the `_k_*` kernels take a
   2-D array of windows (rows, k); the batch path passes every window at once, the live path one row from its
   ring buffer.
 
 Gaps: halted minutes (flat, zero volume) are treated as missing. A missing stretch of at most `GAP_RESET_MS`
 is bridged (returns use the previous available bar, windows count available bars); after a longer gap the
-state
-resets and warms up again, because indicators spanning hours of silence describe no market. Rows are NaN until
-`WARMUP_BARS` bars of the current segment have been seen (`FeatureState.update` returns None then).
+state resets and warms up again, because indicators spanning hours of silence describe no market. Rows are NaN
+until `WARMUP_BARS` bars of the current segment have been seen (`FeatureState.update` returns None then).
 
 Columns that the source does not carry (trade count and taker-buy volume in the 6-column layout) give NaN
-features;
-nothing is invented for them. LightGBM reads NaN as missing.
+features; nothing is invented for them. LightGBM reads NaN as missing.
 """
 
 from __future__ import annotations

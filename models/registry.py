@@ -1,8 +1,7 @@
 """Versioned artifacts: `<out>/<version>/{lightgbm,lstm,transformer}/` + metadata.json; `<out>/CURRENT`.
 
 Loading serves LightGBM natively and the sequence models through onnxruntime (models.onnx_serving), so a
-process
-that only scores never imports torch.
+process that only scores never imports torch.
 """
 
 from __future__ import annotations

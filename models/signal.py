@@ -67,7 +67,7 @@ def build_signal(
         "schema_version": SCHEMA_VERSION,
         "signal_id": signal_id(symbol, bar_close_time_ms, model_version),
         "symbol": symbol,
-        "timestamp": iso_utc(bar_close_time_ms + 1),
+        "timestamp": iso_utc(bar_close_time_ms - 59_999),  # the bar's minute, as in the contract's example
         "bar_close_time": int(bar_close_time_ms),
         "signal_type": decision.signal_type,
         "signal_strength": decision.signal_strength,

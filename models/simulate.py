@@ -2,10 +2,9 @@
 
 Shared by the live engine (paper position per symbol) and the backtest. Exits are checked against each later
 bar's high and low: a bar that opens beyond the liquidation price liquidates (the margin is lost); one that
-opens
-beyond the stop fills at its open; otherwise a stop inside the range fills at the stop, before any
-take-profit in
-the same bar (pessimistic: the path inside a bar is unknown). Every fill pays the taker fee and slippage.
+opens beyond the stop fills at its open; otherwise a stop inside the range fills at the stop, before any
+take-profit in the same bar (pessimistic: the path inside a bar is unknown). Every fill pays the taker fee and
+slippage.
 """
 
 from __future__ import annotations

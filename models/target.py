@@ -3,8 +3,7 @@
 The forward return of bar t is log(close at the bar that opens exactly `horizon` minutes later / close of t).
 When that bar is missing or halted there is no label (a gap is not a return). An exactly-zero return has no
 direction: its label is NaN too, so that no model learns to spot quiet minutes instead of direction;
-evaluation
-reports direction on non-zero returns and IC on every return.
+evaluation reports direction on non-zero returns and IC on every return.
 """
 
 from __future__ import annotations

@@ -2,12 +2,10 @@
 
 Folds are (train, validation, test) periods in time order, each separated by a purge gap of the horizon, so no
 training label (which reads the bar `horizon` minutes ahead) reaches into validation or test. Every member
-sees the
-same rows; the neural members a capped, evenly spaced subset (windows overlap in all but one row, so
-neighbours add
-little). Early stopping and calibration use validation rows only; input standardisation is fitted on training
-windows inside each sequence model. The final set is trained on the most recent data and promoted in the
-registry.
+sees the same rows; the neural members a capped, evenly spaced subset (windows overlap in all but one row, so
+neighbours add little). Early stopping and calibration use validation rows only; input standardisation is
+fitted on training windows inside each sequence model. The final set is trained on the most recent data and
+promoted in the registry.
 """
 
 from __future__ import annotations

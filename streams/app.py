@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from faust.streams import _current_event
 
 from streams import metrics
 from streams.bar_builder import BarBuilder
@@ -19,10 +23,28 @@ from streams.serialization import dumps
 log = logging.getLogger("mlrisk")
 
 CLOSED_BARS_KEPT_MS = 3 * 86_400_000  # closed bars kept in the table (key "SYMBOL:open_time") for three days
-IDLE_FLUSH_MS = 10_000  # a symbol quiet this long (wall clock) gets its finished minutes closed
+IDLE_FLUSH_MS = 10_000
+INGEST_BATCH = 2_000  # messages per batch: bar state is written once per symbol and batch
+INGEST_WITHIN_S = 0.005  # a symbol quiet this long (wall clock) gets its finished minutes closed
 
 
 TABLE_NAMES = ("bar-state", "closed-bars", "engine-state", "paper-books")
+
+
+async def ack_all(stream: Any, events: list[Any]) -> None:
+    """Acknowledge a processed batch. Batches come from `noack_take`: a batch cut short (the worker stopping)
+    is never acknowledged, so its messages are delivered again instead of being committed unprocessed."""
+    for event in events:
+        await stream.ack(event)
+
+
+def in_partition_of(event: Any) -> None:
+    """Make `event` the current one, so that table writes go to its partition's changelog.
+
+    Batches (`take_events`) do not set the current event per message; table writes must land in the partition
+    of the symbol they belong to, or a rebalance would restore them on the wrong worker.
+    """
+    _current_event.set(weakref.ref(event))
 
 
 @dataclass(slots=True)
@@ -58,10 +80,8 @@ async def ensure_topics(settings: Settings) -> None:
             if name not in existing
         ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker created it first
                 await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass  # another worker created it first
     finally:
         await admin.close()
 
@@ -122,49 +142,74 @@ def build_app(settings: Settings) -> Runtime:
 
     @app.agent(topics["market_data"], name="ingest")
     async def ingest_agent(stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
-            headers = dict(message.headers or [])
-            key = message.key
-            if headers.get(CONTROL_HEADER) == FLUSH and key is not None:
-                symbol = key.decode()
-                view = ingest.views.get(symbol)
-                now = wall_ms()
-                if view is not None and now - view.last_event_wall_ms >= IDLE_FLUSH_MS:
-                    bars = ingest.flush(symbol, now)
-                    if bars:
-                        await publish_bars(symbol, bars, now)
-                continue
-            received = wall_ms()
-            try:
-                result = ingest.handle(event.value, key, message.topic, message.partition, message.offset, received)
-            except Exception as exc:  # a bug must not stop the worker: park the message with the reason
-                log.exception("ingest failed on %s[%s]@%s", message.topic, message.partition, message.offset)
-                metrics.ERRORS.labels("ingest").inc()
-                metrics.EVENTS_REJECTED.labels("internal_error").inc()
-                await topics["dlq"].send(
-                    key=key, value=dead_letter(f"internal_error: {exc!r}", message.topic, message.partition,
-                                               message.offset, event.value, wall_ms())
-                )
-                continue
-            if result.dead_letter is not None:
-                await topics["dlq"].send(key=key, value=result.dead_letter)
-            elif result.rekey_symbol is not None:
-                await topics["market_data"].send(key=result.rekey_symbol.encode(), value=event.value)
-            elif result.bars:
-                await publish_bars(result.bars[0].symbol, result.bars, received)
+        async for events in stream.noack_take(INGEST_BATCH, within=INGEST_WITHIN_S):
+            last_event_of: dict[str, Any] = {}
+            for event in events:
+                symbol = await ingest_one(event)
+                if symbol is not None:
+                    last_event_of[symbol] = event
+            # one changelog write per symbol and batch, in the partition of that symbol's own events; the
+            # batch's offsets are committed only after these writes are flushed (Faust flushes before commit)
+            for symbol, state in ingest.take_dirty().items():
+                event = last_event_of.get(symbol)
+                if event is not None:
+                    in_partition_of(event)
+                    tables["bar_state"][symbol] = state.to_dict()
+            await ack_all(stream, events)
+
+    async def publish_and_record(event: Any, bars: list, received: int) -> None:
+        symbol = bars[0].symbol
+        await publish_bars(symbol, bars, received)
+        in_partition_of(event)
+        tables["bar_state"][symbol] = ingest.state_for(symbol).to_dict()
+
+    async def ingest_one(event: Any) -> str | None:
+        """Handle one message; the symbol whose bar state it may have changed, if any."""
+        in_partition_of(event)
+        message = event.message
+        key = message.key
+        if dict(message.headers or []).get(CONTROL_HEADER) == FLUSH and key is not None:
+            symbol = key.decode()
+            view = ingest.views.get(symbol)
+            now = wall_ms()
+            if view is not None and now - view.last_event_wall_ms >= IDLE_FLUSH_MS:
+                bars = ingest.flush(symbol, now)
+                if bars:
+                    await publish_bars(symbol, bars, now)
+            return symbol
+        received = wall_ms()
+        try:
+            result = ingest.handle(event.value, key, message.topic, message.partition, message.offset, received)
+        except Exception as exc:  # a bug must not stop the worker: park the message with the reason
+            log.exception("ingest failed on %s[%s]@%s", message.topic, message.partition, message.offset)
+            metrics.ERRORS.labels("ingest").inc()
+            metrics.EVENTS_REJECTED.labels("internal_error").inc()
+            await topics["dlq"].send(
+                key=key, value=dead_letter(f"internal_error: {exc!r}", message.topic, message.partition,
+                                           message.offset, event.value, wall_ms())
+            )
+            return None
+        if result.dead_letter is not None:
+            await topics["dlq"].send(key=key, value=result.dead_letter)
+            return None
+        if result.rekey_symbol is not None:
+            await topics["market_data"].send(key=result.rekey_symbol.encode(), value=event.value)
+            return None
+        if result.bars:
+            # publishing the bars and recording them in the state happen together even if the worker is told to
+            # stop meanwhile: a batch delivered again then recognises its trades and klines as applied
+            await asyncio.shield(publish_and_record(event, result.bars, received))
+        return key.decode() if result.state_changed and key is not None else None
 
     @app.timer(2.0)
     async def flush_quiet_symbols() -> None:
         """Ask the ingest agent (in-stream, where tables may change) to close bars of quiet symbols."""
         now = wall_ms()
         for symbol, view in list(ingest.views.items()):
-            if now - view.last_event_wall_ms >= IDLE_FLUSH_MS:
-                state = ingest.state_for(symbol)
-                if state.open_bars:
-                    await topics["market_data"].send(
-                        key=symbol.encode(), value=b"", headers=[(CONTROL_HEADER, FLUSH)]
-                    )
+            if now - view.last_event_wall_ms >= IDLE_FLUSH_MS and ingest.has_open_bars(symbol):
+                await topics["market_data"].send(
+                    key=symbol.encode(), value=b"", headers=[(CONTROL_HEADER, FLUSH)]
+                )
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:

@@ -1,7 +1,9 @@
 """1-minute bars from trades or klines, in exchange event time, with allowed lateness and duplicate removal.
 
-Per symbol the first bar-making event kind decides the source (trades, aggTrades, generic ticks or klines); the
-others are counted and ignored, so that one symbol's volume is never counted twice. A trade belongs to the
+Bars come from trades where trades exist and from closed klines otherwise: a closed kline becomes the bar of
+its minute only while the symbol has no bar in the making from trades. Among trade kinds (trades, aggTrades,
+generic ticks) the first one seen for a symbol is its source and the others are counted and ignored, so that one
+symbol's volume is never counted twice. A trade belongs to the
 minute of its trade time; a minute's bar closes once the symbol's watermark (the latest event time seen) has
 passed the end of the minute by the allowed lateness. A trade for a minute whose bar has already closed is
 late and dropped. Trades carry increasing ids on Binance's streams, so an id at or below the last one seen is a
@@ -111,7 +113,7 @@ class BarBuilder:
 
     def on_trade(self, state: SymbolBars, trade: Trade) -> tuple[str, list[Bar]]:
         """Apply one trade; return what became of it and the bars it closed."""
-        if state.source is None:
+        if state.source is None or state.source == "kline":
             state.source = trade.kind
         elif state.source != trade.kind:
             return IGNORED, []
@@ -135,13 +137,11 @@ class BarBuilder:
         return outcome, self.close_due(state)
 
     def on_kline(self, state: SymbolBars, kline: Kline) -> tuple[str, list[Bar]]:
-        """A closed kline is a finished bar; an unfinished one is ignored (its closed version follows)."""
+        """A closed kline is a finished bar unless trades are building bars; an unfinished one is ignored."""
+        if not kline.closed or state.open_bars:
+            return IGNORED, []
         if state.source is None:
             state.source = "kline"
-        elif state.source != "kline":
-            return IGNORED, []
-        if not kline.closed:
-            return IGNORED, []
         if state.last_closed_open_time is not None and kline.open_time <= state.last_closed_open_time:
             return DUPLICATE, []
         state.last_closed_open_time = kline.open_time

@@ -39,7 +39,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.app import build_app, ensure_topics
 
     asyncio.run(ensure_topics(settings))
-    runtime = build_app(settings)
+    try:
+        runtime = build_app(settings)
+    except SettingsError as error:
+        print(f"mlrisk: configuration error: {error}", file=sys.stderr)
+        return 2
     worker = Worker(runtime.app, loglevel=settings.log_level, quiet=args.quiet)
     worker.execute_from_commandline()
     return 0
@@ -99,13 +103,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from models.backtest import backtest_cli
+    import os
 
-    backtest_cli(
+    from models.backtest import backtest_cli
+    from risk.config import RiskConfig
+
+    try:
+        risk_config = RiskConfig.from_env(os.environ)  # the same costs and limits as the worker
+    except ValueError as error:
+        print(f"mlrisk: configuration error: {error}", file=sys.stderr)
+        return 2
+    report = backtest_cli(
         Path(args.data), args.symbol.upper(), Path(args.models), Path(args.out),
         signals_out=Path(args.signals_out) if args.signals_out else None,
-        start_ms=_time_ms(args.start), end_ms=_time_ms(args.end),
+        start=args.start, end=args.end, risk_config=risk_config,
     )
+    print(f"{report['symbol']}: {report['bars']} bars, signals {report['signals']}, trades {report['trades']}, "
+          f"net return {report['net_return']:+.4%} (buy and hold "
+          f"{report['baselines']['buy_and_hold']['net_return']:+.4%}), max drawdown {report['max_drawdown']:.2%}, "
+          f"liquidations {report['liquidations']}, invariant violations {report['invariant_violations']} "
+          f"→ {args.out}")
     return 0
 
 

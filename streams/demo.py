@@ -24,10 +24,12 @@ import psycopg
 
 from streams.config import REPO_ROOT, Settings
 from streams.db import database_url, init_schema
+from streams.probe import metric, wait_ready
 
 # two real days where both BTCUSDT (kline dumps) and ETHUSDT (OHLCV windows) have bars; the first day warms up
 DEMO_DAYS = ("2024-10-14", "2024-10-16")
 SYMBOLS = "BTCUSDT,ETHUSDT"
+
 
 
 def ensure_models(data: Path, model_dir: Path) -> None:
@@ -38,28 +40,6 @@ def ensure_models(data: Path, model_dir: Path) -> None:
     from models.train import train_cli
 
     train_cli(data, "BTCUSDT", model_dir, quick=True, horizon=15)
-
-
-def metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
-               or line.startswith(name + " "))
-
-
-def wait_health(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("the worker exited; see .mlrisk/demo-worker.log")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                if orjson.loads(resp.read())["checks"]["kafka"]["assigned_partitions"] > 0:
-                    return
-        except Exception:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("the worker did not become ready")
 
 
 async def subscribe(settings: Settings, stop: asyncio.Event, seen: list[dict]) -> None:
@@ -112,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--quiet"], env=env,
                               stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=REPO_ROOT)  # noqa: SIM115
     try:
-        wait_health(settings.web_port, worker)
+        wait_ready(settings.web_port, worker, log=f"see {log_path}")
         print(f"worker: ready on :{settings.web_port} (topics prefixed {settings.topic_prefix!r})")
         replay = subprocess.run(
             [sys.executable, "-m", "streams.cli", "replay", "--quiet", "--data", str(data), "--source", "bars",

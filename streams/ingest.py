@@ -81,10 +81,28 @@ class Ingest:
         self.max_future_ms = max_future_ms
         self.views: dict[str, MarketView] = {}
         self.book_factory = book_factory
+        # states touched in the current batch: read from the table once, written back once (see `dirty`)
+        self.working: dict[str, SymbolBars] = {}
 
     def state_for(self, symbol: str) -> SymbolBars:
+        state = self.working.get(symbol)
+        if state is None:
+            data = self.bar_states.get(symbol)
+            state = self.working[symbol] = SymbolBars(symbol) if data is None else SymbolBars.from_dict(data)
+        return state
+
+    def has_open_bars(self, symbol: str) -> bool:
+        """Whether a symbol has bars in the making (read-only: the batch cache is left alone)."""
+        state = self.working.get(symbol)
+        if state is not None:
+            return bool(state.open_bars)
         data = self.bar_states.get(symbol)
-        return SymbolBars(symbol) if data is None else SymbolBars.from_dict(data)
+        return bool(data and data["open_bars"])
+
+    def take_dirty(self) -> dict[str, SymbolBars]:
+        """The states changed since the last call, to be written to the table; the batch cache is cleared."""
+        dirty, self.working = self.working, {}
+        return dirty
 
     def handle(self, raw: bytes, key: bytes | None, topic: str, partition: int, offset: int,
                now_ms: int) -> IngestResult:
@@ -94,7 +112,7 @@ class Ingest:
             metrics.EVENTS_REJECTED.labels(error.code).inc()
             return IngestResult(dead_letter=dead_letter(error, topic, partition, offset, raw, now_ms))
         symbol = event.symbol
-        if key is not None and key != symbol.encode():
+        if key != symbol.encode():
             # keyed wrongly (or not at all): send it on under its symbol so one symbol stays on one partition
             return IngestResult(rekey_symbol=symbol)
         metrics.EVENTS_IN.labels(event_kind(event), symbol).inc()
@@ -118,11 +136,9 @@ class Ingest:
         return IngestResult()
 
     def _apply(self, symbol: str, step: Callable[[SymbolBars], tuple[str, list[Bar]]]) -> tuple[str, list[Bar]]:
-        state = self.state_for(symbol)
-        outcome, bars = step(state)
+        outcome, bars = step(self.state_for(symbol))
         if outcome != ACCEPTED:
             metrics.EVENTS_DROPPED.labels(outcome, symbol).inc()
-        self.bar_states[symbol] = state.to_dict()
         return outcome, bars
 
     def _bars(self, symbol: str, outcome: str, bars: list[Bar]) -> IngestResult:
@@ -132,10 +148,8 @@ class Ingest:
 
     def flush(self, symbol: str, now_ms: int) -> list[Bar]:
         """Close the bars of a symbol whose feed went quiet (`now_ms` is the wall clock)."""
-        state = self.state_for(symbol)
-        bars = self.builder.close_due(state, now_ms)
+        bars = self.builder.close_due(self.state_for(symbol), now_ms)
         if bars:
-            self.bar_states[symbol] = state.to_dict()
             metrics.BARS_CLOSED.labels(symbol).inc(len(bars))
         return bars
 

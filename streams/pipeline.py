@@ -6,11 +6,8 @@ import logging
 import os
 import socket
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
-
-from faust.streams import _current_event
 
 from models.bars import Bar
 from models.engine import SignalEngine, SymbolState
@@ -18,7 +15,7 @@ from models.registry import ModelBundle, load_bundle
 from models.simulate import FillCosts
 from risk.config import RiskConfig
 from streams import metrics
-from streams.app import Runtime
+from streams.app import Runtime, ack_all, in_partition_of
 from streams.config import SettingsError
 from streams.db import database_url
 from streams.execution import PaperAccount, PaperBook, PaperBroker
@@ -80,8 +77,7 @@ def attach_pipeline(runtime: Runtime) -> None:
         await sink.open()
 
     def persist(item: BarEvent, symbol: str, state: SymbolState, paper: PaperBook) -> None:
-        # table writes go to the changelog partition of the event being processed: the bar's own
-        _current_event.set(weakref.ref(item.event))
+        in_partition_of(item.event)
         tables["engine_state"][symbol] = state.to_bytes().decode()
         tables["paper_books"][symbol] = paper.to_dict()
 
@@ -99,8 +95,9 @@ def attach_pipeline(runtime: Runtime) -> None:
 
     @app.agent(topics["bars"], name="signals")
     async def signal_agent(stream: Any) -> None:
-        async for events in stream.take_events(64, within=0.01):
+        async for events in stream.noack_take(64, within=0.01):
             if stage is None:
+                await ack_all(stream, events)
                 continue
             items = []
             for event in events:
@@ -112,16 +109,19 @@ def attach_pipeline(runtime: Runtime) -> None:
                 counters.errors += 1
                 metrics.ERRORS.labels("signals").inc()
                 raise
+            await ack_all(stream, events)
 
     @app.agent(topics["signals"], name="sink-signals")
     async def sink_signals(stream: Any) -> None:
-        async for values in stream.take(500, within=0.5):
-            await sink.write_signals([loads(v) for v in values], time.time() * 1000)
+        async for events in stream.noack_take(500, within=0.5):
+            await sink.write_signals([loads(e.value) for e in events], time.time() * 1000)
+            await ack_all(stream, events)
 
     @app.agent(topics["executions"], name="sink-executions")
     async def sink_executions(stream: Any) -> None:
-        async for values in stream.take(500, within=0.5):
-            await sink.write_executions([loads(v) for v in values], time.time() * 1000)
+        async for events in stream.noack_take(500, within=0.5):
+            await sink.write_executions([loads(e.value) for e in events], time.time() * 1000)
+            await ack_all(stream, events)
 
     @app.timer(60.0)
     async def service_metrics() -> None:

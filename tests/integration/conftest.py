@@ -23,6 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BROKERS = "localhost:9092"
 
 
+
 def _answers(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -75,23 +76,10 @@ class WorkerProcess:
         return self
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:
-        import json
-        import urllib.request
+        from streams.probe import wait_ready
 
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as resp:
-                    body = json.loads(resp.read())
-                    if body["checks"]["kafka"]["assigned_partitions"] > 0:
-                        return
-            except Exception:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"worker not ready in {timeout_s}s: {self.log_path.read_text()[-3000:]}")
+        assert self.proc is not None
+        wait_ready(self.port, self.proc, timeout_s, log=self.log_path.read_text()[-3000:])
 
     def stop(self, kill: bool = False, timeout_s: float = 30.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -187,3 +175,13 @@ def replay(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "streams.cli", "replay", "--quiet", *args],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True,
     )
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Quick models trained once per session on real BTCUSDT bars (never committed)."""
+    from models.train import train_cli
+
+    out = tmp_path_factory.mktemp("models")
+    train_cli(REPO_ROOT.parent / "shared" / "data", "BTCUSDT", out, quick=True, progress=False)
+    return out

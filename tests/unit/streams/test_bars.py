@@ -172,3 +172,22 @@ def test_kline_source_ignores_unfinished_and_repeated_klines(data_dir: Path) -> 
     assert [b.open_time for b in bars] == [int(t) for t in frame.open_time]
     assert outcomes.count(DUPLICATE) == 2
     assert outcomes[5] == IGNORED
+
+
+def test_klines_fill_minutes_until_trades_take_over(data_dir: Path, futures_trades: list[Trade]) -> None:
+    """History from klines warms a symbol up; from the first trade on, trades build the bars."""
+    first_trade_minute = futures_trades[0].trade_time_ms - futures_trades[0].trade_time_ms % 60_000
+    frame = read_bar_file(data_dir / "binance-spot-klines-1m" / "BTCUSDT-1m-2024-08.csv.gz")
+    history = frame.between(first_trade_minute - 30 * 60_000, first_trade_minute)
+    klines = [parse_event(kline_message(history, i), NOW_MS) for i in range(len(history))]
+    bars, outcomes = _stream_bars([*klines, *futures_trades])
+    assert [b.open_time for b in bars[:30]] == [int(t) for t in history.open_time]
+    trade_bars, _ = _stream_bars(futures_trades)
+    assert bars[30:] == trade_bars
+    # a closed kline for a minute that trades are building is ignored: trades win
+    state = SymbolBars("BTCUSDT")
+    builder = BarBuilder(3_000)
+    builder.on_trade(state, futures_trades[0])
+    late_kline = parse_event(kline_message(frame.between(first_trade_minute, first_trade_minute + 60_000), 0),
+                             NOW_MS)
+    assert builder.on_kline(state, late_kline) == (IGNORED, [])

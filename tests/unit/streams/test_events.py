@@ -76,7 +76,8 @@ def test_every_real_captured_message_parses(data_dir: Path, relative: str, expec
 
 
 def test_real_futures_messages_carry_their_fields(data_dir: Path) -> None:
-    events = [parse_event(line, NOW_MS) for line in _capture_lines(data_dir / "binance-futures-ws/btcusdt_20230405.dat.gz")]
+    lines = _capture_lines(data_dir / "binance-futures-ws/btcusdt_20230405.dat.gz")
+    events = [parse_event(line, NOW_MS) for line in lines]
     marks = [e for e in events if isinstance(e, MarkPrice)]
     assert all(27_000 < m.mark_price < 30_000 and m.funding_rate is not None for m in marks)
     depth = [e for e in events if isinstance(e, DepthUpdate)]

@@ -1,0 +1,389 @@
+"""`mlrisk bench`: the system's figures against baselines measured in the same run, on real trades.
+
+- passthrough: a plain aiokafka consumer → producer copying the same messages between two topics on the same
+  broker (the baseline every throughput is divided by);
+- ingest: a worker without models (parse, validate, dedupe, bars);
+- pipeline: a worker with models (ingest + bars + features + ensemble + risk + signals + paper + sink);
+- latency: event in (the producer sends the trade that closes a bar) → signal out (a subscriber receives it),
+  at a fixed offered rate, after the symbols were warmed up on klines;
+- sink: batched multi-row inserts against row-by-row inserts into the real database;
+- inference per model at batch 1 and 64, one risk decision, the worker's RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from streams.config import REPO_ROOT, Settings
+from streams.probe import metric, wait_ready
+
+DATA = REPO_ROOT.parent / "shared" / "data"
+CAPTURES = [("binance-futures-ws", "btcusdt_20240808.gz"), ("binance-futures-ws", "ethusdt_20240808.gz"),
+            ("binance-futures-ws", "btcusdt_20240718.gz"), ("binance-futures-ws", "btcusdt_20240719.gz"),
+            ("binance-futures-ws", "ethusdt_20240718.gz"), ("binance-futures-ws", "ethusdt_20240719.gz")]
+
+
+
+def real_trades(limit: int) -> list[tuple[bytes, bytes, int, int]]:
+    """(key, raw message, event time ms, trade time ms) of real futures trades, in exchange-time order."""
+    rows = []
+    for folder, name in CAPTURES:
+        with gzip.open(DATA / folder / name, "rb") as handle:
+            for line in handle:
+                payload = line.split(b" ", 1)[1].strip()
+                if b'"e":"trade"' not in payload:
+                    continue
+                data = orjson.loads(payload)["data"]
+                rows.append((data["s"].encode(), payload, int(data["E"]), int(data["T"])))
+    rows.sort(key=lambda r: r[2])
+    return rows[:limit]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def produce(servers: str, topic: str, items: list[tuple[bytes, bytes]], rate: float | None = None
+                  ) -> list[float]:
+    """Send everything (paced at `rate` messages/s when given); the wall time each message was handed over."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=2, acks=1, max_batch_size=512 * 1024)
+    await producer.start()
+    sent_at = []
+    try:
+        start = time.monotonic()
+        futures = []
+        for i, (key, value) in enumerate(items):
+            if rate:
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            sent_at.append(time.time())
+            futures.append(await producer.send(topic, value, key=key))
+            if len(futures) >= 10_000:
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return sent_at
+
+
+async def ensure(servers: str, *topics: str, partitions: int = 4) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, partitions, 1) for t in topics])
+    finally:
+        await admin.close()
+
+
+async def passthrough(servers: str, items: list[tuple[bytes, bytes]]) -> float:
+    """Baseline: consume every message from one topic and produce it to another; messages per second."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    source, sink = f"bench-{uuid.uuid4().hex[:8]}-in", f"bench-{uuid.uuid4().hex[:8]}-out"
+    await ensure(servers, source, sink)
+    consumer = AIOKafkaConsumer(source, bootstrap_servers=servers, group_id=f"bench-{uuid.uuid4().hex[:8]}",
+                                auto_offset_reset="earliest", enable_auto_commit=True)
+    producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=2, acks=1, max_batch_size=512 * 1024)
+    await consumer.start()
+    await producer.start()
+    try:
+        await asyncio.sleep(2)  # joined and assigned
+        feeder = asyncio.create_task(produce(servers, source, items))
+        copied, first = 0, None
+        while copied < len(items):
+            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+            for records in batch.values():
+                for record in records:
+                    first = first or time.monotonic()
+                    await producer.send(sink, record.value, key=record.key)
+                    copied += 1
+        await producer.flush()
+        elapsed = time.monotonic() - (first or time.monotonic())
+        await feeder
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return len(items) / elapsed
+
+
+class Worker:
+    def __init__(self, env: dict[str, str], home: Path) -> None:
+        self.env, self.port = env, int(env["MLRISK_WEB_PORT"])
+        home.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--quiet"], env=env,
+                                     cwd=REPO_ROOT, stdout=open(home / "worker.log", "wb"),  # noqa: SIM115
+                                     stderr=subprocess.STDOUT)
+        wait_ready(self.port, self.proc, log=f"see {home / 'worker.log'}")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def worker_env(settings: Settings, prefix: str, model_dir: Path | None, home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(MLRISK_TOPIC_PREFIX=prefix, MLRISK_WEB_PORT=str(free_port()), MLRISK_HOME=str(home),
+               MLRISK_MODEL_DIR=str(model_dir or home / "no-models"), MLRISK_PUBLISH_HOLD="true",
+               MLRISK_PARTITIONS="4")
+    if settings.database_url is None:
+        from streams.db import database_url
+
+        env["DATABASE_URL"] = database_url(settings)
+    return env
+
+
+def stream_rate(settings: Settings, env: dict[str, str], items: list[tuple[bytes, bytes]], counter: str,
+                expected: float) -> float:
+    """Offer everything at once to a running worker; messages per second from first send to last counted."""
+    start = time.monotonic()
+    asyncio.run(produce(settings.bootstrap_servers, env["MLRISK_TOPIC_PREFIX"] + "market-data", items))
+    port = int(env["MLRISK_WEB_PORT"])
+    deadline = time.monotonic() + 600
+    while metric(port, counter) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return len(items) / (time.monotonic() - start)
+
+
+def warm_up_klines(minutes: int, before_ms: int) -> list[tuple[bytes, bytes]]:
+    """Real klines of both symbols ending at `before_ms`, so that the features are warm when trades begin."""
+    from models.data import load_bars
+    from streams.replay import kline_message
+
+    items = []
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        frame = load_bars(DATA, symbol, before_ms - minutes * 60_000, before_ms)
+        if len(frame) == 0:  # ETHUSDT bars do not cover every capture day: borrow BTCUSDT's shape
+            continue
+        items += [(symbol.encode(), kline_message(frame, i)) for i in range(len(frame))]
+    return items
+
+
+async def latency_run(settings: Settings, env: dict[str, str], trades: list[tuple[bytes, bytes, int, int]],
+                      rate: float) -> dict[str, Any]:
+    """Offer the trades at `rate`/s; for each signal, the time from sending its closing trade to receiving it."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(env["MLRISK_TOPIC_PREFIX"] + "signals", bootstrap_servers=settings.bootstrap_servers,
+                                group_id=None, auto_offset_reset="latest")
+    await consumer.start()
+    received: list[tuple[float, dict]] = []
+
+    async def listen() -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=100)
+            now = time.time()
+            for records in batch.values():
+                received.extend((now, orjson.loads(r.value)) for r in records)
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(1)
+    sent_at = await produce(settings.bootstrap_servers, env["MLRISK_TOPIC_PREFIX"] + "market-data",
+                            [(k, v) for k, v, _, _ in trades], rate)
+    await asyncio.sleep(15)  # the last minutes close on the quiet-symbol flush
+    listener.cancel()
+    await consumer.stop()
+    lateness = settings.allowed_lateness_ms
+    event_times = {}
+    for (key, _, event_ms, _), at in zip(trades, sent_at, strict=True):
+        event_times.setdefault(key.decode(), []).append((event_ms, at))
+    latencies = []
+    for got_at, sig in received:
+        series = event_times.get(sig["symbol"], [])
+        closing = next((at for event_ms, at in series if event_ms >= sig["bar_close_time"] + 1 + lateness), None)
+        if closing is not None:
+            latencies.append((got_at - closing) * 1000)
+    if not latencies:
+        return {"p50": None, "p99": None, "samples": 0, "at_msgs_per_s": rate}
+    arr = np.array(latencies)
+    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)), "samples": len(arr),
+            "at_msgs_per_s": rate, "worker_internal_p99": float(np.percentile(
+                [s["latency_ms"] for _, s in received], 99))}
+
+
+def sink_bench(url: str, rows: int) -> dict[str, float]:
+    """Rows per second into actionable_trade_signals: batched statements against one INSERT per row."""
+    from streams.sink import Sink, insert_sql, signal_row
+
+    template = {
+        "schema_version": 1, "symbol": "BTCUSDT", "signal_type": "hold", "signal_strength": "hold",
+        "confidence_score": 0.1, "ml_confidence": 0.2, "ml_prediction": "flat", "risk_level": "low",
+        "market_regime": "ranging", "entry_price": 60000.0, "recommended_leverage": None,
+        "position_size_usdt": None, "quantity": None, "stop_loss_price": None, "take_profit_price": None,
+        "risk_reward_ratio": None, "liquidation_price": None, "risk_score": 20.0, "liquidation_risk": 0.0,
+        "portfolio_impact": 0.0, "volatility_score": 0.2, "liquidity_score": 0.8,
+        "model_contributions": {"lightgbm": {"p_up": 0.5, "weight": 1.0}}, "model_version": "bench",
+        "latency_ms": 1.0, "metadata": {"p_up": 0.5},
+    }
+
+    def signals(n: int) -> list[dict]:
+        base = 1_700_000_000_000
+        return [{**template, "signal_id": str(uuid.uuid4()), "bar_close_time": base + i * 60_000,
+                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime((base + i * 60_000) / 1000))}
+                for i in range(n)]
+
+    async def batched(batch: list[dict]) -> float:
+        sink = Sink(url)
+        await sink.open()
+        start = time.perf_counter()
+        for i in range(0, len(batch), 500):
+            await sink.write("actionable_trade_signals", [signal_row(s) for s in batch[i:i + 500]])
+        elapsed = time.perf_counter() - start
+        await sink.close()
+        return len(batch) / elapsed
+
+    async def row_by_row(batch: list[dict]) -> float:
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            sql = insert_sql("actionable_trade_signals", 1)
+            start = time.perf_counter()
+            for s in batch:
+                await conn.execute(sql, signal_row(s))  # type: ignore[arg-type]
+            return len(batch) / (time.perf_counter() - start)
+
+    fast = asyncio.run(batched(signals(rows)))
+    slow = asyncio.run(row_by_row(signals(max(2000, rows // 10))))
+    return {"batched": fast, "row_by_row": slow, "ratio": fast / slow}
+
+
+def ensure_models(model_dir: Path) -> Path:
+    if not (model_dir / "CURRENT").exists():
+        from models.train import train_cli
+
+        train_cli(DATA, "BTCUSDT", model_dir, quick=True, progress=False)
+    return model_dir
+
+
+def run(events: int, out: Path) -> dict[str, Any]:
+    from bench.risk_bench import bench_decide_us
+    from models.evaluate import bench_inference
+    from models.registry import load_bundle
+    from streams.db import database_url, init_schema
+
+    settings = Settings.from_env()
+    url = database_url(settings)
+    init_schema(url)
+    model_dir = ensure_models(settings.model_dir)
+    trades = real_trades(events)
+    items = [(k, v) for k, v, _, _ in trades]
+    home = settings.home / "bench"
+    report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                          "platform": platform.platform()}, "events": len(items)}
+    print(f"bench: {len(items)} real trades")
+    report["passthrough_msgs_per_s"] = asyncio.run(passthrough(settings.bootstrap_servers, items))
+    print(f"  passthrough {report['passthrough_msgs_per_s']:.0f} msg/s")
+
+    env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", None, home / "ingest")
+    worker = Worker(env, home / "ingest")
+    try:
+        report["ingest_msgs_per_s"] = stream_rate(settings, env, items, "mlrisk_events_in_total", len(items))
+    finally:
+        worker.stop()
+    print(f"  ingest {report['ingest_msgs_per_s']:.0f} msg/s")
+
+    env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home / "pipeline")
+    worker = Worker(env, home / "pipeline")
+    try:
+        first_trade_ms = trades[0][3] - trades[0][3] % 60_000
+        warm = warm_up_klines(420, first_trade_ms)
+        asyncio.run(produce(settings.bootstrap_servers, env["MLRISK_TOPIC_PREFIX"] + "market-data", warm))
+        port = int(env["MLRISK_WEB_PORT"])
+        while metric(port, "mlrisk_bars_closed_total") < len(warm):
+            time.sleep(0.2)
+        report["pipeline_msgs_per_s"] = stream_rate(settings, env, items, "mlrisk_events_in_total",
+                                                    len(items) + len(warm))
+        report["worker_rss_mb"] = worker.rss_mb()
+    finally:
+        worker.stop()
+    report["pipeline_vs_passthrough"] = report["pipeline_msgs_per_s"] / report["passthrough_msgs_per_s"]
+    report["ingest_vs_passthrough"] = report["ingest_msgs_per_s"] / report["passthrough_msgs_per_s"]
+    print(f"  pipeline {report['pipeline_msgs_per_s']:.0f} msg/s, worker RSS {report['worker_rss_mb']:.0f} MB")
+
+    env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home / "latency")
+    worker = Worker(env, home / "latency")
+    try:
+        first_trade_ms = trades[0][3] - trades[0][3] % 60_000
+        warm = warm_up_klines(420, first_trade_ms)
+        asyncio.run(produce(settings.bootstrap_servers, env["MLRISK_TOPIC_PREFIX"] + "market-data", warm))
+        port = int(env["MLRISK_WEB_PORT"])
+        while metric(port, "mlrisk_bars_closed_total") < len(warm):
+            time.sleep(0.2)
+        paced = trades[: min(len(trades), 60_000)]
+        report["latency_ms"] = asyncio.run(latency_run(settings, env, paced, 1000.0))
+    finally:
+        worker.stop()
+    print(f"  latency {report['latency_ms']}")
+
+    report["sink_rows_per_s"] = sink_bench(url, 20_000)
+    print(f"  sink {report['sink_rows_per_s']}")
+    bundle = load_bundle(model_dir)
+    report["inference_us_per_row"] = bench_inference(bundle)
+    report["risk_us_per_decision"] = bench_decide_us()
+    out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    _table(report)
+    return report
+
+
+def _table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"mlrisk bench: {report['events']} real trades, {report['machine']['cpus']} CPUs")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("vs baseline", justify="right")
+    base = report["passthrough_msgs_per_s"]
+    table.add_row("passthrough (aiokafka copy), msg/s", f"{base:,.0f}", "1.00")
+    table.add_row("ingest, msg/s", f"{report['ingest_msgs_per_s']:,.0f}", f"{report['ingest_vs_passthrough']:.2f}")
+    table.add_row("pipeline, msg/s", f"{report['pipeline_msgs_per_s']:,.0f}",
+                  f"{report['pipeline_vs_passthrough']:.2f}")
+    lat = report["latency_ms"]
+    if lat.get("samples"):
+        table.add_row(f"latency p50 / p99 at {lat['at_msgs_per_s']:.0f} msg/s, ms ({lat['samples']} signals)",
+                      f"{lat['p50']:.1f} / {lat['p99']:.1f}", "")
+    sink = report["sink_rows_per_s"]
+    table.add_row("sink batched / row by row, rows/s", f"{sink['batched']:,.0f} / {sink['row_by_row']:,.0f}",
+                  f"{sink['ratio']:.1f}x")
+    for name, figures in report["inference_us_per_row"].items():
+        table.add_row(f"{name} µs/row, batch 1 / 64", f"{figures['batch_1']:.0f} / {figures['batch_64']:.1f}",
+                      f"{figures['batch_1'] / figures['batch_64']:.1f}x")
+    table.add_row("risk decision, µs", f"{report['risk_us_per_decision']:.0f}", "")
+    table.add_row("worker RSS, MB", f"{report['worker_rss_mb']:.0f}", "")
+    Console().print(table)
+
+
+def main(args: argparse.Namespace) -> int:
+    run(args.events, Path(args.out))
+    return 0
