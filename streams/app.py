@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import weakref
@@ -196,9 +195,15 @@ def build_app(settings: Settings) -> Runtime:
             await topics["market_data"].send(key=result.rekey_symbol.encode(), value=event.value)
             return None
         if result.bars:
-            # publishing the bars and recording them in the state happen together even if the worker is told to
-            # stop meanwhile: a batch delivered again then recognises its trades and klines as applied
-            await asyncio.shield(publish_and_record(event, result.bars, received))
+            # record at once that these bars are out: a batch cut short and delivered again then recognises its
+            # trades and klines as applied and publishes nothing twice
+            try:
+                await publish_and_record(event, result.bars, received)
+            except BaseException:
+                # not published (the worker stopping, the broker away): forget the bars closed in memory, so
+                # that no later write records them as published; the unacknowledged message comes back
+                ingest.discard(result.bars[0].symbol)
+                raise
         return key.decode() if result.state_changed and key is not None else None
 
     @app.timer(2.0)

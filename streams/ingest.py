@@ -99,6 +99,10 @@ class Ingest:
         data = self.bar_states.get(symbol)
         return bool(data and data["open_bars"])
 
+    def discard(self, symbol: str) -> None:
+        """Drop a symbol's in-memory state: the table's copy (the last one written) stands."""
+        self.working.pop(symbol, None)
+
     def take_dirty(self) -> dict[str, SymbolBars]:
         """The states changed since the last call, to be written to the table; the batch cache is cleared."""
         dirty, self.working = self.working, {}
