@@ -185,6 +185,7 @@ def backtest_cli(
     start: str | None = None,
     end: str | None = None,
     progress: bool = True,
+    risk_config: RiskConfig | None = None,
 ) -> dict[str, Any]:
     """`mlrisk backtest`: write report.json with PNG plots beside it, optionally every signal as JSONL."""
     bundle = load_bundle(models_dir)
@@ -195,6 +196,7 @@ def backtest_cli(
         bundle,
         frame,
         start_ms,
+        risk_config,
         signals_out=None if signals_out is None else Path(signals_out),
         progress=progress,
     )
