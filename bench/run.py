@@ -234,7 +234,7 @@ async def latency_run(settings: Settings, env: dict[str, str], trades: list[tupl
 
 def sink_bench(url: str, rows: int) -> dict[str, float]:
     """Rows per second into actionable_trade_signals: batched statements against one INSERT per row."""
-    from streams.sink import Sink, insert_sql, signal_row
+    from streams.sink import SINK_BATCH, Sink, insert_sql, signal_row
 
     template = {
         "schema_version": 1, "symbol": "BTCUSDT", "signal_type": "hold", "signal_strength": "hold",
@@ -257,8 +257,8 @@ def sink_bench(url: str, rows: int) -> dict[str, float]:
         sink = Sink(url)
         await sink.open()
         start = time.perf_counter()
-        for i in range(0, len(batch), 500):
-            await sink.write("actionable_trade_signals", [signal_row(s) for s in batch[i:i + 500]])
+        for i in range(0, len(batch), SINK_BATCH):
+            await sink.write("actionable_trade_signals", [signal_row(s) for s in batch[i:i + SINK_BATCH]])
         elapsed = time.perf_counter() - start
         await sink.close()
         return len(batch) / elapsed

@@ -21,7 +21,7 @@ from streams.db import database_url
 from streams.execution import PaperAccount, PaperBook, PaperBroker
 from streams.serialization import dumps, loads
 from streams.signals import BarEvent, SignalStage
-from streams.sink import Sink, metrics_row
+from streams.sink import SINK_BATCH, Sink, metrics_row
 
 log = logging.getLogger("mlrisk.pipeline")
 
@@ -113,13 +113,13 @@ def attach_pipeline(runtime: Runtime) -> None:
 
     @app.agent(topics["signals"], name="sink-signals")
     async def sink_signals(stream: Any) -> None:
-        async for events in stream.noack_take(500, within=0.5):
+        async for events in stream.noack_take(SINK_BATCH, within=0.5):
             await sink.write_signals([loads(e.value) for e in events], time.time() * 1000)
             await ack_all(stream, events)
 
     @app.agent(topics["executions"], name="sink-executions")
     async def sink_executions(stream: Any) -> None:
-        async for events in stream.noack_take(500, within=0.5):
+        async for events in stream.noack_take(SINK_BATCH, within=0.5):
             await sink.write_executions([loads(e.value) for e in events], time.time() * 1000)
             await ack_all(stream, events)
 

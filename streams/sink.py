@@ -1,7 +1,7 @@
 """The database sink: signals, risk-adjusted positions, execution logs and service metrics, written in batches.
 
-Each batch is one multi-row INSERT ... ON CONFLICT DO NOTHING on the table's idempotency key, so a redelivered
-message writes nothing twice. A failed write is retried with backoff until it succeeds: the stream's batch is
+Each batch is COPYed into a per-connection staging table and moved with one INSERT ... SELECT ... ON CONFLICT DO
+NOTHING on the table's idempotency key, in one transaction, so a redelivered message writes nothing twice. A failed write is retried with backoff until it succeeds: the stream's batch is
 acknowledged (and its offsets committed) only after its rows are durable, and while the database is away the
 agent waits, which holds back consumption — backpressure instead of loss.
 """
@@ -21,6 +21,8 @@ from psycopg_pool import AsyncConnectionPool
 from streams import metrics
 
 log = logging.getLogger("mlrisk.sink")
+
+SINK_BATCH = 2_000  # rows per transaction: large enough that per-statement costs vanish
 
 SIGNAL_COLUMNS = (
     "timestamp", "signal_id", "symbol", "signal_type", "signal_strength", "confidence_score", "risk_level",
@@ -99,6 +101,24 @@ def insert_sql(table: str, rows: int) -> str:
             f"ON CONFLICT {CONFLICT_KEYS[table]} DO NOTHING")
 
 
+async def copy_rows(conn: psycopg.AsyncConnection[Any], table: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """COPY the rows into a staging table that empties itself at commit, then insert what is new."""
+    columns = ", ".join(COLUMNS[table])
+    staging = f"staging_{table}"
+    async with conn.transaction():
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {staging} ON COMMIT DELETE ROWS AS "
+            f"SELECT {columns} FROM {table} WITH NO DATA"
+        )
+        async with conn.cursor() as cursor, cursor.copy(f"COPY {staging} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                await copy.write_row(row)
+        await conn.execute(
+            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} "  # noqa: S608 (names are constants)
+            f"ON CONFLICT {CONFLICT_KEYS[table]} DO NOTHING"
+        )
+
+
 class Sink:
     """Batched, idempotent, retrying writes through a small async connection pool."""
 
@@ -130,16 +150,15 @@ class Sink:
         return {"ok": self.healthy, "rows_written": self.rows_written}
 
     async def write(self, table: str, rows: Sequence[tuple[Any, ...]], oldest_ms: float | None = None) -> None:
-        """Write the rows in one statement; retry until the database takes them."""
+        """Write the rows in one transaction (COPY to staging, then one INSERT); retry until the database takes
+        them."""
         if not rows:
             return
-        sql = insert_sql(table, len(rows))
-        params = [value for row in rows for value in row]
         delay = 0.2
         while True:
             try:
                 async with self.pool.connection() as conn:
-                    await conn.execute(sql, params)  # type: ignore[arg-type]
+                    await copy_rows(conn, table, rows)
                 self.healthy = True
                 self.rows_written += len(rows)
                 metrics.SINK_ROWS.labels(table).inc(len(rows))

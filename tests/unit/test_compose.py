@@ -75,3 +75,25 @@ def test_docker_compose_config_accepts_the_file() -> None:
     assert client is not None
     result = subprocess.run([*client, "config", "--quiet"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_dashboard_queries_name_metrics_the_worker_exports() -> None:
+    import json
+
+    from streams import metrics
+
+    exported = {m.name for m in metrics.REGISTRY.collect()}
+    dashboard = json.loads((REPO_ROOT / "ops/grafana/dashboards/mlrisk.json").read_text())
+    names = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            names.update(re.findall(r"mlrisk_[a-z_]+", target["expr"]))
+    base = {re.sub(r"_(bucket|total|count|sum)$", "", n) for n in names}
+    assert base <= exported, base - exported
+    for wanted in ("mlrisk_signals", "mlrisk_end_to_end_latency_seconds", "mlrisk_consumer_lag_messages",
+                   "mlrisk_model_weight", "mlrisk_risk_score", "mlrisk_paper_equity_usdt", "mlrisk_drawdown_ratio",
+                   "mlrisk_events_rejected"):
+        assert wanted in base
+    alerts = yaml.safe_load((REPO_ROOT / "ops/prometheus/alerts.yml").read_text())["groups"][0]["rules"]
+    assert {"MlriskConsumerLagHigh", "MlriskLatencyHigh", "MlriskDeadLetterRateHigh", "MlriskDrawdownHigh",
+            "MlriskTradingHalted"} <= {r["alert"] for r in alerts}
