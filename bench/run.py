@@ -215,7 +215,7 @@ async def latency_run(settings: Settings, env: dict[str, str], trades: list[tupl
     listener.cancel()
     await consumer.stop()
     lateness = settings.allowed_lateness_ms
-    event_times = {}
+    event_times: dict[str, list[tuple[int, float]]] = {}
     for (key, _, event_ms, _), at in zip(trades, sent_at, strict=True):
         event_times.setdefault(key.decode(), []).append((event_ms, at))
     latencies = []
@@ -270,7 +270,7 @@ def sink_bench(url: str, rows: int) -> dict[str, float]:
             sql = insert_sql("actionable_trade_signals", 1)
             start = time.perf_counter()
             for s in batch:
-                await conn.execute(sql, signal_row(s))  # type: ignore[arg-type]
+                await conn.execute(sql, signal_row(s))
             return len(batch) / (time.perf_counter() - start)
 
     fast = asyncio.run(batched(signals(rows)))

@@ -107,7 +107,7 @@ def build_app(settings: Settings) -> Runtime:
         producer_acks=-1,
         producer_linger_ms=1,
     )
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     topics = {
         "market_data": app.topic(settings.market_data_topic, partitions=settings.partitions, **raw),
         "dlq": app.topic(settings.dlq_topic, partitions=settings.partitions, **raw),

@@ -25,6 +25,6 @@ def init_schema(url: str, retention_days: int = 365) -> bool:
     sql = SCHEMA_PATH.read_text()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT set_config('mlrisk.retention_days', %s, false)", (str(retention_days),))
-        conn.execute(sql)  # type: ignore[arg-type]
+        conn.execute(sql)  # noqa: S608
         row = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
     return row is not None

@@ -138,10 +138,10 @@ def _summary(settings: Settings, url: str, seen: list[dict]) -> None:
     decided = metric(port, "mlrisk_signals_total")
     with psycopg.connect(url) as conn:
         ids = [s["signal_id"] for s in seen]
-        by_type = dict(conn.execute(
+        by_type: dict[str, int] = dict(conn.execute(
             "SELECT signal_type, count(*) FROM actionable_trade_signals WHERE signal_id = ANY(%s::uuid[]) "
             "GROUP BY signal_type", (ids,)).fetchall())
-        executions = dict(conn.execute(
+        executions: dict[str, int] = dict(conn.execute(
             "SELECT execution_status, count(*) FROM signal_execution_logs WHERE signal_id = ANY(%s::uuid[]) "
             "GROUP BY execution_status", (ids,)).fetchall())
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/ml-risk/performance", timeout=5) as resp:

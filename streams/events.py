@@ -9,6 +9,7 @@ Anything else raises BadEvent with a short reason code (the metric label) and a 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,14 +133,14 @@ def parse_event(raw: bytes | str, now_ms: int, max_future_ms: int = 3_600_000) -
         message = message["data"]
         if not isinstance(message, dict):
             raise BadEvent("not_object", "the combined-stream 'data' is not an object")
-    parser = _PARSERS.get(message.get("e")) if "e" in message else None
+    kind = message.get("e")
+    parser: Callable[[dict[str, Any]], MarketEvent] | None = _PARSERS.get(kind) if isinstance(kind, str) else None
     if parser is None:
         if "e" not in message and "symbol" in message:
             parser = _parse_tick
         elif "e" not in message and "b" in message and "a" in message and "u" in message and "s" in message:
             parser = _parse_book_ticker  # spot bookTicker has no "e"
         else:
-            kind = message.get("e")
             raise BadEvent("unknown_event", f"unknown event type {kind!r}" if kind else "no event type")
     event = parser(message)
     time_ms = getattr(event, "event_time_ms", None)
@@ -351,7 +352,7 @@ def _parse_mark_price(message: dict[str, Any]) -> MarkPrice:
     )
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict[str, Any]], MarketEvent]] = {
     "trade": _parse_trade,
     "aggTrade": _parse_trade,
     "kline": _parse_kline,

@@ -146,7 +146,8 @@ def attach_pipeline(runtime: Runtime) -> None:
             "metadata": {"signals_by_type": snapshot.by_type, "model_version": bundle.version if bundle else None,
                          "trading_state": account.portfolio(int(time.time() * 1000)).trading_state},
         }
-        metrics.TRADING_STATE.set(("ACTIVE", "REDUCING", "HALTED").index(row["metadata"]["trading_state"]))
+        trading_state = row["metadata"]["trading_state"]  # type: ignore[index]
+        metrics.TRADING_STATE.set(("ACTIVE", "REDUCING", "HALTED").index(trading_state))
         await sink.write("ml_risk_integration_metrics", [metrics_row(row)])
 
     @app.timer(5.0)

@@ -15,9 +15,9 @@ def health(port: int) -> dict[str, Any] | None:
     """The /health body (also when degraded, 503), or None when the worker does not answer."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-            return orjson.loads(resp.read())  # type: ignore[no-any-return]
+            return orjson.loads(resp.read())
     except urllib.error.HTTPError as error:
-        return orjson.loads(error.read())  # type: ignore[no-any-return]
+        return orjson.loads(error.read())
     except (OSError, ValueError):
         return None
 

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from models.bars import Bar
+from models.drift import PSI_DRIFT, feature_psi
 from models.engine import SignalEngine, SymbolState
+from models.features import FEATURE_NAMES
 from streams import metrics
 from streams.execution import PaperBook, PaperBroker
 from streams.ingest import MarketView
@@ -91,6 +93,30 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+class DriftMonitor:
+    """PSI of the recent live feature rows against the model version's training reference, per feature."""
+
+    def __init__(self, reference: dict[str, Any], version: str, window: int = 1_440, every: int = 60) -> None:
+        self.reference, self.version = reference, version
+        self.rows = np.full((window, len(FEATURE_NAMES)), np.nan, dtype=np.float32)
+        self.count, self.every = 0, every
+        self.latest: dict[str, float] = {}
+
+    def add(self, row: np.ndarray) -> None:
+        self.rows[self.count % self.rows.shape[0]] = row
+        self.count += 1
+        if self.count % self.every == 0 and self.count >= self.every * 4:
+            filled = self.rows[: min(self.count, self.rows.shape[0])]
+            self.latest = feature_psi(self.reference, FEATURE_NAMES, filled)
+            for name, value in self.latest.items():
+                metrics.FEATURE_DRIFT.labels(self.version, name).set(value)
+
+    def report(self) -> dict[str, Any]:
+        drifted = sorted((n for n, v in self.latest.items() if v > PSI_DRIFT), key=lambda n: -self.latest[n])
+        return {"rows": min(self.count, self.rows.shape[0]), "psi": self.latest, "drifted_features": drifted,
+                "threshold": PSI_DRIFT}
+
+
 class SignalStage:
     """Per-batch logic of the signal agent; tables are injected (Faust tables in the worker)."""
 
@@ -105,6 +131,8 @@ class SignalStage:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.tracker = PerformanceTracker(engine.horizon)
         self.last_signals: dict[str, dict[str, Any]] = {}
+        reference = engine.bundle.metadata.get("training_reference")
+        self.drift = DriftMonitor(reference, engine.bundle.version) if reference else None
 
     def load_state(self, symbol: str) -> SymbolState:
         blob = self.engine_states.get(symbol)
@@ -163,6 +191,8 @@ class SignalStage:
                 staged.append((item, state, paper, pending, executions))
                 if pending is not None:
                     pendings.append(pending)
+                    if self.drift is not None:
+                        self.drift.add(pending.window[-1])
             predictions = []
             if pendings:
                 started = time.perf_counter()

@@ -1,7 +1,8 @@
 """The database sink: signals, risk-adjusted positions, execution logs and service metrics, written in batches.
 
 Each batch is COPYed into a per-connection staging table and moved with one INSERT ... SELECT ... ON CONFLICT DO
-NOTHING on the table's idempotency key, in one transaction, so a redelivered message writes nothing twice. A failed write is retried with backoff until it succeeds: the stream's batch is
+NOTHING on the table's idempotency key, in one transaction, so a redelivered message writes nothing twice.
+A failed write is retried with backoff until it succeeds: the stream's batch is
 acknowledged (and its offsets committed) only after its rows are durable, and while the database is away the
 agent waits, which holds back consumption — backpressure instead of loss.
 """
@@ -184,5 +185,5 @@ class Sink:
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async with self.pool.connection() as conn:
-            cursor = await conn.execute(sql, params)  # type: ignore[arg-type]
+            cursor = await conn.execute(sql, params)
             return await cursor.fetchall()

@@ -82,8 +82,8 @@ def _bars_from_body(symbol: str, raw: Any) -> list[Bar]:
             raise BadRequest(422, f"bars[{i}] prices must be positive with low <= open, close <= high")
         optional = {n: _finite(item[n], n) for n in ("quote_volume", "trades", "taker_buy_base", "taker_buy_quote")
                     if item.get(n) is not None}
-        bars.append(Bar(symbol, open_time - open_time % 60_000, *prices, _finite(item["volume"], "volume"),
-                        optional.get("quote_volume"),
+        bars.append(Bar(symbol, open_time - open_time % 60_000, prices[0], prices[1], prices[2], prices[3],
+                        _finite(item["volume"], "volume"), optional.get("quote_volume"),
                         None if "trades" not in optional else int(optional["trades"]),
                         optional.get("taker_buy_base"), optional.get("taker_buy_quote")))
     if any(b.open_time <= a.open_time for a, b in zip(bars, bars[1:], strict=False)):
@@ -180,6 +180,7 @@ def register_api(runtime: Runtime) -> None:
                 trades = sum(b.trades for b in books)
                 return 200, {
                     "models": stage.tracker.report() if stage else {},
+                    "drift": stage.drift.report() if stage and stage.drift else None,
                     "model_version": services["bundle"].version if services.get("bundle") else None,
                     "paper": {
                         "equity_usdt": account.equity_usdt(),
