@@ -278,6 +278,19 @@ def sink_bench(url: str, rows: int) -> dict[str, float]:
     return {"batched": fast, "row_by_row": slow, "ratio": fast / slow}
 
 
+def warmed_worker(settings: Settings, model_dir: Path, home: Path, trades: list[tuple[bytes, bytes, int, int]]
+                  ) -> tuple[dict[str, str], Worker, list[tuple[bytes, bytes]]]:
+    """A worker with models whose symbols were warmed up on the klines just before the first trade."""
+    env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home)
+    worker = Worker(env, home)
+    first_trade_ms = trades[0][3] - trades[0][3] % 60_000
+    warm = warm_up_klines(420, first_trade_ms)
+    asyncio.run(produce(settings.bootstrap_servers, env["MLRISK_TOPIC_PREFIX"] + "market-data", warm))
+    while metric(worker.port, "mlrisk_bars_closed_total") < len(warm):
+        time.sleep(0.2)
+    return env, worker, warm
+
+
 def ensure_models(model_dir: Path) -> Path:
     if not (model_dir / "CURRENT").exists():
         from models.train import train_cli
@@ -313,15 +326,8 @@ def run(events: int, out: Path) -> dict[str, Any]:
         worker.stop()
     print(f"  ingest {report['ingest_msgs_per_s']:.0f} msg/s")
 
-    env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home / "pipeline")
-    worker = Worker(env, home / "pipeline")
+    env, worker, warm = warmed_worker(settings, model_dir, home / "pipeline", trades)
     try:
-        first_trade_ms = trades[0][3] - trades[0][3] % 60_000
-        warm = warm_up_klines(420, first_trade_ms)
-        asyncio.run(produce(settings.bootstrap_servers, env["MLRISK_TOPIC_PREFIX"] + "market-data", warm))
-        port = int(env["MLRISK_WEB_PORT"])
-        while metric(port, "mlrisk_bars_closed_total") < len(warm):
-            time.sleep(0.2)
         report["pipeline_msgs_per_s"] = stream_rate(settings, env, items, "mlrisk_events_in_total",
                                                     len(items) + len(warm))
         report["worker_rss_mb"] = worker.rss_mb()
@@ -331,15 +337,8 @@ def run(events: int, out: Path) -> dict[str, Any]:
     report["ingest_vs_passthrough"] = report["ingest_msgs_per_s"] / report["passthrough_msgs_per_s"]
     print(f"  pipeline {report['pipeline_msgs_per_s']:.0f} msg/s, worker RSS {report['worker_rss_mb']:.0f} MB")
 
-    env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home / "latency")
-    worker = Worker(env, home / "latency")
+    env, worker, _ = warmed_worker(settings, model_dir, home / "latency", trades)
     try:
-        first_trade_ms = trades[0][3] - trades[0][3] % 60_000
-        warm = warm_up_klines(420, first_trade_ms)
-        asyncio.run(produce(settings.bootstrap_servers, env["MLRISK_TOPIC_PREFIX"] + "market-data", warm))
-        port = int(env["MLRISK_WEB_PORT"])
-        while metric(port, "mlrisk_bars_closed_total") < len(warm):
-            time.sleep(0.2)
         paced = trades[: min(len(trades), 60_000)]
         report["latency_ms"] = asyncio.run(latency_run(settings, env, paced, 1000.0))
     finally:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
-from models.bars import MINUTE_MS
+from models.bars import MINUTE_MS, parse_iso_ms
 from models.data import BarFrame, load_bars
 from models.engine import SignalEngine
 from models.evaluate import DAY_MS, drawdown, expected_calibration_error, plot_report, spearman
@@ -25,15 +24,6 @@ from models.registry import ModelBundle, load_bundle
 from models.signal import invariant_violations, iso_utc
 from models.target import forward_log_return
 from risk.config import RiskConfig
-
-
-def _parse_iso_ms(text: str | None) -> int | None:
-    if text is None:
-        return None
-    stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return int(stamp.timestamp() * 1000)
 
 
 def performance(equity: np.ndarray, time_ms: np.ndarray) -> dict[str, float]:
@@ -189,7 +179,7 @@ def backtest_cli(
 ) -> dict[str, Any]:
     """`mlrisk backtest`: write report.json with PNG plots beside it, optionally every signal as JSONL."""
     bundle = load_bundle(models_dir)
-    start_ms, end_ms = _parse_iso_ms(start), _parse_iso_ms(end)
+    start_ms, end_ms = parse_iso_ms(start), parse_iso_ms(end)
     warmup_ms = (WARMUP_BARS + bundle.window + 60) * MINUTE_MS
     frame = load_bars(data_dir, symbol, None if start_ms is None else start_ms - warmup_ms, end_ms)
     report, series = run_backtest(

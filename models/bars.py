@@ -87,3 +87,15 @@ def to_epoch_ms(timestamp: int | float) -> int:
     if value >= 10**11:
         return value
     return value * 1_000
+
+
+def parse_iso_ms(text: str | None) -> int | None:
+    """ISO 8601 date or date-time (UTC when no zone is given) → epoch ms; None stays None."""
+    if text is None:
+        return None
+    from datetime import UTC, datetime
+
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)

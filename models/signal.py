@@ -6,12 +6,13 @@ import math
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 from models.ensemble import EnsemblePrediction
 from models.features import MarketFeatures
 from risk.config import RiskConfig
-from risk.sizing import REGIME_SIZE_MULTIPLIER
+from risk.decision import invariant_violations as decision_invariant_violations
 from risk.types import RiskDecision
 
 SCHEMA_VERSION = 1
@@ -123,55 +124,15 @@ def build_signal(
     }
 
 
+_DECISION_FIELDS = (
+    "symbol", "signal_type", "market_regime", "entry_price", "recommended_leverage", "position_size_usdt",
+    "quantity", "stop_loss_price", "take_profit_price", "risk_reward_ratio", "liquidation_price", "risk_score",
+    "liquidation_risk", "confidence_score",
+)
+
+
 def invariant_violations(signal: Mapping[str, Any], config: RiskConfig) -> list[str]:
-    """Every contract invariant a signal breaks, read from the signal itself (empty if none)."""
-    problems: list[str] = []
-    if not 0.0 <= signal["risk_score"] <= 100.0 or not 0.0 <= signal["liquidation_risk"] <= 100.0:
-        problems.append("risk_score or liquidation_risk outside 0..100")
-    if not 0.0 <= signal["confidence_score"] <= 1.0:
-        problems.append("confidence_score outside 0..1")
-    kind = signal["signal_type"]
-    sized = (
-        "recommended_leverage",
-        "position_size_usdt",
-        "quantity",
-        "stop_loss_price",
-        "take_profit_price",
-        "risk_reward_ratio",
-        "liquidation_price",
-    )
-    if kind == "hold":
-        problems.extend(f"hold carries {name}" for name in sized if signal[name] is not None)
-        return problems
-    if kind not in ("long", "short"):
-        return problems
-    if any(signal[name] is None for name in sized):
-        return problems + ["long/short signal lacks a sizing field"]
-    entry, stop, tp = signal["entry_price"], signal["stop_loss_price"], signal["take_profit_price"]
-    liq, leverage, size = (
-        signal["liquidation_price"],
-        signal["recommended_leverage"],
-        signal["position_size_usdt"],
-    )
-    if kind == "long" and not liq < stop < entry < tp:
-        problems.append("long: not liquidation < stop < entry < take profit")
-    if kind == "short" and not (tp < entry < stop and (liq == 0.0 or stop < liq)):
-        problems.append("short: not take profit < entry < stop < liquidation")
-    if abs(stop - liq) < 0.005 * entry and not (kind == "long" and liq == 0.0):
-        problems.append("stop within 0.5 % of entry from liquidation")
-    if not isinstance(leverage, int) or not 1 <= leverage <= min(125, config.max_leverage):
-        problems.append(f"leverage {leverage!r} not an integer in 1..{min(125, config.max_leverage)}")
-    else:
-        bracket = config.brackets_for_symbol(signal["symbol"]).bracket_for_notional(size)
-        if leverage > bracket.max_leverage:
-            problems.append(f"leverage {leverage} above the bracket maximum {bracket.max_leverage}")
-    rr = abs(tp - entry) / abs(entry - stop)
-    if not math.isclose(signal["risk_reward_ratio"], rr, rel_tol=1e-6, abs_tol=1e-6):
-        problems.append(f"risk_reward_ratio {signal['risk_reward_ratio']} != {rr}")
-    multiplier = REGIME_SIZE_MULTIPLIER[signal["market_regime"]]
-    rule = (
-        config.base_position_usdt * signal["confidence_score"] * (1 - signal["risk_score"] / 100) * multiplier
-    )
-    if size > rule + 0.01:
-        problems.append(f"position size {size} above the sizing rule {rule:.2f}")
-    return problems
+    """Every contract invariant a signal breaks (empty if none): the risk library's own check, on the fields
+    the signal carries."""
+    view = SimpleNamespace(**{name: signal[name] for name in _DECISION_FIELDS})
+    return decision_invariant_violations(cast(RiskDecision, view), config)

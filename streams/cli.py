@@ -9,19 +9,10 @@ import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
+from models.bars import parse_iso_ms
 from streams.config import REPO_ROOT, Settings, SettingsError
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
-
-
-def _time_ms(text: str | None) -> int | None:
-    """ISO 8601 date or date-time (UTC when no zone is given) → epoch ms."""
-    if text is None:
-        return None
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 def _settings() -> Settings:
@@ -57,7 +48,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from streams.replay import collect, merged, publish
 
     symbols = [s.strip() for s in args.symbols.split(",")] if args.symbols else None
-    streams = collect(Path(args.data), symbols, _time_ms(args.start), _time_ms(args.end), args.source)
+    streams = collect(Path(args.data), symbols, parse_iso_ms(args.start), parse_iso_ms(args.end), args.source)
     messages = list(merged(streams))
     if not messages:
         print("mlrisk replay: no data matches the folder, symbols and time range", file=sys.stderr)
