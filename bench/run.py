@@ -219,6 +219,8 @@ async def latency_run(settings: Settings, env: dict[str, str], trades: list[tupl
     for (key, _, event_ms, _), at in zip(trades, sent_at, strict=True):
         event_times.setdefault(key.decode(), []).append((event_ms, at))
     latencies = []
+    first_trade_ms = min(t for _, _, _, t in trades)
+    received = [(at, s) for at, s in received if s["bar_close_time"] >= first_trade_ms]  # not warm-up bars
     for got_at, sig in received:
         series = event_times.get(sig["symbol"], [])
         closing = next((at for event_ms, at in series if event_ms >= sig["bar_close_time"] + 1 + lateness), None)
@@ -229,7 +231,7 @@ async def latency_run(settings: Settings, env: dict[str, str], trades: list[tupl
     arr = np.array(latencies)
     return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)), "samples": len(arr),
             "at_msgs_per_s": rate, "worker_internal_p99": float(np.percentile(
-                [s["latency_ms"] for _, s in received], 99))}
+                [s["latency_ms"] for _, s in received], 99)) if received else None}
 
 
 def sink_bench(url: str, rows: int) -> dict[str, float]:
