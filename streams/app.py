@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import weakref
@@ -10,7 +11,7 @@ from typing import Any
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faust.streams import _current_event
 
 from streams import metrics
@@ -35,6 +36,35 @@ async def ack_all(stream: Any, events: list[Any]) -> None:
     is never acknowledged, so its messages are delivered again instead of being committed unprocessed."""
     for event in events:
         await stream.ack(event)
+
+
+async def send_until_acknowledged(app: faust.App, topic: str, key: bytes, value: bytes,
+                                  max_delay_s: float = 5.0) -> None:
+    """Send and wait for the broker's acknowledgement, retrying a failed send with backoff.
+
+    Raising instead would crash the agent, and Faust would restart it past the rest of the batch: messages
+    skipped in this process while later ones move the state on.
+    """
+    delay = 0.1
+    while True:
+        try:
+            await app.producer.send_and_wait(topic, key, value, None, None, None)
+            return
+        except KafkaError as error:
+            metrics.ERRORS.labels("publish").inc()
+            log.warning("publishing to %s failed (%r); retrying in %.1fs", topic, error, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+
+
+async def stop_on_unexpected(app: faust.App, stage: str, error: BaseException) -> None:
+    """An unexpected error mid-batch stops the worker instead of letting the agent restart in place: a restart
+    in place would continue after the batch's unprocessed messages, and state would move on without them.
+    A new worker resumes from the committed offsets."""
+    log.critical("%s stage failed; stopping the worker so that it resumes from committed offsets", stage,
+                 exc_info=error)
+    metrics.ERRORS.labels(stage).inc()
+    await app.crash(error)
 
 
 def in_partition_of(event: Any) -> None:
@@ -130,9 +160,8 @@ def build_app(settings: Settings) -> Runtime:
         closed = tables["closed_bars"]
         for bar in bars:
             # waits for the broker's acknowledgement: a bar that the state records as closed is never lost
-            await app.producer.send_and_wait(
-                settings.bars_topic, symbol.encode(), dumps({**bar.to_dict(), "received_ms": received_ms}), None,
-                None, None,
+            await send_until_acknowledged(
+                app, settings.bars_topic, symbol.encode(), dumps({**bar.to_dict(), "received_ms": received_ms})
             )
             closed[f"{symbol}:{bar.open_time}"] = bar.to_dict()
             expired = f"{symbol}:{bar.open_time - CLOSED_BARS_KEPT_MS}"
@@ -144,7 +173,11 @@ def build_app(settings: Settings) -> Runtime:
         async for events in stream.noack_take(INGEST_BATCH, within=INGEST_WITHIN_S):
             last_event_of: dict[str, Any] = {}
             for event in events:
-                symbol = await ingest_one(event)
+                try:
+                    symbol = await ingest_one(event)
+                except Exception as exc:
+                    await stop_on_unexpected(app, "ingest", exc)
+                    raise
                 if symbol is not None:
                     last_event_of[symbol] = event
             # one changelog write per symbol and batch, in the partition of that symbol's own events; the

@@ -15,7 +15,7 @@ from models.registry import ModelBundle, load_bundle
 from models.simulate import FillCosts
 from risk.config import RiskConfig
 from streams import metrics
-from streams.app import Runtime, ack_all, in_partition_of
+from streams.app import Runtime, ack_all, in_partition_of, stop_on_unexpected
 from streams.config import SettingsError
 from streams.db import database_url
 from streams.execution import PaperAccount, PaperBook, PaperBroker
@@ -105,9 +105,9 @@ def attach_pipeline(runtime: Runtime) -> None:
                 items.append(BarEvent(Bar.from_dict(data), data.get("received_ms"), event))
             try:
                 await stage.process(items, persist, emit)
-            except Exception:
+            except Exception as exc:
                 counters.errors += 1
-                metrics.ERRORS.labels("signals").inc()
+                await stop_on_unexpected(app, "signals", exc)
                 raise
             await ack_all(stream, events)
 
