@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -176,24 +175,7 @@ def plot_report(
 
 def bench_inference(bundle: Any) -> dict[str, dict[str, float]]:
     """Median µs per row of each member's predict_proba at batch 1 and batch 64 (LightGBM on one thread)."""
-    rng = np.random.default_rng(0)
+    from models.onnx_serving import bench_sequence_model
+
     n_features = len(bundle.metadata["features"])
-    out: dict[str, dict[str, float]] = {}
-    for member in bundle.members:
-        probe = rng.standard_normal((64, member.window, n_features)).astype(np.float32)
-        out[member.name] = {
-            "batch_1": _median_call_us(member, probe[:1], 300),
-            "batch_64": _median_call_us(member, probe, 40) / 64,
-        }
-    return out
-
-
-def _median_call_us(model: Any, windows: np.ndarray, repeats: int) -> float:
-    for _ in range(5):
-        model.predict_proba(windows)
-    durations = np.empty(repeats)
-    for i in range(repeats):
-        start = time.perf_counter_ns()
-        model.predict_proba(windows)
-        durations[i] = time.perf_counter_ns() - start
-    return float(np.median(durations) / 1e3)
+    return {member.name: bench_sequence_model(member, member.window, n_features) for member in bundle.members}
