@@ -22,7 +22,7 @@ from models.bars import Bar
 from models.ensemble import EnsemblePrediction, EnsembleState, combine, new_state, remember, resolve, weights
 from models.features import N_FEATURES, WARMUP_BARS, FeatureState, MarketFeatures
 from models.registry import ModelBundle
-from models.signal import build_signal
+from models.signal import build_signal, risk_config_key
 from models.simulate import FillCosts, VirtualBook, check_exits, close_position, open_position
 from risk import decide
 from risk.config import RiskConfig
@@ -132,6 +132,7 @@ class SignalEngine:
         self.costs = costs or FillCosts(self.risk_config.taker_fee_rate, self.risk_config.slippage_bps)
         self.window = bundle.window
         self.members = bundle.member_names
+        self.config_key = risk_config_key(self.risk_config)
 
     def new_state(self, symbol: str) -> SymbolState:
         equity = self.risk_config.equity_usdt

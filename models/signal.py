@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from collections.abc import Mapping
@@ -20,9 +21,15 @@ SIGNAL_NAMESPACE = uuid.UUID("6f1d2c1e-8a5b-4f9e-9a51-3c2f0e7d4b10")
 EXTRA_KEYS = ("mark_price", "spread_bps", "depth_usdt", "book_imbalance")
 
 
-def signal_id(symbol: str, bar_close_time_ms: int, model_version: str) -> str:
-    """uuid5 of (symbol, bar close, model version): a replayed bar gets the same id, so sinks deduplicate."""
-    return str(uuid.uuid5(SIGNAL_NAMESPACE, f"{symbol}|{bar_close_time_ms}|{model_version}"))
+def signal_id(symbol: str, bar_close_time_ms: int, model_version: str, risk_config_key: str = "") -> str:
+    """uuid5 of (symbol, bar close, model version, risk configuration): a replayed bar gets the same id, so sinks
+    deduplicate; the same bar decided under other risk settings is another signal."""
+    return str(uuid.uuid5(SIGNAL_NAMESPACE, f"{symbol}|{bar_close_time_ms}|{model_version}|{risk_config_key}"))
+
+
+def risk_config_key(config: RiskConfig) -> str:
+    """A short, stable fingerprint of the risk settings that shape a decision."""
+    return hashlib.sha256(repr(config).encode()).hexdigest()[:16]
 
 
 def iso_utc(epoch_ms: int) -> str:
@@ -56,6 +63,7 @@ def build_signal(
     decision: RiskDecision,
     market: MarketFeatures,
     extras: Mapping[str, Any] | None = None,
+    config_key: str = "",
 ) -> dict[str, Any]:
     """The signal for one bar: ensemble and risk fields, contributions per model, the metadata behind them.
 
@@ -66,7 +74,7 @@ def build_signal(
     leverage = None if hold or decision.recommended_leverage is None else int(decision.recommended_leverage)
     return {
         "schema_version": SCHEMA_VERSION,
-        "signal_id": signal_id(symbol, bar_close_time_ms, model_version),
+        "signal_id": signal_id(symbol, bar_close_time_ms, model_version, config_key),
         "symbol": symbol,
         "timestamp": iso_utc(bar_close_time_ms - 59_999),  # the bar's minute, as in the contract's example
         "bar_close_time": int(bar_close_time_ms),
