@@ -253,40 +253,17 @@ def _manage_position(context: _Context, position: OpenPosition) -> RiskDecision:
         decision = context.hold("position open: the model agrees or lacks conviction", parts)
         # an open position keeps its liquidation risk visible while the signal is hold
         return replace(decision, liquidation_risk=open_risk)
-    context.reasons.append(reason)
-    score = risk_score(parts)
-    return RiskDecision(
+    # a close carries the fields of a hold plus what is being closed
+    return replace(
+        context.hold(reason, parts),
         signal_type="close",
         signal_strength=signal_strength(
             "close", context.confidence, context.config.strong_signal_confidence, position.side
         ),
-        confidence_score=context.confidence,
-        risk_level=risk_level(score),
-        market_regime=context.regime,
-        entry_price=market.price,
-        recommended_leverage=None,
         position_size_usdt=floor_to_cents(position.quantity * market.price),
         quantity=position.quantity,
-        stop_loss_price=None,
-        take_profit_price=None,
-        risk_reward_ratio=None,
         liquidation_price=position.liquidation_price,
-        risk_score=score,
         liquidation_risk=open_risk,
-        portfolio_impact=0.0,
-        volatility_score=context.volatility,
-        liquidity_score=context.liquidity,
-        risk_components=MappingProxyType(parts),
-        reasons=tuple(context.reasons),
-        regime_state=context.regime_state,
-        base_position_size=context.config.base_position_usdt,
-        leverage_multiplier=None,
-        stop_loss_adjustment=None,
-        take_profit_adjustment=None,
-        confidence_boost=0.0,
-        risk_factors=_EMPTY,
-        trading_state=context.state,
-        symbol=market.symbol,
     )
 
 
