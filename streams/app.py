@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faust.streams import _current_event
 
-from streams import metrics
+from streams import faust_fixes, metrics
 from streams.bar_builder import BarBuilder
 from streams.config import Settings
 from streams.ingest import CONTROL_HEADER, FLUSH, Ingest, dead_letter, wall_ms
@@ -32,7 +33,7 @@ TABLE_NAMES = ("bar-state", "closed-bars", "engine-state", "paper-books")
 
 
 async def ack_all(stream: Any, events: list[Any]) -> None:
-    """Acknowledge a processed batch. Batches come from `noack_take`: a batch cut short (the worker stopping)
+    """Acknowledge a processed batch. Batches come from `batches`: a batch cut short (the worker stopping)
     is never acknowledged, so its messages are delivered again instead of being committed unprocessed."""
     for event in events:
         await stream.ack(event)
@@ -65,6 +66,38 @@ async def stop_on_unexpected(app: faust.App, stage: str, error: BaseException) -
                  exc_info=error)
     metrics.ERRORS.labels(stage).inc()
     await app.crash(error)
+
+
+async def finish_despite_cancel(work: Awaitable[None], grace_s: float = 10.0) -> None:
+    """Await `work`, and when the caller is cancelled (the worker stopping) let it end first, within `grace_s`.
+
+    Publishing a bar and recording it as published are one step: cut between the two, the bar is out while the
+    state says it is not, and the next worker would publish it a second time.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task}, timeout=grace_s)
+        raise
+
+
+async def batches(stream: Any, size: int, within_s: float) -> AsyncIterator[list[Any]]:
+    """The stream in batches (`noack_take`) that the caller acknowledges itself (`ack_all`), once processed.
+
+    When the loop ends (the agent cancelled, the worker stopping), the take's own clean-up turns the stream's
+    acknowledgements back on and drops its buffering step, while the stream's background drainer goes on pulling
+    buffered messages until the stream itself stops: each would be acknowledged unprocessed, and a commit could
+    then skip a run of input. Acknowledgements are therefore turned off again after that clean-up: whatever the
+    stream still pulls stays uncommitted and is delivered again.
+    """
+    takes = stream.noack_take(size, within=within_s)
+    try:
+        async for events in takes:
+            yield events
+    finally:
+        await takes.aclose()
+        stream.enable_acks = False
 
 
 def in_partition_of(event: Any) -> None:
@@ -116,6 +149,7 @@ async def ensure_topics(settings: Settings) -> None:
 
 
 def build_app(settings: Settings) -> Runtime:
+    faust_fixes.apply()
     (settings.home / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.faust_app_id,
@@ -170,7 +204,7 @@ def build_app(settings: Settings) -> Runtime:
 
     @app.agent(topics["market_data"], name="ingest")
     async def ingest_agent(stream: Any) -> None:
-        async for events in stream.noack_take(INGEST_BATCH, within=INGEST_WITHIN_S):
+        async for events in batches(stream, INGEST_BATCH, INGEST_WITHIN_S):
             last_event_of: dict[str, Any] = {}
             for event in events:
                 try:
@@ -231,7 +265,7 @@ def build_app(settings: Settings) -> Runtime:
             # record at once that these bars are out: a batch cut short and delivered again then recognises its
             # trades and klines as applied and publishes nothing twice
             try:
-                await publish_and_record(event, result.bars, received)
+                await finish_despite_cancel(publish_and_record(event, result.bars, received))
             except BaseException:
                 # not published (the worker stopping, the broker away): forget the bars closed in memory, so
                 # that no later write records them as published; the unacknowledged message comes back

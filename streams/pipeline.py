@@ -15,7 +15,7 @@ from models.registry import ModelBundle, load_bundle
 from models.simulate import FillCosts
 from risk.config import RiskConfig
 from streams import metrics
-from streams.app import Runtime, ack_all, in_partition_of, stop_on_unexpected
+from streams.app import Runtime, ack_all, batches, in_partition_of, stop_on_unexpected
 from streams.config import SettingsError
 from streams.db import database_url
 from streams.execution import PaperAccount, PaperBook, PaperBroker
@@ -95,7 +95,7 @@ def attach_pipeline(runtime: Runtime) -> None:
 
     @app.agent(topics["bars"], name="signals")
     async def signal_agent(stream: Any) -> None:
-        async for events in stream.noack_take(64, within=0.01):
+        async for events in batches(stream, 64, 0.01):
             if stage is None:
                 await ack_all(stream, events)
                 continue
@@ -113,13 +113,13 @@ def attach_pipeline(runtime: Runtime) -> None:
 
     @app.agent(topics["signals"], name="sink-signals")
     async def sink_signals(stream: Any) -> None:
-        async for events in stream.noack_take(SINK_BATCH, within=0.5):
+        async for events in batches(stream, SINK_BATCH, 0.5):
             await sink.write_signals([loads(e.value) for e in events], time.time() * 1000)
             await ack_all(stream, events)
 
     @app.agent(topics["executions"], name="sink-executions")
     async def sink_executions(stream: Any) -> None:
-        async for events in stream.noack_take(SINK_BATCH, within=0.5):
+        async for events in batches(stream, SINK_BATCH, 0.5):
             await sink.write_executions([loads(e.value) for e in events], time.time() * 1000)
             await ack_all(stream, events)
 
