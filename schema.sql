@@ -98,6 +98,19 @@ CREATE TABLE IF NOT EXISTS risk_adjusted_positions (
 );
 CREATE INDEX IF NOT EXISTS risk_adjusted_positions_symbol_time ON risk_adjusted_positions (symbol, timestamp DESC);
 
+-- The model lifecycle: drift and decay seen by the workers, and every retraining decision (promotion,
+-- rejection) or rollback, with its figures.
+CREATE TABLE IF NOT EXISTS ml_model_events (
+    timestamp      TIMESTAMPTZ NOT NULL,
+    event_type     VARCHAR(20) NOT NULL
+        CHECK (event_type IN ('drift', 'decay', 'promotion', 'rejection', 'rollback', 'swap')),
+    model_version  VARCHAR(100) NOT NULL,
+    source         VARCHAR(50) NOT NULL,  -- the worker or command that recorded it
+    details        JSONB,
+    PRIMARY KEY (timestamp, event_type, model_version, source)
+);
+CREATE INDEX IF NOT EXISTS ml_model_events_type_time ON ml_model_events (event_type, timestamp DESC);
+
 DO $$
 DECLARE
     retention INTERVAL := make_interval(days => COALESCE(NULLIF(current_setting('mlrisk.retention_days', true), ''), '365')::INT);

@@ -49,6 +49,7 @@ class SymbolState:
     day: int = -1
     last_close_time: int | None = None
     recent: list[dict[str, Any]] = field(default_factory=list)
+    model_version: str | None = None  # the version whose ensemble memory this state holds
 
     def to_bytes(self) -> bytes:
         """Compact, exact serialisation (orjson; arrays as raw bytes)."""
@@ -73,6 +74,7 @@ class SymbolState:
                 "day": self.day,
                 "last_close_time": self.last_close_time,
                 "recent": self.recent,
+                "model_version": self.model_version,
             }
         )
 
@@ -98,6 +100,7 @@ class SymbolState:
             day=int(data["day"]),
             last_close_time=data["last_close_time"],
             recent=list(data["recent"]),
+            model_version=data.get("model_version"),
         )
 
 
@@ -144,7 +147,21 @@ class SignalEngine:
             ensemble=new_state(self.bundle.ensemble),
             peak_equity=equity,
             day_start_equity=equity,
+            model_version=self.bundle.version,
         )
+
+    def adopt(self, state: SymbolState) -> SymbolState:
+        """Carry a symbol's state over from another model version: features, book and risk state stay; the
+        ensemble memory (the other version's members' losses and pending predictions) starts afresh; feature
+        rows are kept when the window has the same shape, else they fill again."""
+        if state.model_version == self.bundle.version:
+            return state
+        state.ensemble = new_state(self.bundle.ensemble)
+        if state.rows.shape != (self.window, N_FEATURES):
+            state.rows = np.zeros((self.window, N_FEATURES), dtype=np.float32)
+            state.rows_filled = 0
+        state.model_version = self.bundle.version
+        return state
 
     def equity(self, state: SymbolState, price: float) -> float:
         """Paper equity of the symbol's account, marked at `price`."""

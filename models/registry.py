@@ -1,4 +1,5 @@
-"""Versioned artifacts: `<out>/<version>/{lightgbm,lstm,transformer}/` + metadata.json; `<out>/CURRENT`.
+"""Versioned artifacts: `<out>/<version>/{lightgbm,lstm,transformer}/` + metadata.json; `<out>/CURRENT` names the
+version in service and `<out>/HISTORY` the promotions in order.
 
 Loading serves LightGBM natively and the sequence models through onnxruntime (models.onnx_serving), so a
 process that only scores never imports torch.
@@ -18,6 +19,7 @@ from models.ensemble import EnsembleConfig
 from models.features import FEATURE_NAMES, feature_hash
 
 CURRENT_FILE = "CURRENT"
+HISTORY_FILE = "HISTORY"
 METADATA_FILE = "metadata.json"
 MEMBER_ORDER = ("lightgbm", "lstm", "transformer")
 
@@ -81,13 +83,46 @@ def save_version(
 
 
 def promote(out_dir: Path, version: str) -> None:
-    """Point CURRENT at `version` (written aside and renamed, so readers never see half a name)."""
+    """Point CURRENT at `version` (written aside and renamed, so readers never see half a name), and add it to
+    HISTORY, the promotions in order, which `rollback` walks back."""
     out = Path(out_dir)
     if not (out / version / METADATA_FILE).is_file():
         raise FileNotFoundError(f"no model version {version!r} under {out}")
+    _point_current(out, version)
+    with (out / HISTORY_FILE).open("a", encoding="utf-8") as history:
+        history.write(version + "\n")
+
+
+def _point_current(out: Path, version: str) -> None:
     tmp = out / (CURRENT_FILE + ".tmp")
     tmp.write_text(version + "\n", encoding="utf-8")
     tmp.replace(out / CURRENT_FILE)
+
+
+def promotion_history(model_dir: Path) -> list[str]:
+    path = Path(model_dir) / HISTORY_FILE
+    return path.read_text(encoding="utf-8").split() if path.is_file() else []
+
+
+def rollback(model_dir: Path) -> tuple[str, str]:
+    """Point CURRENT back at the version promoted before the current one; returns (from, to).
+
+    The rolled-back version leaves HISTORY, so a second rollback goes one further back.
+    """
+    out = Path(model_dir)
+    current = current_version(out)
+    history = promotion_history(out)
+    while history and history[-1] != current:
+        history.pop()  # CURRENT was set by hand: the history after it does not apply
+    if len(history) < 2:
+        raise ValueError(f"nothing to roll back to: {current} is the first promoted version in {out}")
+    history.pop()
+    previous = history[-1]
+    _point_current(out, previous)
+    tmp = out / (HISTORY_FILE + ".tmp")
+    tmp.write_text("".join(v + "\n" for v in history), encoding="utf-8")
+    tmp.replace(out / HISTORY_FILE)
+    return current, previous
 
 
 def current_version(model_dir: Path) -> str:

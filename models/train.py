@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from models.bars import MINUTE_MS
+from models.bars import MINUTE_MS, parse_iso_ms
 from models.base import ProbabilityModel
 from models.data import BarFrame, load_bars
 from models.ensemble import EnsembleConfig, combine, replay_weights
@@ -326,6 +326,21 @@ def training_reference(features: np.ndarray) -> dict[str, Any]:
     return ref
 
 
+def prediction_reference(ds: Dataset, result: FoldResult, config: TrainConfig) -> dict[str, Any]:
+    """Quantiles of the ensemble's P(up) on the validation rows of `result`: the reference for prediction drift."""
+    members = result.members
+    window = max(m.window for m in members)
+    rows = ds.ready_rows[(ds.open_time[ds.ready_rows] >= result.fold.val[0])
+                         & (ds.open_time[ds.ready_rows] < result.fold.val[1])]
+    rows = rows[ds.window_ok(rows, window)]
+    probs = member_probabilities(ds, rows, members)
+    ens = ensemble_config(members, result.validation_logloss, config)
+    weights = replay_weights(ens, ds.open_time[rows], probs, ds.forward_return[rows])
+    p_up = np.sum(probs * weights, axis=1)
+    return {"quantiles": list(REFERENCE_QUANTILES),
+            "values": [float(v) for v in np.quantile(p_up, REFERENCE_QUANTILES)] if p_up.size else None}
+
+
 @dataclass(slots=True)
 class TrainResult:
     version: str
@@ -338,8 +353,9 @@ def _iso(t: int) -> str:
     return datetime.fromtimestamp(t / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def train(frame: BarFrame, out_dir: Path, config: TrainConfig, report: Report | None = None) -> TrainResult:
-    """Walk-forward folds over the most recent data, then the final set, saved and promoted in `out_dir`."""
+def train(frame: BarFrame, out_dir: Path, config: TrainConfig, report: Report | None = None,
+          promote: bool = True) -> TrainResult:
+    """Walk-forward folds over the most recent data, then the final set, saved (and promoted) in `out_dir`."""
     started = time.monotonic()
     np.random.seed(config.seed)
     if config.days is not None and len(frame):
@@ -388,11 +404,12 @@ def train(frame: BarFrame, out_dir: Path, config: TrainConfig, report: Report | 
         "ensemble": ensemble_config(members, final.validation_logloss, config).to_dict(),
         "folds": [f.to_dict() for f in folds],
         "training_reference": training_reference(ds.features[train_rows]),
+        "prediction_reference": prediction_reference(ds, final, config),
         "code_version": code_version(),
         "label": "1 if the log return over the horizon > 0, 0 if < 0; zero returns and gaps are unlabelled",
     }
     version = _version_name(frame.symbol, data_end, metadata)
-    path = save_version(out_dir, version, members, metadata)
+    path = save_version(out_dir, version, members, metadata, promote_now=promote)
     return TrainResult(version, path, folds, time.monotonic() - started)
 
 
@@ -439,13 +456,13 @@ def train_cli(
     horizon: int = DEFAULT_HORIZON_MINUTES,
     progress: bool = True,
     *,
-    end: str | None = None,
+    end: str | int | None = None,
     days: int | None = None,
+    promote: bool = True,
 ) -> TrainResult:
-    """`mlrisk train`: load the symbol's bars (up to `end`, ISO8601), train, save and promote a version."""
-    end_ms = (
-        None if end is None else int(datetime.fromisoformat(end.replace("Z", "+00:00")).timestamp() * 1000)
-    )
+    """`mlrisk train`: load the symbol's bars (before `end`: ISO8601 or epoch ms), train, save and promote a
+    version (`promote=False`: save it only, as a challenger)."""
+    end_ms = end if isinstance(end, int) or end is None else parse_iso_ms(end)
     config = TrainConfig.quick_config(horizon, days or 60) if quick else TrainConfig(horizon_minutes=horizon)
     if days is not None and not quick:
         config = replace(config, days=days)
@@ -454,7 +471,7 @@ def train_cli(
     if len(frame) == 0:
         raise ValueError(f"no {symbol} bars in {data_dir} for that span")
     with rich_report(progress) as report:
-        result = train(frame, Path(out_dir), config, report)
+        result = train(frame, Path(out_dir), config, report, promote=promote)
     if progress:
         from rich.console import Console
 

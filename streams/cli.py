@@ -1,4 +1,4 @@
-"""The `mlrisk` command: worker, replay, db, train, backtest, bench."""
+"""The `mlrisk` command: worker, replay, db, train, retrain, rollback, backtest, bench."""
 
 from __future__ import annotations
 
@@ -93,6 +93,53 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lifecycle_settings(args: argparse.Namespace) -> Settings:
+    from dataclasses import replace
+
+    settings = _settings()
+    return replace(settings, model_dir=Path(args.models)) if args.models else settings
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from models.lifecycle import DEFAULT_MARGIN
+    from streams.retrainer import retrain_once, watch
+
+    settings = _lifecycle_settings(args)
+    margin = DEFAULT_MARGIN if args.margin is None else args.margin
+    if args.watch:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        watch(settings, Path(args.data), args.symbol.upper(), quick=args.quick, holdout_days=args.holdout_days,
+              margin=margin, schedule_s=args.schedule_hours * 3600, poll_s=args.poll_seconds,
+              end_ms=parse_iso_ms(args.end), max_runs=1 if args.once else None)
+        return 0
+    decision = retrain_once(settings, Path(args.data), args.symbol.upper(), quick=args.quick,
+                            end_ms=parse_iso_ms(args.end), holdout_days=args.holdout_days, margin=margin,
+                            trigger="command", progress=not args.quiet)
+    figures = decision.figures
+    for role in ("champion", "challenger"):
+        if role in figures:
+            e = figures[role]["ensemble"]
+            name = decision.champion if role == "champion" else decision.challenger
+            print(f"{role:10} {name}: holdout log-loss {e['log_loss']:.5f}, IC {e['ic']:+.4f}, "
+                  f"hit rate {e['hit_rate']:.4f}")
+    print(f"{'promoted' if decision.promoted else 'not promoted'}: {decision.reason}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from streams.retrainer import rollback_once
+
+    try:
+        current, previous = rollback_once(_lifecycle_settings(args))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"mlrisk rollback: {error}", file=sys.stderr)
+        return 1
+    print(f"rolled back from {current} to {previous}; workers switch at their next check")
+    return 0
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
     import os
 
@@ -153,6 +200,28 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--quick", action="store_true", help="small and fast: for tests and the demo")
     train.add_argument("--horizon", type=int, default=15, help="minutes ahead")
     train.set_defaults(func=cmd_train)
+
+    retrain = sub.add_parser("retrain", help="train a challenger on recent bars; promote it only if it is better")
+    retrain.add_argument("--data", default=str(DEFAULT_DATA))
+    retrain.add_argument("--symbol", default="BTCUSDT")
+    retrain.add_argument("--models", help="registry folder (default: MLRISK_MODEL_DIR)")
+    retrain.add_argument("--quick", action="store_true", help="small and fast: for tests and the demo")
+    retrain.add_argument("--end", help="ISO date/time: use bars before it (default: all)")
+    retrain.add_argument("--holdout-days", type=float, default=7.0, help="most recent days, out of sample for both")
+    retrain.add_argument("--margin", type=float, default=None,
+                         help="log-loss gain (nats per prediction) the challenger needs over the champion "
+                              "(default 0.0003)")
+    retrain.add_argument("--watch", action="store_true",
+                         help="run as a service: retrain on drift/decay events or on the schedule")
+    retrain.add_argument("--once", action="store_true", help="with --watch: stop after the first retraining")
+    retrain.add_argument("--schedule-hours", type=float, default=24.0)
+    retrain.add_argument("--poll-seconds", type=float, default=60.0)
+    retrain.add_argument("--quiet", action="store_true")
+    retrain.set_defaults(func=cmd_retrain)
+
+    rollback = sub.add_parser("rollback", help="point the registry back at the previously promoted version")
+    rollback.add_argument("--models", help="registry folder (default: MLRISK_MODEL_DIR)")
+    rollback.set_defaults(func=cmd_rollback)
 
     backtest = sub.add_parser("backtest", help="bar-by-bar backtest through the live code path")
     backtest.add_argument("--data", default=str(DEFAULT_DATA))

@@ -34,6 +34,7 @@ class Settings:
     allowed_lateness_ms: int = 3_000
     max_future_ms: int = 3_600_000
     session_timeout_s: float = 10.0
+    model_poll_s: float = 10.0
     publish_hold: bool = False
     log_level: str = "warn"
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -102,6 +103,7 @@ class Settings:
             ),
             max_future_ms=_integer(env, "MLRISK_MAX_FUTURE_MS", defaults.max_future_ms, 0, 7 * 86_400_000),
             session_timeout_s=_number(env, "MLRISK_SESSION_TIMEOUT_S", defaults.session_timeout_s, 6.0, 300.0),
+            model_poll_s=_number(env, "MLRISK_MODEL_POLL_S", defaults.model_poll_s, 0.5, 3600.0),
             publish_hold=_flag(env, "MLRISK_PUBLISH_HOLD", defaults.publish_hold),
             log_level=_choice(env, "MLRISK_LOG_LEVEL", defaults.log_level, ("crit", "error", "warn", "info", "debug")),
         )

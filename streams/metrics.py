@@ -37,6 +37,18 @@ FEATURE_DRIFT = Gauge(
     "mlrisk_feature_drift_psi", "Population stability index of live features against training", ["model", "feature"],
     registry=REGISTRY,
 )
+PREDICTION_DRIFT = Gauge(
+    "mlrisk_prediction_drift_psi", "Population stability index of live P(up) against validation", ["model"],
+    registry=REGISTRY,
+)
+ROLLING_IC = Gauge("mlrisk_model_rolling_ic", "Rolling out-of-sample rank IC per model (and ensemble)", ["model"],
+                   registry=REGISTRY)
+HIT_RATE = Gauge("mlrisk_model_hit_rate", "Rolling out-of-sample hit rate per model (and ensemble)", ["model"],
+                 registry=REGISTRY)
+MODEL_INFO = Gauge("mlrisk_model_info", "1 for the model version in service", ["version"], registry=REGISTRY)
+MODEL_SWAPS = Counter("mlrisk_model_swaps_total", "Model versions switched to while running", registry=REGISTRY)
+MODEL_LOAD_FAILURES = Counter("mlrisk_model_load_failures_total", "Promoted versions that failed to load",
+                              registry=REGISTRY)
 RISK_SCORE = Gauge("mlrisk_risk_score", "Latest risk score per symbol", ["symbol"], registry=REGISTRY)
 MODEL_WEIGHT = Gauge("mlrisk_model_weight", "Ensemble weight per model and symbol", ["model", "symbol"],
                      registry=REGISTRY)

@@ -19,9 +19,10 @@ from streams.app import Runtime, ack_all, batches, in_partition_of, stop_on_unex
 from streams.config import SettingsError
 from streams.db import database_url
 from streams.execution import PaperAccount, PaperBook, PaperBroker
+from streams.model_switch import ModelSwitch
 from streams.serialization import dumps, loads
 from streams.signals import BarEvent, SignalStage
-from streams.sink import SINK_BATCH, Sink, metrics_row
+from streams.sink import SINK_BATCH, Sink, event_row, metrics_row
 
 log = logging.getLogger("mlrisk.pipeline")
 
@@ -60,17 +61,48 @@ def attach_pipeline(runtime: Runtime) -> None:
         risk_config = RiskConfig.from_env(os.environ)
     except ValueError as error:
         raise SettingsError(str(error)) from None
-    bundle = load_models(settings.model_dir)
-    engine = SignalEngine(bundle, risk_config) if bundle is not None else None
     broker = PaperBroker(PaperAccount(risk_config.equity_usdt, risk_config.limits),
                          FillCosts(risk_config.taker_fee_rate, risk_config.slippage_bps))
-    stage = SignalStage(engine, tables["engine_state"], tables["paper_books"], broker, runtime.ingest.views,
-                        settings.publish_hold) if engine is not None else None
     sink = Sink(database_url(settings))
     counters = ServiceCounters()
-    runtime.services.update(engine=engine, stage=stage, broker=broker, bundle=bundle,
-                            risk_config=risk_config, counters=counters)
+    runtime.services.update(broker=broker, risk_config=risk_config, counters=counters)
     service_name = f"mlrisk-worker@{socket.gethostname()}"[:50]
+
+    def serve(bundle: ModelBundle) -> SignalStage:
+        """Make `bundle` the version in service (between batches only: the signal agent takes it from `switch`)."""
+        engine = SignalEngine(bundle, risk_config)
+        current: SignalStage | None = runtime.services.get("stage")
+        if current is None:
+            current = SignalStage(engine, tables["engine_state"], tables["paper_books"], broker,
+                                  runtime.ingest.views, settings.publish_hold)
+        else:
+            current.swap(engine)
+        previous = runtime.services.get("bundle")
+        if previous is not None:
+            metrics.MODEL_INFO.labels(previous.version).set(0)
+        metrics.MODEL_INFO.labels(bundle.version).set(1)
+        runtime.services.update(engine=engine, stage=current, bundle=bundle)
+        return current
+
+    initial = load_models(settings.model_dir)
+    if initial is not None:
+        serve(initial)
+    switch = ModelSwitch(settings.model_dir, initial.version if initial else None)
+    runtime.services["model_switch"] = switch
+
+    @app.timer(settings.model_poll_s)
+    async def follow_registry() -> None:
+        await switch.poll()
+
+    @app.timer(5.0)
+    async def record_model_events() -> None:
+        stage = runtime.services.get("stage")
+        rows = []
+        if stage is not None:
+            version = stage.engine.bundle.version
+            rows = [event_row(e.pop("kind"), version, service_name, e) for e in stage.take_events()]
+        rows += [event_row("swap", v, service_name, d) for v, d in switch.take_swaps()]
+        await sink.write("ml_model_events", rows)
 
     @app.task
     async def open_sink() -> None:
@@ -96,6 +128,10 @@ def attach_pipeline(runtime: Runtime) -> None:
     @app.agent(topics["bars"], name="signals")
     async def signal_agent(stream: Any) -> None:
         async for events in batches(stream, 64, 0.01):
+            loaded = switch.take_loaded()
+            if loaded is not None:  # between batches: every signal of a batch comes from one whole version
+                serve(loaded)
+            stage = runtime.services.get("stage")
             if stage is None:
                 await ack_all(stream, events)
                 continue
@@ -143,7 +179,7 @@ def attach_pipeline(runtime: Runtime) -> None:
             "total_pnl": round(account.equity_usdt() - account.initial_equity_usdt, 2),
             "processing_time_ms": int(round(snapshot.latency_ms_sum / n)),
             "error_count": snapshot.errors,
-            "metadata": {"signals_by_type": snapshot.by_type, "model_version": bundle.version if bundle else None,
+            "metadata": {"signals_by_type": snapshot.by_type, "model_version": switch.serving,
                          "trading_state": account.portfolio(int(time.time() * 1000)).trading_state},
         }
         trading_state = row["metadata"]["trading_state"]  # type: ignore[index]
@@ -163,7 +199,7 @@ def attach_pipeline(runtime: Runtime) -> None:
                 metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
 
     def models_health() -> dict[str, Any]:
-        return {"ok": bundle is not None, "version": bundle.version if bundle else None}
+        return {"ok": switch.serving is not None, "version": switch.serving, "failed": sorted(switch.failed)}
 
     runtime.services["models"] = type("ModelsHealth", (), {"health": staticmethod(models_health)})()
     runtime.services["database"] = sink

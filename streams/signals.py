@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from models.bars import Bar
-from models.drift import PSI_DRIFT, feature_psi
+from models.drift import PSI_DRIFT, feature_psi, psi
 from models.engine import SignalEngine, SymbolState
 from models.features import FEATURE_NAMES
 from streams import metrics
@@ -48,14 +48,44 @@ class Outcome:
     republished: bool = False
 
 
-class PerformanceTracker:
-    """Rolling, out-of-sample hit rate and IC per model, resolved once the horizon has passed."""
+DECAY_MIN_RESOLVED = 500  # outcomes before a rolling IC is read as decay
+DECAY_IC = 0.0  # the ensemble's rolling IC at or below this: its ranking no longer tells up from down
 
-    def __init__(self, horizon_minutes: int, window: int = 2_000) -> None:
+
+class PerformanceTracker:
+    """Rolling, out-of-sample hit rate and IC per model, resolved once the horizon has passed.
+
+    Every `every` outcomes the figures go to the metrics, and the ensemble's rolling IC crossing `DECAY_IC`
+    (either way) is an event in `events`, as with drift.
+    """
+
+    def __init__(self, horizon_minutes: int, window: int = 2_000, every: int = 60) -> None:
         self.horizon_ms = horizon_minutes * 60_000
         self.window = window
+        self.every = every
         self.pending: dict[str, OrderedDict[int, tuple[float, dict[str, float]]]] = {}
         self.resolved: list[tuple[float, dict[str, float]]] = []  # (forward return, p_up per model)
+        self.outcomes = 0
+        self.decayed = False
+        self.events: list[dict[str, Any]] = []
+
+    def _measure(self) -> None:
+        figures = self.report()
+        for name, values in figures.items():
+            if isinstance(values, dict):
+                if values["ic"] is not None:
+                    metrics.ROLLING_IC.labels(name).set(values["ic"])
+                if values["hit_rate"] is not None:
+                    metrics.HIT_RATE.labels(name).set(values["hit_rate"])
+        ensemble = figures.get("ensemble")
+        if figures["resolved"] < DECAY_MIN_RESOLVED or not isinstance(ensemble, dict) or ensemble["ic"] is None:
+            return
+        decayed = ensemble["ic"] <= DECAY_IC
+        if decayed != self.decayed:
+            self.events.append({"kind": "decay", "decayed": decayed, "ic": ensemble["ic"],
+                                "hit_rate": ensemble["hit_rate"], "resolved": figures["resolved"],
+                                "threshold": DECAY_IC})
+            self.decayed = decayed
 
     def record(self, symbol: str, bar: Bar, signal: dict[str, Any]) -> None:
         queue = self.pending.setdefault(symbol, OrderedDict())
@@ -65,6 +95,10 @@ class PerformanceTracker:
             if open_time + due == bar.open_time:
                 close, probs = queue.pop(open_time)
                 self.resolved.append((float(np.log(bar.close / close)), probs))
+                self.outcomes += 1
+                if self.outcomes % self.every == 0:
+                    del self.resolved[: max(0, len(self.resolved) - self.window)]
+                    self._measure()
             elif open_time + due < bar.open_time:
                 queue.pop(open_time)  # a gap: no clean outcome
         del self.resolved[: max(0, len(self.resolved) - self.window)]
@@ -94,27 +128,58 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
 
 
 class DriftMonitor:
-    """PSI of the recent live feature rows against the model version's training reference, per feature."""
+    """Drift of the live inputs and outputs against the model version's references, on a rolling window.
 
-    def __init__(self, reference: dict[str, Any], version: str, window: int = 1_440, every: int = 60) -> None:
+    Per feature, PSI of the recent feature rows against the training reference; for the predictions, PSI of the
+    recent ensemble P(up) against its validation distribution. A crossing of the threshold (and the return
+    below it) is an event, kept in `events` until the caller records it.
+    """
+
+    def __init__(self, reference: dict[str, Any] | None, version: str, prediction_reference: dict[str, Any] | None,
+                 window: int = 1_440, every: int = 60) -> None:
         self.reference, self.version = reference, version
+        self.prediction_reference = prediction_reference
         self.rows = np.full((window, len(FEATURE_NAMES)), np.nan, dtype=np.float32)
+        self.predictions = np.full(window, np.nan)
         self.count, self.every = 0, every
         self.latest: dict[str, float] = {}
+        self.prediction_psi: float | None = None
+        self.drifted: set[str] = set()
+        self.events: list[dict[str, Any]] = []
 
-    def add(self, row: np.ndarray) -> None:
-        self.rows[self.count % self.rows.shape[0]] = row
+    def add(self, row: np.ndarray, p_up: float) -> None:
+        slot = self.count % self.rows.shape[0]
+        self.rows[slot] = row
+        self.predictions[slot] = p_up
         self.count += 1
         if self.count % self.every == 0 and self.count >= self.every * 4:
-            filled = self.rows[: min(self.count, self.rows.shape[0])]
-            self.latest = feature_psi(self.reference, FEATURE_NAMES, filled)
+            self._measure()
+
+    def _measure(self) -> None:
+        n = min(self.count, self.rows.shape[0])
+        if self.reference:
+            self.latest = feature_psi(self.reference, FEATURE_NAMES, self.rows[:n])
             for name, value in self.latest.items():
                 metrics.FEATURE_DRIFT.labels(self.version, name).set(value)
+        spec = self.prediction_reference
+        if spec and spec.get("values"):
+            self.prediction_psi = psi(spec["quantiles"], spec["values"], self.predictions[:n])
+            metrics.PREDICTION_DRIFT.labels(self.version).set(self.prediction_psi)
+        now = {n for n, v in self.latest.items() if v > PSI_DRIFT}
+        if self.prediction_psi is not None and self.prediction_psi > PSI_DRIFT:
+            now.add("prediction")
+        if now != self.drifted:
+            started, ended = sorted(now - self.drifted), sorted(self.drifted - now)
+            self.events.append({"kind": "drift", "started": started, "ended": ended, "rows": n,
+                                "psi": {k: round(self.latest.get(k, self.prediction_psi or 0.0), 4)
+                                        for k in sorted(now)},
+                                "threshold": PSI_DRIFT})
+            self.drifted = now
 
     def report(self) -> dict[str, Any]:
         drifted = sorted((n for n, v in self.latest.items() if v > PSI_DRIFT), key=lambda n: -self.latest[n])
         return {"rows": min(self.count, self.rows.shape[0]), "psi": self.latest, "drifted_features": drifted,
-                "threshold": PSI_DRIFT}
+                "prediction_psi": self.prediction_psi, "threshold": PSI_DRIFT}
 
 
 class SignalStage:
@@ -129,14 +194,29 @@ class SignalStage:
         self.views = views
         self.publish_hold = publish_hold
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self.tracker = PerformanceTracker(engine.horizon)
         self.last_signals: dict[str, dict[str, Any]] = {}
-        reference = engine.bundle.metadata.get("training_reference")
-        self.drift = DriftMonitor(reference, engine.bundle.version) if reference else None
+        self.swap(engine)
+
+    def swap(self, engine: SignalEngine) -> None:
+        """Serve another model version from the next batch on (call between batches). Per-symbol states are
+        carried over as they are loaded (`SignalEngine.adopt`); performance and drift are measured afresh."""
+        self.engine = engine
+        self.tracker = PerformanceTracker(engine.horizon)
+        metadata = engine.bundle.metadata
+        self.drift = DriftMonitor(metadata.get("training_reference"), engine.bundle.version,
+                                  metadata.get("prediction_reference"))
 
     def load_state(self, symbol: str) -> SymbolState:
         blob = self.engine_states.get(symbol)
-        return self.engine.new_state(symbol) if blob is None else SymbolState.from_bytes(blob.encode())
+        if blob is None:
+            return self.engine.new_state(symbol)
+        return self.engine.adopt(SymbolState.from_bytes(blob.encode()))
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """Drift and decay events since the last call, for the database."""
+        events = self.drift.events + self.tracker.events
+        self.drift.events, self.tracker.events = [], []
+        return events
 
     def load_paper(self, symbol: str) -> PaperBook:
         data = self.paper_books.get(symbol)
@@ -191,8 +271,6 @@ class SignalStage:
                 staged.append((item, state, paper, pending, executions))
                 if pending is not None:
                     pendings.append(pending)
-                    if self.drift is not None:
-                        self.drift.add(pending.window[-1])
             predictions = []
             if pendings:
                 started = time.perf_counter()
@@ -204,8 +282,10 @@ class SignalStage:
                 symbol = item.bar.symbol
                 signal = None
                 if pending is not None:
-                    signal = self.engine.finish(state, pending, by_pending[id(pending)], self.extras(symbol))
+                    prediction = by_pending[id(pending)]
+                    signal = self.engine.finish(state, pending, prediction, self.extras(symbol))
                     decided += 1
+                    self.drift.add(pending.window[-1], signal["metadata"]["p_up"])
                     self.tracker.record(symbol, item.bar, signal)
                     self.last_signals[symbol] = signal
                     metrics.SIGNALS_OUT.labels(symbol, signal["signal_type"], signal["risk_level"]).inc()

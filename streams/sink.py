@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -45,17 +46,20 @@ METRICS_COLUMNS = (
     "timestamp", "service_name", "signals_generated", "signals_executed", "average_confidence",
     "average_risk_score", "success_rate", "total_pnl", "processing_time_ms", "error_count", "metadata",
 )
+EVENT_COLUMNS = ("timestamp", "event_type", "model_version", "source", "details")
 CONFLICT_KEYS = {
     "actionable_trade_signals": "(signal_id, timestamp)",
     "risk_adjusted_positions": "(signal_id, timestamp)",
     "signal_execution_logs": "(signal_id, execution_status, timestamp)",
     "ml_risk_integration_metrics": "(service_name, timestamp)",
+    "ml_model_events": "(timestamp, event_type, model_version, source)",
 }
 COLUMNS = {
     "actionable_trade_signals": SIGNAL_COLUMNS,
     "risk_adjusted_positions": POSITION_COLUMNS,
     "signal_execution_logs": EXECUTION_COLUMNS,
     "ml_risk_integration_metrics": METRICS_COLUMNS,
+    "ml_model_events": EVENT_COLUMNS,
 }
 SIGNAL_FIELDS_IN_METADATA = ("entry_price", "quantity", "liquidation_price", "bar_close_time", "model_version",
                              "latency_ms", "schema_version")
@@ -93,6 +97,13 @@ def execution_row(execution: dict[str, Any]) -> tuple[Any, ...]:
 def metrics_row(row: dict[str, Any]) -> tuple[Any, ...]:
     values = {**row, "metadata": Jsonb(row.get("metadata"))}
     return tuple(values.get(c) for c in METRICS_COLUMNS)
+
+
+def event_row(event_type: str, model_version: str, source: str, details: dict[str, Any],
+              timestamp: str | None = None) -> tuple[Any, ...]:
+    """A row of ml_model_events (timestamp: ISO8601, now when omitted)."""
+    stamp = timestamp or datetime.now(UTC).isoformat(timespec="milliseconds")
+    return (stamp, event_type, model_version, source[:50], Jsonb(details))
 
 
 def insert_sql(table: str, rows: int) -> str:
