@@ -19,6 +19,7 @@ from models.engine import SymbolState
 from risk.portfolio import historical_var, parametric_var
 from streams.app import Runtime
 from streams.config import normalise_symbol
+from streams.signals import DECAY_IC, DECAY_MIN_RESOLVED
 
 MAX_LIMIT = 1000
 
@@ -180,7 +181,9 @@ def register_api(runtime: Runtime) -> None:
                 trades = sum(b.trades for b in books)
                 return 200, {
                     "models": stage.tracker.report() if stage else {},
-                    "drift": stage.drift.report() if stage and stage.drift else None,
+                    "drift": stage.drift.report() if stage else None,
+                    "decay": {"decayed": stage.tracker.decayed, "threshold_ic": DECAY_IC,
+                              "min_outcomes": DECAY_MIN_RESOLVED} if stage else None,
                     "model_version": services["bundle"].version if services.get("bundle") else None,
                     "paper": {
                         "equity_usdt": account.equity_usdt(),

@@ -49,6 +49,12 @@ EXPECTED = {
         "confidence_boost": ("numeric", (5, 4)), "market_regime": ("character varying", None),
         "volatility_score": ("numeric", (5, 4)), "liquidity_score": ("numeric", (5, 4)), "metadata": ("jsonb", None),
     },
+    # beyond the contract: the model lifecycle's events
+    "ml_model_events": {
+        "timestamp": ("timestamp with time zone", None), "event_type": ("character varying", 20),
+        "model_version": ("character varying", 100), "source": ("character varying", 50),
+        "details": ("jsonb", None),
+    },
 }
 
 
@@ -83,7 +89,9 @@ def test_db_init_twice_gives_every_contract_column_with_its_type(database_url: s
                 "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
                 "WHERE i.indrelid = %s::regclass AND i.indisprimary", (table,)
             ).fetchone()
-            assert primary is not None and primary[0] == ["timestamp", "id"], table
+            key = ["timestamp", "event_type", "model_version", "source"] if table == "ml_model_events" \
+                else ["timestamp", "id"]
+            assert primary is not None and primary[0] == key, table
 
 
 def test_signal_rows_are_idempotent_on_signal_id(database_url: str) -> None:
@@ -108,4 +116,4 @@ def test_signal_rows_are_idempotent_on_signal_id(database_url: str) -> None:
 def test_schema_file_creates_hypertables_only_where_timescaledb_exists() -> None:
     sql = (REPO_ROOT / "schema.sql").read_text()
     assert "pg_available_extensions WHERE name = 'timescaledb'" in sql
-    assert sql.count("CREATE TABLE IF NOT EXISTS") == 4
+    assert sql.count("CREATE TABLE IF NOT EXISTS") == 5

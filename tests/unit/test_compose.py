@@ -18,7 +18,8 @@ def _compose() -> dict:
 
 def test_compose_has_every_service_with_its_ports() -> None:
     services = _compose()["services"]
-    assert {"kafka", "timescaledb", "prometheus", "grafana", "worker", "replay", "train", "db-init"} <= set(services)
+    assert {"kafka", "timescaledb", "prometheus", "grafana", "worker", "replay", "train", "db-init",
+            "retrainer"} <= set(services)
     ports = {name: [p.split(":")[0] for p in svc.get("ports", [])] for name, svc in services.items()}
     assert ports["kafka"] == ["9092"] and ports["timescaledb"] == ["5432"] and ports["worker"] == ["6066"]
     assert ports["prometheus"] == ["9090"] and ports["grafana"] == ["3000"]
