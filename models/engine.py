@@ -276,6 +276,7 @@ class SignalEngine:
             decision,
             market,
             extras,
+            config_key=self.config_key,
         )
         state.recent = [*state.recent[-(RECENT_SIGNALS - 1) :], signal]
         return signal

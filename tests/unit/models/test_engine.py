@@ -89,6 +89,18 @@ def test_redelivered_bar_returns_the_same_signal_and_leaves_state_alone(
     assert state.to_bytes() == before
 
 
+def test_the_same_bar_decided_under_other_risk_settings_is_another_signal(
+    engine: SignalEngine, frame: BarFrame
+) -> None:
+    from dataclasses import replace
+
+    other = SignalEngine(engine.bundle, replace(engine.risk_config, min_edge_to_cost=0.5))
+    mine = run(engine, frame, engine.new_state("BTCUSDT"), 0, len(frame))
+    theirs = run(other, frame, other.new_state("BTCUSDT"), 0, len(frame))
+    assert [s["bar_close_time"] for s in mine] == [s["bar_close_time"] for s in theirs]
+    assert not {s["signal_id"] for s in mine} & {s["signal_id"] for s in theirs}
+
+
 def test_signal_fields_follow_the_contract(engine: SignalEngine, frame: BarFrame) -> None:
     signals = run(engine, frame, engine.new_state("BTCUSDT"), 0, len(frame))
     other = run(engine, frame, engine.new_state("BTCUSDT"), 0, len(frame))
