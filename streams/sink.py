@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -65,14 +66,24 @@ SIGNAL_FIELDS_IN_METADATA = ("entry_price", "quantity", "liquidation_price", "ba
                              "latency_ms", "schema_version")
 
 
+def _json_text(value: Any) -> str:
+    # orjson: several times faster than the standard library, NaN as null, numpy scalars as numbers
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def json_value(value: Any) -> Jsonb:
+    """A JSONB parameter, serialised with orjson."""
+    return Jsonb(value, dumps=_json_text)
+
+
 def signal_row(signal: dict[str, Any]) -> tuple[Any, ...]:
     meta = dict(signal.get("metadata") or {})
     depth = meta.pop("market_depth_analysis", None)
     meta.pop("risk_adjusted_positions", None)
     for name in SIGNAL_FIELDS_IN_METADATA:
         meta[name] = signal.get(name)
-    values = {**signal, "model_contributions": Jsonb(signal.get("model_contributions")),
-              "market_depth_analysis": Jsonb(depth), "metadata": Jsonb(meta)}
+    values = {**signal, "model_contributions": json_value(signal.get("model_contributions")),
+              "market_depth_analysis": json_value(depth), "metadata": json_value(meta)}
     return tuple(values[c] for c in SIGNAL_COLUMNS)
 
 
@@ -82,20 +93,21 @@ def position_row(signal: dict[str, Any]) -> tuple[Any, ...]:
     values = {
         **adjusted,
         "timestamp": signal["timestamp"], "signal_id": signal["signal_id"], "symbol": signal["symbol"],
-        "signal_type": signal["signal_type"], "risk_factors": Jsonb(factors), "market_regime": signal["market_regime"],
+        "signal_type": signal["signal_type"], "risk_factors": json_value(factors),
+        "market_regime": signal["market_regime"],
         "volatility_score": signal["volatility_score"], "liquidity_score": signal["liquidity_score"],
-        "metadata": Jsonb({"model_version": signal.get("model_version")}),
+        "metadata": json_value({"model_version": signal.get("model_version")}),
     }
     return tuple(values.get(c) for c in POSITION_COLUMNS)
 
 
 def execution_row(execution: dict[str, Any]) -> tuple[Any, ...]:
-    values = {**execution, "metadata": Jsonb(execution.get("metadata"))}
+    values = {**execution, "metadata": json_value(execution.get("metadata"))}
     return tuple(values.get(c) for c in EXECUTION_COLUMNS)
 
 
 def metrics_row(row: dict[str, Any]) -> tuple[Any, ...]:
-    values = {**row, "metadata": Jsonb(row.get("metadata"))}
+    values = {**row, "metadata": json_value(row.get("metadata"))}
     return tuple(values.get(c) for c in METRICS_COLUMNS)
 
 
@@ -103,7 +115,7 @@ def event_row(event_type: str, model_version: str, source: str, details: dict[st
               timestamp: str | None = None) -> tuple[Any, ...]:
     """A row of ml_model_events (timestamp: ISO8601, now when omitted)."""
     stamp = timestamp or datetime.now(UTC).isoformat(timespec="milliseconds")
-    return (stamp, event_type, model_version, source[:50], Jsonb(details))
+    return (stamp, event_type, model_version, source[:50], json_value(details))
 
 
 def insert_sql(table: str, rows: int) -> str:
