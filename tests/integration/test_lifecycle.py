@@ -9,7 +9,6 @@ worker switches to it while the next day is being replayed.
 from __future__ import annotations
 
 import gzip
-import os
 import subprocess
 import sys
 import threading
@@ -107,4 +106,3 @@ def test_drift_retrain_promotion_and_swap_mid_replay(data_dir, start_worker, wor
     assert switch < len(versions) - 60, "the challenger served the rest of the replay"
     # every signal comes from a whole version: all three members scored it
     assert all(set(s["model_contributions"]) == MEMBERS for s in signals)
-    assert os.environ.get("MLRISK_TOPIC_PREFIX") != prefix
