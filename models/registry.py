@@ -88,15 +88,16 @@ def promote(out_dir: Path, version: str) -> None:
     out = Path(out_dir)
     if not (out / version / METADATA_FILE).is_file():
         raise FileNotFoundError(f"no model version {version!r} under {out}")
-    _point_current(out, version)
+    _write_whole(out / CURRENT_FILE, version + "\n")
     with (out / HISTORY_FILE).open("a", encoding="utf-8") as history:
         history.write(version + "\n")
 
 
-def _point_current(out: Path, version: str) -> None:
-    tmp = out / (CURRENT_FILE + ".tmp")
-    tmp.write_text(version + "\n", encoding="utf-8")
-    tmp.replace(out / CURRENT_FILE)
+def _write_whole(path: Path, text: str) -> None:
+    """Write aside and rename, so that readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def promotion_history(model_dir: Path) -> list[str]:
@@ -118,10 +119,8 @@ def rollback(model_dir: Path) -> tuple[str, str]:
         raise ValueError(f"nothing to roll back to: {current} is the first promoted version in {out}")
     history.pop()
     previous = history[-1]
-    _point_current(out, previous)
-    tmp = out / (HISTORY_FILE + ".tmp")
-    tmp.write_text("".join(v + "\n" for v in history), encoding="utf-8")
-    tmp.replace(out / HISTORY_FILE)
+    _write_whole(out / CURRENT_FILE, previous + "\n")
+    _write_whole(out / HISTORY_FILE, "".join(v + "\n" for v in history))
     return current, previous
 
 

@@ -24,9 +24,9 @@ from streams.serialization import dumps
 log = logging.getLogger("mlrisk")
 
 CLOSED_BARS_KEPT_MS = 3 * 86_400_000  # closed bars kept in the table (key "SYMBOL:open_time") for three days
-IDLE_FLUSH_MS = 10_000
+IDLE_FLUSH_MS = 10_000  # a symbol quiet this long (wall clock) gets its finished minutes closed
 INGEST_BATCH = 2_000  # messages per batch: bar state is written once per symbol and batch
-INGEST_WITHIN_S = 0.005  # a symbol quiet this long (wall clock) gets its finished minutes closed
+INGEST_WITHIN_S = 0.005  # a batch waits at most this long for more messages
 
 
 TABLE_NAMES = ("bar-state", "closed-bars", "engine-state", "paper-books")
@@ -224,10 +224,22 @@ def build_app(settings: Settings) -> Runtime:
             await ack_all(stream, events)
 
     async def publish_and_record(event: Any, bars: list, received: int) -> None:
+        """Publish closed bars and record at once that they are out: a batch cut short and delivered again then
+        recognises its trades and klines as applied and publishes nothing twice."""
         symbol = bars[0].symbol
-        await publish_bars(symbol, bars, received)
-        in_partition_of(event)
-        tables["bar_state"][symbol] = ingest.state_for(symbol).to_dict()
+
+        async def step() -> None:
+            await publish_bars(symbol, bars, received)
+            in_partition_of(event)
+            tables["bar_state"][symbol] = ingest.state_for(symbol).to_dict()
+
+        try:
+            await finish_despite_cancel(step())
+        except BaseException:
+            # not published (the worker stopping, the broker away): forget the bars closed in memory, so that no
+            # later write records them as published; the unacknowledged message comes back
+            ingest.discard(symbol)
+            raise
 
     async def ingest_one(event: Any) -> str | None:
         """Handle one message; the symbol whose bar state it may have changed, if any."""
@@ -241,7 +253,7 @@ def build_app(settings: Settings) -> Runtime:
             if view is not None and now - view.last_event_wall_ms >= IDLE_FLUSH_MS:
                 bars = ingest.flush(symbol, now)
                 if bars:
-                    await publish_bars(symbol, bars, now)
+                    await publish_and_record(event, bars, now)
             return symbol
         received = wall_ms()
         try:
@@ -262,15 +274,7 @@ def build_app(settings: Settings) -> Runtime:
             await topics["market_data"].send(key=result.rekey_symbol.encode(), value=event.value)
             return None
         if result.bars:
-            # record at once that these bars are out: a batch cut short and delivered again then recognises its
-            # trades and klines as applied and publishes nothing twice
-            try:
-                await finish_despite_cancel(publish_and_record(event, result.bars, received))
-            except BaseException:
-                # not published (the worker stopping, the broker away): forget the bars closed in memory, so
-                # that no later write records them as published; the unacknowledged message comes back
-                ingest.discard(result.bars[0].symbol)
-                raise
+            await publish_and_record(event, result.bars, received)
         return key.decode() if result.state_changed and key is not None else None
 
     @app.timer(2.0)

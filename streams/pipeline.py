@@ -68,7 +68,7 @@ def attach_pipeline(runtime: Runtime) -> None:
     runtime.services.update(broker=broker, risk_config=risk_config, counters=counters)
     service_name = f"mlrisk-worker@{socket.gethostname()}"[:50]
 
-    def serve(bundle: ModelBundle) -> SignalStage:
+    def serve(bundle: ModelBundle) -> None:
         """Make `bundle` the version in service (between batches only: the signal agent takes it from `switch`)."""
         engine = SignalEngine(bundle, risk_config)
         current: SignalStage | None = runtime.services.get("stage")
@@ -82,7 +82,6 @@ def attach_pipeline(runtime: Runtime) -> None:
             metrics.MODEL_INFO.labels(previous.version).set(0)
         metrics.MODEL_INFO.labels(bundle.version).set(1)
         runtime.services.update(engine=engine, stage=current, bundle=bundle)
-        return current
 
     initial = load_models(settings.model_dir)
     if initial is not None:

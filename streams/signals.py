@@ -95,13 +95,12 @@ class PerformanceTracker:
             if open_time + due == bar.open_time:
                 close, probs = queue.pop(open_time)
                 self.resolved.append((float(np.log(bar.close / close)), probs))
+                del self.resolved[: max(0, len(self.resolved) - self.window)]
                 self.outcomes += 1
                 if self.outcomes % self.every == 0:
-                    del self.resolved[: max(0, len(self.resolved) - self.window)]
                     self._measure()
             elif open_time + due < bar.open_time:
                 queue.pop(open_time)  # a gap: no clean outcome
-        del self.resolved[: max(0, len(self.resolved) - self.window)]
         probs = {name: c["p_up"] for name, c in signal["model_contributions"].items()}
         probs["ensemble"] = signal["metadata"]["p_up"]
         queue[bar.open_time] = (bar.close, probs)
@@ -165,19 +164,19 @@ class DriftMonitor:
         if spec and spec.get("values"):
             self.prediction_psi = psi(spec["quantiles"], spec["values"], self.predictions[:n])
             metrics.PREDICTION_DRIFT.labels(self.version).set(self.prediction_psi)
-        now = {n for n, v in self.latest.items() if v > PSI_DRIFT}
-        if self.prediction_psi is not None and self.prediction_psi > PSI_DRIFT:
-            now.add("prediction")
-        if now != self.drifted:
-            started, ended = sorted(now - self.drifted), sorted(self.drifted - now)
-            self.events.append({"kind": "drift", "started": started, "ended": ended, "rows": n,
-                                "psi": {k: round(self.latest.get(k, self.prediction_psi or 0.0), 4)
-                                        for k in sorted(now)},
+        values = dict(self.latest)
+        if self.prediction_psi is not None:
+            values["prediction"] = self.prediction_psi
+        drifted = {name for name, value in values.items() if value > PSI_DRIFT}
+        if drifted != self.drifted:
+            self.events.append({"kind": "drift", "started": sorted(drifted - self.drifted),
+                                "ended": sorted(self.drifted - drifted), "rows": n,
+                                "psi": {name: round(values[name], 4) for name in sorted(drifted)},
                                 "threshold": PSI_DRIFT})
-            self.drifted = now
+            self.drifted = drifted
 
     def report(self) -> dict[str, Any]:
-        drifted = sorted((n for n, v in self.latest.items() if v > PSI_DRIFT), key=lambda n: -self.latest[n])
+        drifted = sorted((n for n in self.drifted if n != "prediction"), key=lambda n: -self.latest[n])
         return {"rows": min(self.count, self.rows.shape[0]), "psi": self.latest, "drifted_features": drifted,
                 "prediction_psi": self.prediction_psi, "threshold": PSI_DRIFT}
 
@@ -282,8 +281,7 @@ class SignalStage:
                 symbol = item.bar.symbol
                 signal = None
                 if pending is not None:
-                    prediction = by_pending[id(pending)]
-                    signal = self.engine.finish(state, pending, prediction, self.extras(symbol))
+                    signal = self.engine.finish(state, pending, by_pending[id(pending)], self.extras(symbol))
                     decided += 1
                     self.drift.add(pending.window[-1], signal["metadata"]["p_up"])
                     self.tracker.record(symbol, item.bar, signal)
