@@ -2,34 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError
 from faust.streams import _current_event
 
 from streams import faust_fixes, metrics
 from streams.bar_builder import BarBuilder
+from streams.book import OrderBook
 from streams.config import Settings
-from streams.ingest import CONTROL_HEADER, FLUSH, Ingest, dead_letter, wall_ms
-from streams.serialization import dumps
+from streams.ingest import Ingest
+from streams.ingest_service import IngestService, state_topic
 
 log = logging.getLogger("mlrisk")
 
-CLOSED_BARS_KEPT_MS = 3 * 86_400_000  # closed bars kept in the table (key "SYMBOL:open_time") for three days
-IDLE_FLUSH_MS = 10_000  # a symbol quiet this long (wall clock) gets its finished minutes closed
-INGEST_BATCH = 2_000  # messages per batch: bar state is written once per symbol and batch
-INGEST_WITHIN_S = 0.005  # a batch waits at most this long for more messages
-
-
-TABLE_NAMES = ("bar-state", "closed-bars", "engine-state", "paper-books")
+TABLE_NAMES = ("engine-state", "paper-books")
 
 
 async def ack_all(stream: Any, events: list[Any]) -> None:
@@ -37,25 +31,6 @@ async def ack_all(stream: Any, events: list[Any]) -> None:
     is never acknowledged, so its messages are delivered again instead of being committed unprocessed."""
     for event in events:
         await stream.ack(event)
-
-
-async def send_until_acknowledged(app: faust.App, topic: str, key: bytes, value: bytes,
-                                  max_delay_s: float = 5.0) -> None:
-    """Send and wait for the broker's acknowledgement, retrying a failed send with backoff.
-
-    Raising instead would crash the agent, and Faust would restart it past the rest of the batch: messages
-    skipped in this process while later ones move the state on.
-    """
-    delay = 0.1
-    while True:
-        try:
-            await app.producer.send_and_wait(topic, key, value, None, None, None)
-            return
-        except KafkaError as error:
-            metrics.ERRORS.labels("publish").inc()
-            log.warning("publishing to %s failed (%r); retrying in %.1fs", topic, error, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_delay_s)
 
 
 async def stop_on_unexpected(app: faust.App, stage: str, error: BaseException) -> None:
@@ -66,20 +41,6 @@ async def stop_on_unexpected(app: faust.App, stage: str, error: BaseException) -
                  exc_info=error)
     metrics.ERRORS.labels(stage).inc()
     await app.crash(error)
-
-
-async def finish_despite_cancel(work: Awaitable[None], grace_s: float = 10.0) -> None:
-    """Await `work`, and when the caller is cancelled (the worker stopping) let it end first, within `grace_s`.
-
-    Publishing a bar and recording it as published are one step: cut between the two, the bar is out while the
-    state says it is not, and the next worker would publish it a second time.
-    """
-    task = asyncio.ensure_future(work)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait({task}, timeout=grace_s)
-        raise
 
 
 async def batches(stream: Any, size: int, within_s: float) -> AsyncIterator[list[Any]]:
@@ -135,7 +96,8 @@ async def ensure_topics(settings: Settings) -> None:
             settings.executions_topic,
         )
         # changelog topics too: created here they exist before Faust's first write to them
-        compacted = tuple(f"{settings.faust_app_id}-{table}-changelog" for table in TABLE_NAMES)
+        compacted = (state_topic(settings),
+                     *(f"{settings.faust_app_id}-{table}-changelog" for table in TABLE_NAMES))
         wanted = [NewTopic(name, settings.partitions, 1) for name in plain if name not in existing] + [
             NewTopic(name, settings.partitions, 1, topic_configs={"cleanup.policy": "compact"})
             for name in compacted
@@ -181,111 +143,12 @@ def build_app(settings: Settings) -> Runtime:
     }
     tables = {
         # str keys and JSON values through Faust's json codec, which is orjson when installed
-        "bar_state": app.Table("bar-state", partitions=settings.partitions, key_type=str),
-        "closed_bars": app.Table("closed-bars", partitions=settings.partitions, key_type=str),
         "engine_state": app.Table("engine-state", partitions=settings.partitions, key_type=str),
         "paper_books": app.Table("paper-books", partitions=settings.partitions, key_type=str),
     }
-    ingest = Ingest(BarBuilder(settings.allowed_lateness_ms), tables["bar_state"], settings.max_future_ms)
+    ingest = Ingest(BarBuilder(settings.allowed_lateness_ms), {}, settings.max_future_ms, book_factory=OrderBook)
     runtime = Runtime(settings, app, topics, tables, ingest)
-
-    async def publish_bars(symbol: str, bars: list, received_ms: int) -> None:
-        """`received_ms`: when the event that closed the bars arrived (the start of end-to-end latency)."""
-        closed = tables["closed_bars"]
-        for bar in bars:
-            # waits for the broker's acknowledgement: a bar that the state records as closed is never lost
-            await send_until_acknowledged(
-                app, settings.bars_topic, symbol.encode(), dumps({**bar.to_dict(), "received_ms": received_ms})
-            )
-            closed[f"{symbol}:{bar.open_time}"] = bar.to_dict()
-            expired = f"{symbol}:{bar.open_time - CLOSED_BARS_KEPT_MS}"
-            if expired in closed:
-                del closed[expired]
-
-    @app.agent(topics["market_data"], name="ingest")
-    async def ingest_agent(stream: Any) -> None:
-        async for events in batches(stream, INGEST_BATCH, INGEST_WITHIN_S):
-            last_event_of: dict[str, Any] = {}
-            for event in events:
-                try:
-                    symbol = await ingest_one(event)
-                except Exception as exc:
-                    await stop_on_unexpected(app, "ingest", exc)
-                    raise
-                if symbol is not None:
-                    last_event_of[symbol] = event
-            # one changelog write per symbol and batch, in the partition of that symbol's own events; the
-            # batch's offsets are committed only after these writes are flushed (Faust flushes before commit)
-            for symbol, state in ingest.take_dirty().items():
-                event = last_event_of.get(symbol)
-                if event is not None:
-                    in_partition_of(event)
-                    tables["bar_state"][symbol] = state.to_dict()
-            await ack_all(stream, events)
-
-    async def publish_and_record(event: Any, bars: list, received: int) -> None:
-        """Publish closed bars and record at once that they are out: a batch cut short and delivered again then
-        recognises its trades and klines as applied and publishes nothing twice."""
-        symbol = bars[0].symbol
-
-        async def step() -> None:
-            await publish_bars(symbol, bars, received)
-            in_partition_of(event)
-            tables["bar_state"][symbol] = ingest.state_for(symbol).to_dict()
-
-        try:
-            await finish_despite_cancel(step())
-        except BaseException:
-            # not published (the worker stopping, the broker away): forget the bars closed in memory, so that no
-            # later write records them as published; the unacknowledged message comes back
-            ingest.discard(symbol)
-            raise
-
-    async def ingest_one(event: Any) -> str | None:
-        """Handle one message; the symbol whose bar state it may have changed, if any."""
-        in_partition_of(event)
-        message = event.message
-        key = message.key
-        if dict(message.headers or []).get(CONTROL_HEADER) == FLUSH and key is not None:
-            symbol = key.decode()
-            view = ingest.views.get(symbol)
-            now = wall_ms()
-            if view is not None and now - view.last_event_wall_ms >= IDLE_FLUSH_MS:
-                bars = ingest.flush(symbol, now)
-                if bars:
-                    await publish_and_record(event, bars, now)
-            return symbol
-        received = wall_ms()
-        try:
-            result = ingest.handle(event.value, key, message.topic, message.partition, message.offset, received)
-        except Exception as exc:  # a bug must not stop the worker: park the message with the reason
-            log.exception("ingest failed on %s[%s]@%s", message.topic, message.partition, message.offset)
-            metrics.ERRORS.labels("ingest").inc()
-            metrics.EVENTS_REJECTED.labels("internal_error").inc()
-            await topics["dlq"].send(
-                key=key, value=dead_letter(f"internal_error: {exc!r}", message.topic, message.partition,
-                                           message.offset, event.value, wall_ms())
-            )
-            return None
-        if result.dead_letter is not None:
-            await topics["dlq"].send(key=key, value=result.dead_letter)
-            return None
-        if result.rekey_symbol is not None:
-            await topics["market_data"].send(key=result.rekey_symbol.encode(), value=event.value)
-            return None
-        if result.bars:
-            await publish_and_record(event, result.bars, received)
-        return key.decode() if result.state_changed and key is not None else None
-
-    @app.timer(2.0)
-    async def flush_quiet_symbols() -> None:
-        """Ask the ingest agent (in-stream, where tables may change) to close bars of quiet symbols."""
-        now = wall_ms()
-        for symbol, view in list(ingest.views.items()):
-            if now - view.last_event_wall_ms >= IDLE_FLUSH_MS and ingest.has_open_bars(symbol):
-                await topics["market_data"].send(
-                    key=symbol.encode(), value=b"", headers=[(CONTROL_HEADER, FLUSH)]
-                )
+    runtime.services["ingest"] = app.service(IngestService(settings, ingest, app.crash))
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
@@ -297,7 +160,6 @@ def build_app(settings: Settings) -> Runtime:
         ready = all(c["ok"] for c in checks.values())
         return web.json({"status": "ok" if ready else "degraded", "checks": checks}, status=200 if ready else 503)
 
-    runtime.services["ingest_agent"] = ingest_agent
     from streams.pipeline import attach_pipeline
 
     attach_pipeline(runtime)

@@ -60,6 +60,22 @@ class MarketView:
     book: Any = None  # streams.book.OrderBook once depth arrives
     last_event_wall_ms: int = 0
 
+    def snapshot(self) -> dict[str, Any]:
+        """What the risk decision uses of the market beside the bar: mark price, spread, depth and imbalance
+        from the order book where one is kept, else the spread of the best bid and ask. It travels with the bar,
+        so the signal stage needs no view of its own (and may run on another worker)."""
+        market: dict[str, Any] = {}
+        if self.mark_price is not None:
+            market["mark_price"] = self.mark_price
+        analysis = self.book.analysis() if self.book is not None else None
+        if analysis is not None:
+            market.update(spread_bps=analysis["spread_bps"], depth_usdt=analysis["depth_usdt"],
+                          book_imbalance=analysis["book_imbalance"])
+        elif self.bid_price and self.ask_price and self.ask_price > self.bid_price:
+            mid = (self.bid_price + self.ask_price) / 2
+            market["spread_bps"] = (self.ask_price - self.bid_price) / mid * 1e4
+        return market
+
 
 @dataclass(slots=True)
 class IngestResult:

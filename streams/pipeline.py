@@ -74,7 +74,7 @@ def attach_pipeline(runtime: Runtime) -> None:
         current: SignalStage | None = runtime.services.get("stage")
         if current is None:
             current = SignalStage(engine, tables["engine_state"], tables["paper_books"], broker,
-                                  runtime.ingest.views, settings.publish_hold)
+                                  settings.publish_hold)
         else:
             current.swap(engine)
         previous = runtime.services.get("bundle")
@@ -137,7 +137,7 @@ def attach_pipeline(runtime: Runtime) -> None:
             items = []
             for event in events:
                 data = loads(event.value)
-                items.append(BarEvent(Bar.from_dict(data), data.get("received_ms"), event))
+                items.append(BarEvent(Bar.from_dict(data), data.get("received_ms"), event, data.get("market") or {}))
             try:
                 await stage.process(items, persist, emit)
             except Exception as exc:

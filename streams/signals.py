@@ -25,7 +25,6 @@ from models.engine import SignalEngine, SymbolState
 from models.features import FEATURE_NAMES
 from streams import metrics
 from streams.execution import PaperBook, PaperBroker
-from streams.ingest import MarketView
 
 log = logging.getLogger("mlrisk.signals")
 
@@ -39,6 +38,7 @@ class BarEvent:
     bar: Bar
     received_ms: float | None
     event: Any  # the Faust event, whose partition table writes must use
+    market: dict[str, Any] = field(default_factory=dict)  # mark price, spread, depth at the bar's close
 
 
 @dataclass(slots=True)
@@ -185,12 +185,11 @@ class SignalStage:
     """Per-batch logic of the signal agent; tables are injected (Faust tables in the worker)."""
 
     def __init__(self, engine: SignalEngine, engine_states: Any, paper_books: Any, broker: PaperBroker,
-                 views: dict[str, MarketView], publish_hold: bool = False) -> None:
+                 publish_hold: bool = False) -> None:
         self.engine = engine
         self.engine_states = engine_states
         self.paper_books = paper_books
         self.broker = broker
-        self.views = views
         self.publish_hold = publish_hold
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.last_signals: dict[str, dict[str, Any]] = {}
@@ -222,22 +221,6 @@ class SignalStage:
         book = PaperBook() if data is None else PaperBook.from_dict(data)
         self.broker.account.books[symbol] = book
         return book
-
-    def extras(self, symbol: str) -> dict[str, Any]:
-        view = self.views.get(symbol)
-        if view is None:
-            return {}
-        extras: dict[str, Any] = {}
-        if view.mark_price is not None:
-            extras["mark_price"] = view.mark_price
-        analysis = view.book.analysis() if view.book is not None else None
-        if analysis is not None:
-            extras.update(spread_bps=analysis["spread_bps"], depth_usdt=analysis["depth_usdt"],
-                          book_imbalance=analysis["book_imbalance"])
-        elif view.bid_price and view.ask_price and view.ask_price > view.bid_price:
-            mid = (view.bid_price + view.ask_price) / 2
-            extras["spread_bps"] = (view.ask_price - view.bid_price) / mid * 1e4
-        return extras
 
     async def process(self, items: Sequence[BarEvent], persist: Callable[[BarEvent, str, SymbolState, PaperBook],
                                                                           None],
@@ -281,7 +264,7 @@ class SignalStage:
                 symbol = item.bar.symbol
                 signal = None
                 if pending is not None:
-                    signal = self.engine.finish(state, pending, by_pending[id(pending)], self.extras(symbol))
+                    signal = self.engine.finish(state, pending, by_pending[id(pending)], item.market)
                     decided += 1
                     self.drift.add(pending.window[-1], signal["metadata"]["p_up"])
                     self.tracker.record(symbol, item.bar, signal)
