@@ -4,8 +4,9 @@
   broker (the baseline every throughput is divided by);
 - ingest: a worker without models (parse, validate, dedupe, bars);
 - pipeline: a worker with models (ingest + bars + features + ensemble + risk + signals + paper + sink);
-- latency: event in (the producer sends the trade that closes a bar) → signal out (a subscriber receives it),
-  at a fixed offered rate, after the symbols were warmed up on klines;
+- latency: event in (the producer sends the event that closes a bar) → signal out (a subscriber receives it),
+  at 1,000 events/s offered: BTCUSDT's real futures trades with ETHUSDT's real closed klines among them (see
+  `latency_feed`), after both symbols were warmed up on klines;
 - sink: batched multi-row inserts against row-by-row inserts into the real database;
 - inference per model at batch 1 and 64, one risk decision, the worker's RSS.
 """
@@ -176,13 +177,14 @@ def stream_rate(settings: Settings, env: dict[str, str], items: list[tuple[bytes
     return len(items) / (time.monotonic() - start)
 
 
-def warm_up_klines(minutes: int, before_ms: int) -> list[tuple[bytes, bytes]]:
-    """Real klines of both symbols ending at `before_ms`, so that the features are warm when trades begin."""
+def warm_up_klines(minutes: int, before_ms: int, symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
+                   ) -> list[tuple[bytes, bytes]]:
+    """Real klines of the symbols ending at `before_ms`, so that the features are warm when trades begin."""
     from models.data import load_bars
     from streams.replay import kline_message
 
     items = []
-    for symbol in ("BTCUSDT", "ETHUSDT"):
+    for symbol in symbols:
         frame = load_bars(DATA, symbol, before_ms - minutes * 60_000, before_ms)
         if len(frame) == 0:  # ETHUSDT bars do not cover every capture day: borrow BTCUSDT's shape
             continue
@@ -190,9 +192,52 @@ def warm_up_klines(minutes: int, before_ms: int) -> list[tuple[bytes, bytes]]:
     return items
 
 
-async def latency_run(settings: Settings, env: dict[str, str], trades: list[tuple[bytes, bytes, int, int]],
-                      rate: float) -> dict[str, Any]:
-    """Offer the trades at `rate`/s; for each signal, the time from sending its closing trade to receiving it."""
+KLINE_SYMBOL = "ETHUSDT"  # fed by closed klines in the latency run, beside BTCUSDT's trades
+KLINE_START = "2024-10-01"  # where ETHUSDT's 1-minute bars cover a stretch long enough
+KLINES_EVERY = 50  # one kline among this many events
+
+
+def latency_feed(trades: list[tuple[bytes, bytes, int, int]], warm_minutes: int
+                 ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], list[tuple[str, int]]]:
+    """The paced feed of the latency run, its warm-up, and what closes a bar at each position of the feed.
+
+    A real mixed feed: BTCUSDT's futures trades (a bar closes on the first trade past its minute and the allowed
+    lateness) and ETHUSDT's closed 1-minute klines, one among `KLINES_EVERY` events (each closes its bar), so that
+    a minute of offered load yields hundreds of signals instead of the handful that trades alone close.
+    Item i of the third list is ("trade", event ms) or ("kline", open time ms).
+    """
+    from models.data import load_bars
+    from streams.replay import kline_message
+
+    btc = [t for t in trades if t[0] == b"BTCUSDT"]
+    first_trade_ms = btc[0][3] - btc[0][3] % 60_000
+    start = _day_ms(KLINE_START)
+    klines = load_bars(DATA, KLINE_SYMBOL, start, start + (warm_minutes + len(btc) // KLINES_EVERY + 1) * 60_000)
+    warm = warm_up_klines(warm_minutes, first_trade_ms, ("BTCUSDT",))
+    warm += [(KLINE_SYMBOL.encode(), kline_message(klines, i)) for i in range(warm_minutes)]
+    feed: list[tuple[bytes, bytes]] = []
+    closes: list[tuple[str, int]] = []
+    k = warm_minutes
+    for i, (key, raw, event_ms, _) in enumerate(btc):
+        if i % KLINES_EVERY == KLINES_EVERY - 1 and k < len(klines):
+            feed.append((KLINE_SYMBOL.encode(), kline_message(klines, k)))
+            closes.append(("kline", int(klines.open_time[k])))
+            k += 1
+        feed.append((key, raw))
+        closes.append(("trade", event_ms))
+    return warm, feed, closes
+
+
+def _day_ms(day: str) -> int:
+    from datetime import UTC, datetime
+
+    return int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+async def latency_run(settings: Settings, env: dict[str, str], feed: list[tuple[bytes, bytes]],
+                      closes: list[tuple[str, int]], rate: float) -> dict[str, Any]:
+    """Offer the feed at `rate`/s; for each signal, the time from sending the event that closed its bar to
+    receiving the signal on the topic."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(env["MLRISK_TOPIC_PREFIX"] + "signals", bootstrap_servers=settings.bootstrap_servers,
@@ -209,29 +254,48 @@ async def latency_run(settings: Settings, env: dict[str, str], trades: list[tupl
 
     listener = asyncio.create_task(listen())
     await asyncio.sleep(1)
-    sent_at = await produce(settings.bootstrap_servers, env["MLRISK_TOPIC_PREFIX"] + "market-data",
-                            [(k, v) for k, v, _, _ in trades], rate)
+    sent_at = await produce(settings.bootstrap_servers, env["MLRISK_TOPIC_PREFIX"] + "market-data", feed, rate)
     await asyncio.sleep(15)  # the last minutes close on the quiet-symbol flush
     listener.cancel()
     await consumer.stop()
     lateness = settings.allowed_lateness_ms
-    event_times: dict[str, list[tuple[int, float]]] = {}
-    for (key, _, event_ms, _), at in zip(trades, sent_at, strict=True):
-        event_times.setdefault(key.decode(), []).append((event_ms, at))
-    latencies = []
-    first_trade_ms = min(t for _, _, _, t in trades)
-    received = [(at, s) for at, s in received if s["bar_close_time"] >= first_trade_ms]  # not warm-up bars
+    trade_times: list[tuple[int, float]] = []
+    kline_sent: dict[int, float] = {}
+    for (kind, ms), at in zip(closes, sent_at, strict=True):
+        if kind == "trade":
+            trade_times.append((ms, at))
+        else:
+            kline_sent[ms] = at
+    by_kind: dict[str, list[float]] = {"trade": [], "kline": []}
+    timeline: list[tuple[int, float, float]] = []
+    first_trade_ms = trade_times[0][0] if trade_times else 0
     for got_at, sig in received:
-        series = event_times.get(sig["symbol"], [])
-        closing = next((at for event_ms, at in series if event_ms >= sig["bar_close_time"] + 1 + lateness), None)
-        if closing is not None:
-            latencies.append((got_at - closing) * 1000)
+        close_ms = sig["bar_close_time"]
+        if sig["symbol"] == KLINE_SYMBOL:
+            at = kline_sent.get(close_ms + 1 - 60_000)
+            if at is not None:
+                by_kind["kline"].append((got_at - at) * 1000)
+                timeline.append((close_ms, at, got_at))
+        elif close_ms >= first_trade_ms:  # not a warm-up bar
+            at = next((at for event_ms, at in trade_times if event_ms >= close_ms + 1 + lateness), None)
+            if at is not None:
+                by_kind["trade"].append((got_at - at) * 1000)
+    latencies = by_kind["trade"] + by_kind["kline"]
     if not latencies:
         return {"p50": None, "p99": None, "samples": 0, "at_msgs_per_s": rate}
     arr = np.array(latencies)
-    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)), "samples": len(arr),
-            "at_msgs_per_s": rate, "worker_internal_p99": float(np.percentile(
-                [s["latency_ms"] for _, s in received], 99)) if received else None}
+    report: dict[str, Any] = {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
+                              "samples": len(arr), "at_msgs_per_s": rate}
+    for kind, values in by_kind.items():
+        if values:
+            report[f"closed_by_{kind}"] = {"p50": float(np.percentile(values, 50)),
+                                           "p99": float(np.percentile(values, 99)), "samples": len(values)}
+    internal = [s["latency_ms"] for _, s in received if "latency_ms" in s]
+    report["worker_internal_p99"] = float(np.percentile(internal, 99)) if internal else None
+    if os.environ.get("MLRISK_BENCH_DEBUG"):
+        report["debug"] = {"kline": [round(v) for v in by_kind["kline"]], "internal": [round(v) for v in internal],
+                           "timeline": timeline, "prefix": env["MLRISK_TOPIC_PREFIX"]}
+    return report
 
 
 def sink_bench(url: str, rows: int) -> dict[str, float]:
@@ -280,16 +344,27 @@ def sink_bench(url: str, rows: int) -> dict[str, float]:
     return {"batched": fast, "row_by_row": slow, "ratio": fast / slow}
 
 
-def warmed_worker(settings: Settings, model_dir: Path, home: Path, trades: list[tuple[bytes, bytes, int, int]]
+WARM_MINUTES = 420  # klines before the measured feed: the features' longest window, with room
+
+
+def warmed_worker(settings: Settings, model_dir: Path, home: Path, trades: list[tuple[bytes, bytes, int, int]],
+                  warm: list[tuple[bytes, bytes]] | None = None
                   ) -> tuple[dict[str, str], Worker, list[tuple[bytes, bytes]]]:
-    """A worker with models whose symbols were warmed up on the klines just before the first trade."""
+    """A worker with models whose symbols were warmed up on `warm`, by default the klines just before the first
+    trade."""
     env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home)
     worker = Worker(env, home)
-    first_trade_ms = trades[0][3] - trades[0][3] % 60_000
-    warm = warm_up_klines(420, first_trade_ms)
+    if warm is None:
+        first_trade_ms = trades[0][3] - trades[0][3] % 60_000
+        warm = warm_up_klines(WARM_MINUTES, first_trade_ms)
     asyncio.run(produce(settings.bootstrap_servers, env["MLRISK_TOPIC_PREFIX"] + "market-data", warm))
     while metric(worker.port, "mlrisk_bars_closed_total") < len(warm):
         time.sleep(0.2)
+    settled, decided = 0, -1.0
+    while settled < 10:  # the signal stage is through the warm-up bars: its count holds still for 2 s
+        time.sleep(0.2)
+        now = metric(worker.port, "mlrisk_signals_total")
+        settled, decided = (settled + 1, now) if now == decided else (0, now)
     return env, worker, warm
 
 
@@ -339,10 +414,10 @@ def run(events: int, out: Path) -> dict[str, Any]:
     report["ingest_vs_passthrough"] = report["ingest_msgs_per_s"] / report["passthrough_msgs_per_s"]
     print(f"  pipeline {report['pipeline_msgs_per_s']:.0f} msg/s, worker RSS {report['worker_rss_mb']:.0f} MB")
 
-    env, worker, _ = warmed_worker(settings, model_dir, home / "latency", trades)
+    warm, feed, closes = latency_feed(trades, WARM_MINUTES)
+    env, worker, _ = warmed_worker(settings, model_dir, home / "latency", trades, warm)
     try:
-        paced = trades[: min(len(trades), 60_000)]
-        report["latency_ms"] = asyncio.run(latency_run(settings, env, paced, 1000.0))
+        report["latency_ms"] = asyncio.run(latency_run(settings, env, feed, closes, 1000.0))
     finally:
         worker.stop()
     print(f"  latency {report['latency_ms']}")
@@ -374,6 +449,11 @@ def _table(report: dict[str, Any]) -> None:
     if lat.get("samples"):
         table.add_row(f"latency p50 / p99 at {lat['at_msgs_per_s']:.0f} msg/s, ms ({lat['samples']} signals)",
                       f"{lat['p50']:.1f} / {lat['p99']:.1f}", "")
+        for kind in ("trade", "kline"):
+            part = lat.get(f"closed_by_{kind}")
+            if part:
+                table.add_row(f"  bars closed by a {kind}, p50 / p99 ({part['samples']} signals)",
+                              f"{part['p50']:.1f} / {part['p99']:.1f}", "")
     sink = report["sink_rows_per_s"]
     table.add_row("sink batched / row by row, rows/s", f"{sink['batched']:,.0f} / {sink['row_by_row']:,.0f}",
                   f"{sink['ratio']:.1f}x")

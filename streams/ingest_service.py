@@ -37,6 +37,7 @@ BATCH_MAX = 5_000  # messages per batch
 POLL_MS = 50  # how long a poll waits for messages when none are buffered
 IDLE_FLUSH_MS = 10_000  # a symbol quiet this long (wall clock) gets its finished minutes closed
 IDLE_CHECK_MS = 1_000  # how often quiet symbols are looked for
+COMMIT_EVERY_MS = 500  # offsets are committed at most this often, and on every stop and rebalance
 STOP_GRACE_S = 15.0  # a stop waits this long for the batch in hand
 
 
@@ -87,6 +88,8 @@ class IngestService(Service):
         self.loop_task: asyncio.Task[None] | None = None
         self.stopping = False
         self.last_idle_check = 0
+        self.uncommitted: dict[TopicPartition, int] = {}  # offsets of batches applied and recorded
+        self.last_commit_ms = 0
 
     async def on_start(self) -> None:
         servers = self.settings.bootstrap_servers
@@ -110,6 +113,7 @@ class IngestService(Service):
             if not done:
                 self.loop_task.cancel()
         if self.consumer is not None:
+            await self.commit()
             await self.consumer.stop()
         if self.producer is not None:
             await self.producer.stop()
@@ -180,11 +184,22 @@ class IngestService(Service):
             states.append(Outgoing(state_topic(settings), symbol.encode(),
                                    dumps({"state": data, "partition": partition, "offset": offset}), partition))
         await self.settle(states, [await self.send(item) for item in states])
-        if commits:
-            try:
-                await self.consumer.commit(commits)
-            except KafkaError as error:  # a rebalance under way: the recorded offsets make the redelivery harmless
-                log.warning("committing ingest offsets failed (%r); redelivered messages will be skipped", error)
+        self.uncommitted.update(commits)
+        if received - self.last_commit_ms >= COMMIT_EVERY_MS:
+            await self.commit()
+
+    async def commit(self) -> None:
+        """Commit the offsets of the batches whose states are written. Not every batch: a redelivered message is
+        skipped by its symbol's recorded offset anyway, and a commit costs a round trip on the hot path."""
+        assert self.consumer is not None
+        offsets, self.uncommitted = self.uncommitted, {}
+        self.last_commit_ms = wall_ms()
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as error:  # a rebalance under way: the recorded offsets make the redelivery harmless
+            log.warning("committing ingest offsets failed (%r); redelivered messages will be skipped", error)
 
     def rewind(self, records: dict[TopicPartition, list[Any]]) -> None:
         """Put the read position back to the first of `records`, for the partitions still assigned."""
@@ -301,6 +316,7 @@ class IngestService(Service):
         read again from the topic if the partitions come back. Market views stay until the assignment is known."""
         partitions = {tp.partition for tp in revoked if tp.topic == self.settings.market_data_topic}
         async with self.lock:
+            await self.commit()
             self.generation += 1
             self.owned -= partitions
             for symbol, (partition, _) in list(self.applied.items()):

@@ -126,7 +126,7 @@ def attach_pipeline(runtime: Runtime) -> None:
 
     @app.agent(topics["bars"], name="signals")
     async def signal_agent(stream: Any) -> None:
-        async for events in batches(stream, 64, 0.01):
+        async for events in batches(stream, 64, 0.003):  # a bar waits at most 3 ms for company
             loaded = switch.take_loaded()
             if loaded is not None:  # between batches: every signal of a batch comes from one whole version
                 serve(loaded)

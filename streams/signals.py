@@ -193,6 +193,9 @@ class SignalStage:
         self.publish_hold = publish_hold
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.last_signals: dict[str, dict[str, Any]] = {}
+        # symbol → (the table value last written, the state it encodes): a state is decoded from the table only
+        # when the table holds something else (restored after a rebalance or a restart)
+        self.decoded: dict[str, tuple[Any, SymbolState]] = {}
         self.swap(engine)
 
     def swap(self, engine: SignalEngine) -> None:
@@ -208,6 +211,9 @@ class SignalStage:
         blob = self.engine_states.get(symbol)
         if blob is None:
             return self.engine.new_state(symbol)
+        cached = self.decoded.get(symbol)
+        if cached is not None and cached[0] is blob:  # the very value this stage wrote last: still current
+            return self.engine.adopt(cached[1])
         return self.engine.adopt(SymbolState.from_bytes(blob.encode()))
 
     def take_events(self) -> list[dict[str, Any]]:
@@ -276,6 +282,7 @@ class SignalStage:
                     if signal["signal_type"] in ACTIONABLE:
                         executions = executions + self.broker.on_signal(signal)
                 persist(item, symbol, state, paper)
+                self.decoded[symbol] = (self.engine_states.get(symbol), state)
                 publishable = signal is not None and (signal["signal_type"] in ACTIONABLE or self.publish_hold)
                 if publishable or executions:
                     if signal is not None and item.received_ms is not None:
