@@ -267,7 +267,6 @@ async def latency_run(settings: Settings, env: dict[str, str], feed: list[tuple[
         else:
             kline_sent[ms] = at
     by_kind: dict[str, list[float]] = {"trade": [], "kline": []}
-    timeline: list[tuple[int, float, float]] = []
     first_trade_ms = trade_times[0][0] if trade_times else 0
     for got_at, sig in received:
         close_ms = sig["bar_close_time"]
@@ -275,7 +274,6 @@ async def latency_run(settings: Settings, env: dict[str, str], feed: list[tuple[
             at = kline_sent.get(close_ms + 1 - 60_000)
             if at is not None:
                 by_kind["kline"].append((got_at - at) * 1000)
-                timeline.append((close_ms, at, got_at))
         elif close_ms >= first_trade_ms:  # not a warm-up bar
             at = next((at for event_ms, at in trade_times if event_ms >= close_ms + 1 + lateness), None)
             if at is not None:
@@ -292,9 +290,6 @@ async def latency_run(settings: Settings, env: dict[str, str], feed: list[tuple[
                                            "p99": float(np.percentile(values, 99)), "samples": len(values)}
     internal = [s["latency_ms"] for _, s in received if "latency_ms" in s]
     report["worker_internal_p99"] = float(np.percentile(internal, 99)) if internal else None
-    if os.environ.get("MLRISK_BENCH_DEBUG"):
-        report["debug"] = {"kline": [round(v) for v in by_kind["kline"]], "internal": [round(v) for v in internal],
-                           "timeline": timeline, "prefix": env["MLRISK_TOPIC_PREFIX"]}
     return report
 
 
