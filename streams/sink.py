@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from streams import metrics
@@ -66,14 +65,12 @@ SIGNAL_FIELDS_IN_METADATA = ("entry_price", "quantity", "liquidation_price", "ba
                              "latency_ms", "schema_version")
 
 
-def _json_text(value: Any) -> str:
-    # orjson: several times faster than the standard library, NaN as null, numpy scalars as numbers
+def json_value(value: Any) -> str | None:
+    """A JSONB value as its text (the server parses it on the way in), serialised with orjson: several times
+    faster than the standard library, NaN as null, numpy scalars as numbers."""
+    if value is None:
+        return None
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
-
-
-def json_value(value: Any) -> Jsonb:
-    """A JSONB parameter, serialised with orjson."""
-    return Jsonb(value, dumps=_json_text)
 
 
 def signal_row(signal: dict[str, Any]) -> tuple[Any, ...]:
@@ -82,9 +79,9 @@ def signal_row(signal: dict[str, Any]) -> tuple[Any, ...]:
     meta.pop("risk_adjusted_positions", None)
     for name in SIGNAL_FIELDS_IN_METADATA:
         meta[name] = signal.get(name)
-    values = {**signal, "model_contributions": json_value(signal.get("model_contributions")),
+    values = {"model_contributions": json_value(signal.get("model_contributions")),
               "market_depth_analysis": json_value(depth), "metadata": json_value(meta)}
-    return tuple(values[c] for c in SIGNAL_COLUMNS)
+    return tuple(values[c] if c in values else signal[c] for c in SIGNAL_COLUMNS)
 
 
 def position_row(signal: dict[str, Any]) -> tuple[Any, ...]:
