@@ -271,13 +271,13 @@ async def latency_run(settings: Settings, env: dict[str, str], feed: list[tuple[
     for got_at, sig in received:
         close_ms = sig["bar_close_time"]
         if sig["symbol"] == KLINE_SYMBOL:
-            at = kline_sent.get(close_ms + 1 - 60_000)
-            if at is not None:
-                by_kind["kline"].append((got_at - at) * 1000)
+            sent = kline_sent.get(close_ms + 1 - 60_000)
+            if sent is not None:
+                by_kind["kline"].append((got_at - sent) * 1000)
         elif close_ms >= first_trade_ms:  # not a warm-up bar
-            at = next((at for event_ms, at in trade_times if event_ms >= close_ms + 1 + lateness), None)
-            if at is not None:
-                by_kind["trade"].append((got_at - at) * 1000)
+            sent = next((t for event_ms, t in trade_times if event_ms >= close_ms + 1 + lateness), None)
+            if sent is not None:
+                by_kind["trade"].append((got_at - sent) * 1000)
     latencies = by_kind["trade"] + by_kind["kline"]
     if not latencies:
         return {"p50": None, "p99": None, "samples": 0, "at_msgs_per_s": rate}

@@ -148,7 +148,8 @@ def build_app(settings: Settings) -> Runtime:
     }
     ingest = Ingest(BarBuilder(settings.allowed_lateness_ms), {}, settings.max_future_ms, book_factory=OrderBook)
     runtime = Runtime(settings, app, topics, tables, ingest)
-    runtime.services["ingest"] = app.service(IngestService(settings, ingest, app.crash))
+    # started once the tables are recovered; Faust takes a service instance as well as a class
+    runtime.services["ingest"] = app.service(IngestService(settings, ingest, app.crash))  # type: ignore[arg-type]
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:

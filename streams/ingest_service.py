@@ -17,6 +17,7 @@ instead of Faust's per-message stream. Its guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -319,6 +320,9 @@ class IngestService(Service):
             await self.commit()
             self.generation += 1
             self.owned -= partitions
+            for partition in partitions:  # another worker reports these now
+                with contextlib.suppress(KeyError):
+                    metrics.CONSUMER_LAG.remove(self.settings.market_data_topic, str(partition))
             for symbol, (partition, _) in list(self.applied.items()):
                 if partition in partitions:
                     del self.applied[symbol]
