@@ -117,9 +117,9 @@ def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
 
     def start(**overrides: str) -> WorkerProcess:
         env = {**worker_env, **overrides}
-        worker = WorkerProcess(env, tmp_path / f"worker-{len(workers)}.log").start()
-        workers.append(worker)
-        return worker
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(workers)}.log")
+        workers.append(worker)  # before it starts: one that never gets ready is stopped too
+        return worker.start()
 
     yield start
     for worker in workers:
