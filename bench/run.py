@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gzip
 import os
 import platform
@@ -25,6 +26,7 @@ import sys
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -207,12 +209,13 @@ def latency_feed(trades: list[tuple[bytes, bytes, int, int]], warm_minutes: int
     a minute of offered load yields hundreds of signals instead of the handful that trades alone close.
     Item i of the third list is ("trade", event ms) or ("kline", open time ms).
     """
+    from models.bars import parse_iso_ms
     from models.data import load_bars
     from streams.replay import kline_message
 
     btc = [t for t in trades if t[0] == b"BTCUSDT"]
     first_trade_ms = btc[0][3] - btc[0][3] % 60_000
-    start = _day_ms(KLINE_START)
+    start = parse_iso_ms(KLINE_START)
     klines = load_bars(DATA, KLINE_SYMBOL, start, start + (warm_minutes + len(btc) // KLINES_EVERY + 1) * 60_000)
     warm = warm_up_klines(warm_minutes, first_trade_ms, ("BTCUSDT",))
     warm += [(KLINE_SYMBOL.encode(), kline_message(klines, i)) for i in range(warm_minutes)]
@@ -227,12 +230,6 @@ def latency_feed(trades: list[tuple[bytes, bytes, int, int]], warm_minutes: int
         feed.append((key, raw))
         closes.append(("trade", event_ms))
     return warm, feed, closes
-
-
-def _day_ms(day: str) -> int:
-    from datetime import UTC, datetime
-
-    return int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() * 1000)
 
 
 async def latency_run(settings: Settings, env: dict[str, str], feed: list[tuple[bytes, bytes]],
@@ -294,15 +291,11 @@ async def latency_run(settings: Settings, env: dict[str, str], feed: list[tuple[
     return report
 
 
-def sink_bench(url: str, rows: int) -> dict[str, float]:
-    """Rows per second into actionable_trade_signals: batched statements against one INSERT per row.
-
-    Into a scratch schema holding an empty copy of the table (its indexes and keys included), dropped
-    afterwards: the audit trail never sees the bench's rows, and every run starts from the same table.
-    """
+@contextlib.contextmanager
+def scratch_schema(url: str) -> Iterator[str]:
+    """A schema holding an empty copy of actionable_trade_signals (its indexes and keys included), dropped
+    afterwards; yields a database URL whose search path finds that copy first."""
     import psycopg
-
-    from streams.sink import SINK_BATCH, Sink, insert_sql, signal_row
 
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
@@ -310,16 +303,18 @@ def sink_bench(url: str, rows: int) -> dict[str, float]:
         conn.execute(f"CREATE TABLE {schema}.actionable_trade_signals "
                      "(LIKE public.actionable_trade_signals INCLUDING ALL)")
     options = urllib.parse.urlencode({"options": f"-c search_path={schema}"}, quote_via=urllib.parse.quote)
-    scoped = url + ("&" if "?" in url else "?") + options
     try:
-        return _sink_rates(scoped, rows, SINK_BATCH, Sink, insert_sql, signal_row)
+        yield url + ("&" if "?" in url else "?") + options
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-def _sink_rates(url: str, rows: int, batch_size: int, sink_class: Any, insert_sql: Any, signal_row: Any
-                ) -> dict[str, float]:
+def sink_bench(url: str, rows: int) -> dict[str, float]:
+    """Rows per second into actionable_trade_signals: batched statements against one INSERT per row, in a
+    scratch schema (`scratch_schema`): the audit trail never sees the bench's rows, and every run starts from
+    the same empty table."""
+    from streams.sink import SINK_BATCH, Sink, insert_sql, signal_row
 
     template = {
         "schema_version": 1, "symbol": "BTCUSDT", "signal_type": "hold", "signal_strength": "hold",
@@ -338,17 +333,17 @@ def _sink_rates(url: str, rows: int, batch_size: int, sink_class: Any, insert_sq
                  "timestamp": time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime((base + i * 60_000) / 1000))}
                 for i in range(n)]
 
-    async def batched(batch: list[dict]) -> float:
-        sink = sink_class(url)
+    async def batched(url: str, batch: list[dict]) -> float:
+        sink = Sink(url)
         await sink.open()
         start = time.perf_counter()
-        for i in range(0, len(batch), batch_size):
-            await sink.write("actionable_trade_signals", [signal_row(s) for s in batch[i:i + batch_size]])
+        for i in range(0, len(batch), SINK_BATCH):
+            await sink.write("actionable_trade_signals", [signal_row(s) for s in batch[i:i + SINK_BATCH]])
         elapsed = time.perf_counter() - start
         await sink.close()
         return len(batch) / elapsed
 
-    async def row_by_row(batch: list[dict]) -> float:
+    async def row_by_row(url: str, batch: list[dict]) -> float:
         import psycopg
 
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
@@ -358,8 +353,9 @@ def _sink_rates(url: str, rows: int, batch_size: int, sink_class: Any, insert_sq
                 await conn.execute(sql, signal_row(s))
             return len(batch) / (time.perf_counter() - start)
 
-    fast = asyncio.run(batched(signals(rows)))
-    slow = asyncio.run(row_by_row(signals(max(2000, rows // 10))))
+    with scratch_schema(url) as scoped:
+        fast = asyncio.run(batched(scoped, signals(rows)))
+        slow = asyncio.run(row_by_row(scoped, signals(max(2000, rows // 10))))
     return {"batched": fast, "row_by_row": slow, "ratio": fast / slow}
 
 

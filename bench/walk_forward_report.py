@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 from rich.console import Console
 from rich.table import Table
 
-from models.bars import MINUTE_MS
+from models.bars import MINUTE_MS, parse_iso_ms
 from models.data import load_bars
 from models.train import DAY_MS, TrainConfig, build_dataset, make_fold, train_fold
 
@@ -28,10 +27,6 @@ QUARTERS = [
     ("2024Q3", "2024-07-01", "2024-10-01"),
     ("2024Q4", "2024-10-01", "2025-01-01"),
 ]
-
-
-def ms(day: str) -> int:
-    return int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def main() -> None:
@@ -45,13 +40,14 @@ def main() -> None:
     if args.no_neural:
         config = replace(config, neural=False)
     console = Console(width=140)
-    frame = load_bars(args.data, "BTCUSDT", None, ms("2025-01-01") + DAY_MS)
+    frame = load_bars(args.data, "BTCUSDT", None, parse_iso_ms("2025-01-01") + DAY_MS)
     ds = build_dataset(frame, args.horizon)
     data_start = int(frame.open_time[0])
     purge = args.horizon * MINUTE_MS
     results = []
     for name, start, end in QUARTERS:
-        fold = make_fold(name, ms(start), ms(end), config.val_days, config.train_days, data_start, purge)
+        fold = make_fold(name, parse_iso_ms(start), parse_iso_ms(end), config.val_days, config.train_days, data_start,
+                         purge)
         began = time.monotonic()
         result = train_fold(ds, fold, config)
         console.print(f"{name}: trained on {fold.to_dict()['train']} in {time.monotonic() - began:.0f} s")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, overload
 
 MINUTE_MS = 60_000
 
@@ -89,6 +89,10 @@ def to_epoch_ms(timestamp: int | float) -> int:
     return value * 1_000
 
 
+@overload
+def parse_iso_ms(text: str) -> int: ...
+@overload
+def parse_iso_ms(text: None) -> None: ...
 def parse_iso_ms(text: str | None) -> int | None:
     """ISO 8601 date or date-time (UTC when no zone is given) → epoch ms; None stays None."""
     if text is None:

@@ -1,13 +1,14 @@
 """Ingest: validate market events, route bad ones to the dead-letter topic, build 1-minute bars.
 
-The agent is a small loop; the rules live in `streams.events` (parsing) and `streams.bar_builder` (bars).
+The loop that reads and writes Kafka is `streams.ingest_service`; the rules live in `streams.events` (parsing)
+and `streams.bar_builder` (bars).
 """
 
 from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +28,7 @@ from streams.events import (
 )
 from streams.serialization import dumps
 
-CONTROL_HEADER = "mlrisk-control"
-FLUSH = b"flush"
+CONTROL_HEADER = "mlrisk-control"  # marked messages of earlier versions (quiet-symbol flushes): skipped
 
 
 def dead_letter(error: BadEvent | str, topic: str, partition: int, offset: int, raw: bytes,
@@ -88,7 +88,7 @@ class IngestResult:
 
 
 class Ingest:
-    """Per-message ingest logic over a bar-state mapping (a Faust table in the worker, a dict in tests)."""
+    """Per-message ingest logic over a bar-state mapping (symbol → `SymbolBars.to_dict()`)."""
 
     def __init__(self, builder: BarBuilder, bar_states: Any, max_future_ms: int,
                  book_factory: Callable[[str], Any] | None = None) -> None:
@@ -97,7 +97,7 @@ class Ingest:
         self.max_future_ms = max_future_ms
         self.views: dict[str, MarketView] = {}
         self.book_factory = book_factory
-        # states touched in the current batch: read from the table once, written back once (see `dirty`)
+        # states touched in the current batch: read from the table once, written back once (see `take_dirty`)
         self.working: dict[str, SymbolBars] = {}
 
     def state_for(self, symbol: str) -> SymbolBars:
@@ -114,10 +114,6 @@ class Ingest:
             return bool(state.open_bars)
         data = self.bar_states.get(symbol)
         return bool(data and data["open_bars"])
-
-    def discard(self, symbol: str) -> None:
-        """Drop a symbol's in-memory state: the table's copy (the last one written) stands."""
-        self.working.pop(symbol, None)
 
     def take_dirty(self) -> dict[str, SymbolBars]:
         """The states changed since the last call, to be written to the table; the batch cache is cleared."""
@@ -176,6 +172,3 @@ class Ingest:
 
 def wall_ms() -> int:
     return int(time.time() * 1000)
-
-
-SendBar = Callable[[Bar], Awaitable[None]]

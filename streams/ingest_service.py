@@ -156,14 +156,14 @@ class IngestService(Service):
                 continue
             commits[tp] = messages[-1].offset + 1
             for message in messages:
-                key = message.key
-                if key is not None:
-                    applied = self.applied.get(key.decode("utf-8", "replace"))
+                name = None if message.key is None else message.key.decode("utf-8", "replace")
+                if name is not None:
+                    applied = self.applied.get(name)
                     if applied is not None and applied[0] == tp.partition and message.offset <= applied[1]:
                         continue  # applied before a crash or a rebalance: its bars are already out
-                if message.headers and any(name == CONTROL_HEADER for name, _ in message.headers):
+                if message.headers and any(header == CONTROL_HEADER for header, _ in message.headers):
                     continue  # a control message of an older version
-                symbol = self.apply(message, received, out)
+                symbol = self.apply(message, name, received, out)
                 if symbol is not None:
                     last[symbol] = (tp.partition, message.offset)
                 if len(out) > len(sent):  # on its way at once: a bar's latency does not wait for the batch
@@ -210,8 +210,8 @@ class IngestService(Service):
             if tp in assigned and messages:
                 self.consumer.seek(tp, messages[0].offset)
 
-    def apply(self, message: Any, received: int, out: list[Outgoing]) -> str | None:
-        """One message; the symbol whose bar state it changed, if any."""
+    def apply(self, message: Any, name: str | None, received: int, out: list[Outgoing]) -> str | None:
+        """One message (`name`: its key, decoded); the symbol whose bar state it changed, if any."""
         settings = self.settings
         try:
             result = self.ingest.handle(message.value, message.key, message.topic, message.partition,
@@ -230,7 +230,8 @@ class IngestService(Service):
         if result.rekey_symbol is not None:
             out.append(Outgoing(settings.market_data_topic, result.rekey_symbol.encode(), message.value))
             return None
-        symbol = message.key.decode()
+        symbol = name  # a message that is neither parked nor re-keyed is keyed by its symbol
+        assert symbol is not None
         if result.bars:
             self.publish(symbol, result.bars, received, out)
         return symbol if result.state_changed else None

@@ -6,12 +6,12 @@ import base64
 import gzip
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import orjson
 
+from models.bars import parse_iso_ms
 from models.data import read_bar_file
 from streams.replay import kline_message
 from tests.integration.conftest import free_port, produce, read_topic, replay
@@ -19,9 +19,6 @@ from tests.unit.streams.test_events import BAD_INPUTS
 
 DAY_START, DAY_END = "2023-03-24", "2023-03-25"  # the day of the trading halt: flat minutes, then 80 missing
 
-
-def _ms(day: str) -> int:
-    return int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def _csv_day(data_dir: Path) -> np.ndarray:
@@ -123,7 +120,8 @@ def test_workers_joining_and_leaving_mid_replay_hand_over_every_bar_once(data_di
     time.sleep(6)
     first.stop()
     feeder.join()
-    expected = {symbol: [int(t) for t in load_bars(data_dir, symbol, _ms(start), _ms(end)).open_time]
+    span = parse_iso_ms(start), parse_iso_ms(end)
+    expected = {symbol: [int(t) for t in load_bars(data_dir, symbol, *span).open_time]
                 for symbol in ("BTCUSDT", "ETHUSDT")}
     assert all(len(times) > 1000 for times in expected.values())
     seen = read_topic(worker_env["MLRISK_TOPIC_PREFIX"] + "bars", sum(map(len, expected.values())), timeout_s=150)

@@ -20,6 +20,7 @@ import orjson
 import psycopg
 import pytest
 
+from models.bars import parse_iso_ms
 from models.data import load_bars
 from models.engine import SignalEngine
 from models.features import WARMUP_BARS
@@ -37,9 +38,6 @@ BTC_BRACKETS = [  # the contract's table: (cap USDT, max leverage, maintenance m
 ]
 
 
-def _ms(text: str) -> int:
-    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
-
 
 def offline_signals(model_dir: Path, data_dir: Path, env: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Every decision the engine makes on the same bars, by signal_id (the backtest's code path)."""
@@ -47,7 +45,7 @@ def offline_signals(model_dir: Path, data_dir: Path, env: dict[str, str]) -> dic
     signals = {}
     for symbol in SYMBOLS:
         state = engine.new_state(symbol)
-        for bar in load_bars(data_dir, symbol, _ms(START), _ms(END)).bars():
+        for bar in load_bars(data_dir, symbol, parse_iso_ms(START), parse_iso_ms(END)).bars():
             signal = engine.on_bar(state, bar)
             if signal is not None:
                 signals[signal["signal_id"]] = signal
@@ -108,10 +106,10 @@ def test_backtest_command_agrees_with_the_live_signals(live_run: Any, model_dir:
     # the backtest warms up on bars before --start: give it exactly the bars the worker saw
     bundle = load_bundle(model_dir)
     warmup_ms = (WARMUP_BARS + bundle.window + 60) * 60_000
-    start = datetime.fromtimestamp((_ms(START) + warmup_ms) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    start = datetime.fromtimestamp((parse_iso_ms(START) + warmup_ms) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     data_only = tmp_path / "bars"
     data_only.mkdir()
-    frame = load_bars(data_dir, "BTCUSDT", _ms(START), _ms(END))
+    frame = load_bars(data_dir, "BTCUSDT", parse_iso_ms(START), parse_iso_ms(END))
     with open(data_only / "BTCUSDT-1m-window.csv", "w") as handle:
         for i in range(len(frame)):
             b = frame.bar(i)
@@ -215,7 +213,7 @@ def test_api_endpoints_and_bad_requests(live_run: Any, data_dir: Path) -> None:
     assert _get(port, "/ml-risk/generate-signal", b'{"symbol": "DOGEUSDT"}')[0] == 404
     assert _get(port, "/ml-risk/generate-signal", b'{"symbol": ')[0] == 400
     assert _get(port, "/ml-risk/generate-signal", b'{"nosymbol": 1}')[0] == 400
-    frame = load_bars(data_dir, "ETHUSDT", _ms(START), _ms(START) + 400 * 60_000)
+    frame = load_bars(data_dir, "ETHUSDT", parse_iso_ms(START), parse_iso_ms(START) + 400 * 60_000)
     bars = [{"open_time": b.open_time, "open": b.open, "high": b.high, "low": b.low, "close": b.close,
              "volume": b.volume} for b in frame.bars()]
     status, body = _get(port, "/ml-risk/generate-signal", orjson.dumps({"symbol": "ETHUSDT", "bars": bars}))
