@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import weakref
@@ -106,6 +107,13 @@ async def ensure_topics(settings: Settings) -> None:
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker created it first
                 await admin.create_topics(wanted)
+            # a broker just started answers the creation before its metadata lists the topics; a consumer that
+            # subscribes in between ignores them as missing until its next metadata refresh, minutes later
+            names = {topic.name for topic in wanted}
+            for _ in range(150):
+                if names <= set(await admin.list_topics()):
+                    break
+                await asyncio.sleep(0.2)
     finally:
         await admin.close()
 
