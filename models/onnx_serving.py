@@ -35,14 +35,21 @@ _STANDARDISE_CHUNK_WINDOWS = 4096
 
 @dataclass(frozen=True, slots=True, eq=False)
 class WindowStandardiser:
-    """Per-feature (x - mean) / std fitted on training windows; missing or non-finite values then become 0."""
+    """Per-feature (x - mean) / std fitted on training windows; missing or non-finite values then become 0.
+
+    With `clip`, standardised values are limited to ±clip: a raw return or volatility far outside anything the
+    network was trained on moves its input no further than the edge of the training range.
+    """
 
     mean: np.ndarray  # (n_features,) float32
     std: np.ndarray  # (n_features,) float32, never 0
+    clip: float | None = None
 
     @classmethod
-    def fit(cls, windows: np.ndarray) -> WindowStandardiser:
+    def fit(cls, windows: np.ndarray, clip: float | None = None) -> WindowStandardiser:
         """Mean and standard deviation of every feature over all rows of the windows, NaN ignored."""
+        if clip is not None and not clip > 0:
+            raise ValueError("clip must be positive")
         _check_windows(windows)
         n_features = windows.shape[2]
         count = np.zeros(n_features)
@@ -59,21 +66,28 @@ class WindowStandardiser:
         std = np.sqrt(np.divide(squares, count, out=np.zeros(n_features), where=count > 0))
         # a constant (or never seen) feature carries no information: leave it centred, unscaled
         std = np.where(std > 1e-12, std, 1.0)
-        return cls(mean.astype(np.float32), std.astype(np.float32))
+        return cls(mean.astype(np.float32), std.astype(np.float32), clip)
 
     def transform(self, windows: np.ndarray) -> np.ndarray:
         """Standardised float32 copy of `windows`, C-contiguous, with every non-finite value set to 0."""
         out = np.subtract(windows, self.mean, dtype=np.float32)
         out /= self.std
         out[~np.isfinite(out)] = 0.0
+        if self.clip is not None:
+            np.clip(out, -self.clip, self.clip, out=out)
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "clip": self.clip}
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> WindowStandardiser:
-        return cls(np.asarray(params["mean"], dtype=np.float32), np.asarray(params["std"], dtype=np.float32))
+        clip = params.get("clip")  # absent in models saved before clipping existed
+        return cls(
+            np.asarray(params["mean"], dtype=np.float32),
+            np.asarray(params["std"], dtype=np.float32),
+            None if clip is None else float(clip),
+        )
 
 
 class OnnxSequenceModel:

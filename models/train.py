@@ -56,8 +56,10 @@ class TrainConfig:
     hidden_size: int = 32
     neural_epochs: int = 8
     neural_seconds: float = 80.0
-    neural_max_train_windows: int = 60_000
+    neural_max_train_windows: int = 120_000
     neural_max_val_windows: int = 20_000
+    neural_weight_average: float = 0.995  # decay of the weight average the sequence models keep (0: off)
+    neural_input_clip: float | None = 5.0  # standardised inputs of the sequence models limited to ± this
     retrain_final: bool = True  # False: the last fold's models are the final set (quick mode)
     seed: int = 7
 
@@ -199,6 +201,8 @@ def make_members(config: TrainConfig) -> list[ProbabilityModel]:
         patience=2,
         max_seconds=config.neural_seconds,
         num_threads=2,
+        ema_decay=config.neural_weight_average,
+        input_clip=config.neural_input_clip,
     )
     members.append(LSTMModel(window=config.lstm_window, hidden_size=config.hidden_size, training=training))
     members.append(

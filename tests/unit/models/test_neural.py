@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 import torch
 
@@ -22,8 +23,14 @@ from models.neural_calibration import (
     calibrator_from_dict,
     fit_calibrator,
 )
-from models.onnx_serving import OnnxSequenceModel, WindowStandardiser, bench_sequence_model
-from models.torch_training import TorchSequenceModel, TrainingConfig, log_loss
+from models.onnx_serving import (
+    META_FILE,
+    MODEL_FILE,
+    OnnxSequenceModel,
+    WindowStandardiser,
+    bench_sequence_model,
+)
+from models.torch_training import TorchSequenceModel, TrainingConfig, WeightAverage, log_loss
 from models.transformer import TransformerModel
 
 DATA_DIR = Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
@@ -270,6 +277,52 @@ def test_early_stopping_restores_the_best_epoch_and_reports_every_epoch(lstm_spl
     )
 
 
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("ema_decay", 1.0), ("ema_decay", -0.1), ("input_clip", 0.0), ("learning_rate", 0.0), ("patience", 0)],
+)
+def test_training_config_rejects_a_bad_setting_by_name(setting: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"TrainingConfig.{setting}"):
+        TrainingConfig(**{setting: value})
+
+
+def test_weight_average_follows_the_network_with_a_warm_up() -> None:
+    network = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.fill_(0.0)
+    average = WeightAverage(network, decay=0.9)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.fill_(1.0)
+    expected = 0.0
+    for step in range(1, 121):
+        average.update(network)
+        # decay min(0.9, (1 + step) / (10 + step)): 2/11 at the first step, 0.9 from step 80 on
+        decay = min(0.9, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * 1.0
+        for parameter in average.network.parameters():
+            assert torch.allclose(parameter, torch.full_like(parameter, expected), atol=1e-6)
+    assert 0.99 < expected < 1.0
+    assert all(torch.equal(p, torch.ones_like(p)) for p in network.parameters())
+
+
+def test_weight_averaged_training_serves_the_best_average_not_the_last_weights(lstm_split: Split) -> None:
+    config = replace(FAST, max_epochs=3, patience=3, ema_decay=0.99)
+    averaged = LSTMModel(training=config)
+    averaged.fit(lstm_split.x_train, lstm_split.y_train, lstm_split.x_val, lstm_split.y_val)
+    plain = LSTMModel(training=replace(config, ema_decay=0.0))
+    plain.fit(lstm_split.x_train, lstm_split.y_train, lstm_split.x_val, lstm_split.y_val)
+    assert averaged.report is not None and plain.report is not None
+    # the same seed draws the same batches: only the averaging differs
+    assert averaged.report.train_losses == plain.report.train_losses
+    assert averaged.report.val_losses != plain.report.val_losses
+    assert log_loss(averaged.logits(lstm_split.x_val), lstm_split.y_val) == pytest.approx(
+        averaged.report.best_val_loss, abs=1e-12
+    )
+    assert averaged.report.best_val_loss == min(averaged.report.val_losses)
+
+
 def test_wall_time_cap_ends_training_within_the_first_epoch(lstm_split: Split) -> None:
     model = LSTMModel(training=replace(FAST, max_seconds=1e-3, max_epochs=50))
     model.fit(lstm_split.x_train, lstm_split.y_train, lstm_split.x_val, lstm_split.y_val)
@@ -290,6 +343,40 @@ def test_standardiser_uses_training_windows_and_zeroes_missing_values(
     windows[1, 0, 0] = np.inf
     out = model.standardiser.transform(windows)
     assert out.dtype == np.float32 and out[0, 3, 1] == 0.0 and out[1, 0, 0] == 0.0 and np.isfinite(out).all()
+
+
+def test_clipped_standardiser_limits_only_values_beyond_the_clip(lstm_split: Split) -> None:
+    plain = WindowStandardiser.fit(lstm_split.x_train[::4])
+    clipped = WindowStandardiser.fit(lstm_split.x_train[::4], clip=3.0)
+    assert np.array_equal(plain.mean, clipped.mean) and np.array_equal(plain.std, clipped.std)
+    windows = lstm_split.x_val[:64].copy()
+    windows[0, -1, 0] = plain.mean[0] + 50 * plain.std[0]  # a return fifty standard deviations out
+    windows[1, -1, 1] = plain.mean[1] - 50 * plain.std[1]
+    free, limited = plain.transform(windows), clipped.transform(windows)
+    assert free[0, -1, 0] == pytest.approx(50, rel=1e-4) and limited[0, -1, 0] == 3.0
+    assert free[1, -1, 1] == pytest.approx(-50, rel=1e-4) and limited[1, -1, 1] == -3.0
+    inside = np.abs(free) <= 3.0
+    assert inside.mean() > 0.95 and np.array_equal(limited[inside], free[inside])
+    assert np.all(np.abs(limited) <= 3.0)
+    assert WindowStandardiser.from_dict(clipped.to_dict()).clip == 3.0
+    # a model saved before clipping existed has no "clip" in its metadata and is served unclipped
+    legacy = {"mean": plain.mean.tolist(), "std": plain.std.tolist()}
+    assert WindowStandardiser.from_dict(legacy).clip is None
+
+
+def test_clipped_model_serves_the_same_scores_from_onnx(lstm_split: Split, tmp_path: Path) -> None:
+    model = LSTMModel(window=LSTM_WINDOW, training=replace(FAST, max_epochs=1, input_clip=2.0))
+    model.fit(lstm_split.x_train, lstm_split.y_train, lstm_split.x_val, lstm_split.y_val)
+    model.save(tmp_path)
+    served = OnnxSequenceModel.load(tmp_path)
+    assert served.standardiser.clip == 2.0
+    windows = lstm_split.x_val[:128].copy()
+    windows[:, -1, :] *= 40.0  # the newest row far outside the training range: only the clip bounds it
+    np.testing.assert_allclose(served.logits(windows), model.logits(windows), rtol=0, atol=1e-5)
+    meta = orjson.loads((tmp_path / META_FILE).read_bytes())
+    meta["standardiser"]["clip"] = None
+    unclipped = OnnxSequenceModel((tmp_path / MODEL_FILE).read_bytes(), meta)
+    assert not np.allclose(unclipped.logits(windows), served.logits(windows), atol=1e-3)
 
 
 def test_constant_feature_is_centred_not_divided_by_zero() -> None:
