@@ -92,14 +92,11 @@ async def produce(servers: str, topic: str, items: list[tuple[bytes, bytes]], ra
 
 
 async def ensure(servers: str, *topics: str, partitions: int = 4) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin import NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(t, partitions, 1) for t in topics])
-    finally:
-        await admin.close()
+    from streams.app import create_missing_topics
+
+    await create_missing_topics(servers, [NewTopic(t, partitions, 1) for t in topics])
 
 
 async def passthrough(servers: str, items: list[tuple[bytes, bytes]]) -> float:

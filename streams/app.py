@@ -85,25 +85,29 @@ class Runtime:
 
 async def ensure_topics(settings: Settings) -> None:
     """Create the topics the system reads and writes, partitioned alike so one symbol's data is co-located."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    plain = (
+        settings.market_data_topic,
+        settings.dlq_topic,
+        settings.bars_topic,
+        settings.signals_topic,
+        settings.executions_topic,
+    )
+    # changelog topics too: created here they exist before Faust's first write to them
+    compacted = (state_topic(settings), *(f"{settings.faust_app_id}-{table}-changelog" for table in TABLE_NAMES))
+    await create_missing_topics(
+        settings.bootstrap_servers,
+        [NewTopic(name, settings.partitions, 1) for name in plain]
+        + [NewTopic(name, settings.partitions, 1, topic_configs={"cleanup.policy": "compact"}) for name in compacted],
+    )
+
+
+async def create_missing_topics(bootstrap_servers: str, topics: list[NewTopic]) -> None:
+    """Create those of `topics` the broker lacks; return once its metadata lists them (at most about 30 s)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        plain = (
-            settings.market_data_topic,
-            settings.dlq_topic,
-            settings.bars_topic,
-            settings.signals_topic,
-            settings.executions_topic,
-        )
-        # changelog topics too: created here they exist before Faust's first write to them
-        compacted = (state_topic(settings),
-                     *(f"{settings.faust_app_id}-{table}-changelog" for table in TABLE_NAMES))
-        wanted = [NewTopic(name, settings.partitions, 1) for name in plain if name not in existing] + [
-            NewTopic(name, settings.partitions, 1, topic_configs={"cleanup.policy": "compact"})
-            for name in compacted
-            if name not in existing
-        ]
+        wanted = [topic for topic in topics if topic.name not in existing]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker created it first
                 await admin.create_topics(wanted)
