@@ -35,8 +35,9 @@ class LSTMModel(TorchSequenceModel):
         calibration: str = "platt",
         clip: tuple[float, float] = DEFAULT_CLIP,
         training: TrainingConfig | None = None,
+        inputs: tuple[str, ...] | None = None,
     ) -> None:
-        super().__init__(window, calibration, clip, training)
+        super().__init__(window, calibration, clip, training, inputs)
         self.hidden_size = hidden_size
         self.num_layers = num_layers
 

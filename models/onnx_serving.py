@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import onnxruntime as ort
 import orjson
 
 from models.base import ProbabilityModel
+from models.features import FEATURE_NAMES
 from models.neural_calibration import Calibrator, calibrator_from_dict
 
 MODEL_FILE = "model.onnx"
@@ -90,6 +91,50 @@ class WindowStandardiser:
         )
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class InputSelection:
+    """Which columns of a full feature row (`FEATURE_NAMES`) a network reads; `names=None` reads all of them.
+
+    The live engine keeps one window of full feature rows per symbol and hands it to every member; a member
+    that reads fewer columns picks them here, the same way in torch training and in onnxruntime serving.
+    """
+
+    names: tuple[str, ...] | None = None
+    columns: np.ndarray | None = field(init=False, default=None)  # indices into FEATURE_NAMES
+
+    def __post_init__(self) -> None:
+        if self.names is None:
+            return
+        if not self.names:
+            raise ValueError("a sequence model's inputs must name at least one feature")
+        unknown = [name for name in self.names if name not in FEATURE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown sequence-model inputs {unknown} (features are {list(FEATURE_NAMES)})")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"sequence-model inputs repeat a feature: {list(self.names)}")
+        columns = np.array([FEATURE_NAMES.index(name) for name in self.names], dtype=np.intp)
+        object.__setattr__(self, "columns", columns)
+
+    def row_width(self, n_inputs: int) -> int:
+        """How many features a caller's rows carry, for a network that reads `n_inputs` of them."""
+        return n_inputs if self.names is None else len(FEATURE_NAMES)
+
+    def apply(self, windows: np.ndarray) -> np.ndarray:
+        """The selected columns of full-row windows (the windows themselves when all are read)."""
+        columns = self.columns
+        if columns is None:
+            return windows
+        _check_windows(windows, n_features=len(FEATURE_NAMES))
+        return windows[:, :, columns]
+
+    def to_list(self) -> list[str] | None:
+        return None if self.names is None else list(self.names)
+
+    @classmethod
+    def from_list(cls, names: list[str] | None) -> InputSelection:
+        return cls(None if names is None else tuple(names))
+
+
 class OnnxSequenceModel:
     """A saved LSTM or Transformer served by onnxruntime: standardise → network → calibrate, without torch."""
 
@@ -98,7 +143,8 @@ class OnnxSequenceModel:
             raise ValueError(f"unsupported sequence-model format {meta.get('format')!r}")
         self.name: str = str(meta["name"])
         self.window: int = int(meta["window"])
-        self.n_features: int = int(meta["n_features"])
+        self.n_features: int = int(meta["n_features"])  # the network's input width
+        self.inputs = InputSelection.from_list(meta.get("inputs"))  # absent in models that read every feature
         self.standardiser = WindowStandardiser.from_dict(meta["standardiser"])
         self.calibrator: Calibrator = calibrator_from_dict(meta["calibrator"])
         self._onnx_bytes = onnx_bytes
@@ -106,7 +152,12 @@ class OnnxSequenceModel:
         self._session = ort.InferenceSession(
             onnx_bytes, _session_options(), providers=["CPUExecutionProvider"]
         )
-        check_batch_invariance(self, probe_windows(16, self.window, self.n_features))
+        check_batch_invariance(self, probe_windows(16, self.window, self.row_width))
+
+    @property
+    def row_width(self) -> int:
+        """How many features each row of the windows passed in must carry."""
+        return self.inputs.row_width(self.n_features)
 
     @classmethod
     def load(cls, directory: Path | str) -> OnnxSequenceModel:
@@ -121,7 +172,8 @@ class OnnxSequenceModel:
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Raw network output, float32, shape (n,)."""
-        _check_windows(x, self.window, self.n_features)
+        _check_windows(x, self.window, self.row_width)
+        x = self.inputs.apply(x)
         if x.shape[0] == 0:
             return np.empty(0, dtype=np.float32)
         (logit,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: self.standardiser.transform(x)})

@@ -34,6 +34,7 @@ from models.onnx_serving import (
     META_FILE,
     MODEL_FILE,
     OUTPUT_NAME,
+    InputSelection,
     OnnxSequenceModel,
     WindowStandardiser,
 )
@@ -254,6 +255,7 @@ class TorchSequenceModel(ABC):
         calibration: str = "platt",
         clip: tuple[float, float] = DEFAULT_CLIP,
         training: TrainingConfig | None = None,
+        inputs: tuple[str, ...] | None = None,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
@@ -263,7 +265,8 @@ class TorchSequenceModel(ABC):
         self.calibration = calibration
         self.clip = (float(clip[0]), float(clip[1]))
         self.training = training if training is not None else TrainingConfig()
-        self.n_features: int | None = None
+        self.inputs = InputSelection(None if inputs is None else tuple(inputs))
+        self.n_features: int | None = None  # the network's input width, once fitted
         self.network: nn.Module | None = None
         self.standardiser: WindowStandardiser | None = None
         self.calibrator: Calibrator | None = None
@@ -285,9 +288,13 @@ class TorchSequenceModel(ABC):
         y_val: np.ndarray,
         on_epoch: EpochCallback | None = None,
     ) -> None:
-        """Standardise on training windows, train early-stopping on validation, calibrate on validation."""
+        """Standardise on training windows, train early-stopping on validation, calibrate on validation.
+
+        Windows carry full feature rows when the model names its `inputs`; it reads only those columns.
+        """
         self._check_input(x_train, expect_features=False)
         self._check_input(x_val, expect_features=False)
+        x_train, x_val = self.inputs.apply(x_train), self.inputs.apply(x_val)
         if x_train.shape[2] != x_val.shape[2]:
             raise ValueError("training and validation windows have different feature counts")
         n_features = int(x_train.shape[2])
@@ -308,7 +315,7 @@ class TorchSequenceModel(ABC):
         """Raw network output for windows, float32, shape (n,)."""
         network, standardiser, _ = self._fitted()
         self._check_input(x, expect_features=True)
-        return network_logits(network, x, standardiser)
+        return network_logits(network, self.inputs.apply(x), standardiser)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Calibrated P(up), float64, shape (n,), clipped to the calibrator's bounds."""
@@ -343,6 +350,7 @@ class TorchSequenceModel(ABC):
             "name": self.name,
             "window": self.window,
             "n_features": self.n_features,
+            "inputs": self.inputs.to_list(),
             "architecture": self.architecture(),
             "calibration": self.calibration,
             "standardiser": standardiser.to_dict(),
@@ -379,6 +387,7 @@ class TorchSequenceModel(ABC):
             calibration=str(meta["calibration"]),
             clip=(float(meta["calibrator"]["clip_low"]), float(meta["calibrator"]["clip_high"])),
             training=TrainingConfig(**meta["training_config"]),
+            inputs=InputSelection.from_list(meta.get("inputs")).names,
             **meta["architecture"],
         )
         n_features = int(meta["n_features"])
@@ -400,8 +409,10 @@ class TorchSequenceModel(ABC):
     def _check_input(self, x: np.ndarray, expect_features: bool) -> None:
         if x.ndim != 3 or x.shape[1] != self.window:
             raise ValueError(f"{self.name}: expected windows (n, {self.window}, n_features), got {x.shape}")
-        if expect_features and x.shape[2] != self.n_features:
-            raise ValueError(f"{self.name}: expected {self.n_features} features, got {x.shape[2]}")
+        if expect_features:
+            width = self.inputs.row_width(self.n_features or 0)
+            if x.shape[2] != width:
+                raise ValueError(f"{self.name}: expected {width} features, got {x.shape[2]}")
 
 
 def _check_labels(labels: np.ndarray, count: int) -> None:

@@ -94,8 +94,9 @@ class TransformerModel(TorchSequenceModel):
         calibration: str = "platt",
         clip: tuple[float, float] = DEFAULT_CLIP,
         training: TrainingConfig | None = None,
+        inputs: tuple[str, ...] | None = None,
     ) -> None:
-        super().__init__(window, calibration, clip, training)
+        super().__init__(window, calibration, clip, training, inputs)
         self.d_model = d_model
         self.n_heads = n_heads
         self.n_layers = n_layers

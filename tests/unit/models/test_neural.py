@@ -16,6 +16,7 @@ import torch
 from models.bars import MINUTE_MS
 from models.base import ProbabilityModel
 from models.data import BarFrame, load_bars
+from models.features import FEATURE_NAMES, N_FEATURES, batch_features
 from models.lstm import LSTMModel
 from models.neural_calibration import (
     IsotonicCalibrator,
@@ -26,6 +27,7 @@ from models.neural_calibration import (
 from models.onnx_serving import (
     META_FILE,
     MODEL_FILE,
+    InputSelection,
     OnnxSequenceModel,
     WindowStandardiser,
     bench_sequence_model,
@@ -76,26 +78,38 @@ def _simple_features(frame: BarFrame) -> np.ndarray:
     return np.column_stack(columns)
 
 
-def _windows_and_labels(frame: BarFrame, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Windows ending at each bar with a full window and a close 15 minutes on; label: that close is up."""
-    features = _simple_features(frame)
+def _windows_and_labels(
+    frame: BarFrame, window: int, features: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Windows ending at each bar with a full window and a close 15 minutes on; label: that close is up.
+
+    The rows are `_simple_features` unless `features` (one row per bar) is given; windows with a missing value
+    in their newest row are left out.
+    """
+    features = _simple_features(frame) if features is None else features
     ends = np.arange(window - 1, len(frame) - HORIZON_BARS)
     # only bars whose window and horizon span consecutive minutes (gaps would stretch both in time)
     contiguous = (frame.open_time[ends + HORIZON_BARS] - frame.open_time[ends - window + 1]) == (
         (window - 1 + HORIZON_BARS) * MINUTE_MS
     )
     ends = ends[contiguous]
+    ends = ends[np.isfinite(features[ends]).any(axis=1)]
     views = np.lib.stride_tricks.sliding_window_view(features, window, axis=0)  # (n - window + 1, F, window)
     windows = np.ascontiguousarray(views[ends - window + 1].transpose(0, 2, 1), dtype=np.float32)
     labels = (frame.close[ends + HORIZON_BARS] > frame.close[ends]).astype(np.int64)
     return windows, labels
 
 
-def _split(frame: BarFrame, window: int) -> Split:
-    """Train on the first week (2024-03-04 → 03-11), validate on the two days after it."""
+def _split(frame: BarFrame, window: int, full_rows: bool = False) -> Split:
+    """Train on the first week (2024-03-04 → 03-11), validate on the two days after it.
+
+    With `full_rows`, the windows hold the engine's feature rows (`FEATURE_NAMES`) instead of six plain ones.
+    """
     cut = _ms("2024-03-11")
-    train_x, train_y = _windows_and_labels(frame.between(None, cut), window)
-    val_x, val_y = _windows_and_labels(frame.between(cut, None), window)
+    features = batch_features(frame) if full_rows else _simple_features(frame)
+    before = frame.open_time < cut
+    train_x, train_y = _windows_and_labels(frame.between(None, cut), window, features[before])
+    val_x, val_y = _windows_and_labels(frame.between(cut, None), window, features[~before])
     return Split(train_x, train_y, val_x, val_y)
 
 
@@ -377,6 +391,56 @@ def test_clipped_model_serves_the_same_scores_from_onnx(lstm_split: Split, tmp_p
     meta["standardiser"]["clip"] = None
     unclipped = OnnxSequenceModel((tmp_path / MODEL_FILE).read_bytes(), meta)
     assert not np.allclose(unclipped.logits(windows), served.logits(windows), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (("ret_1", "volume"), "unknown sequence-model inputs \\['volume'\\]"),
+        ((), "at least one"),
+        (("ret_1", "rv_60", "ret_1"), "repeat"),
+    ],
+)
+def test_input_selection_rejects_a_bad_list_of_inputs(names: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LSTMModel(window=LSTM_WINDOW, inputs=names)
+
+
+def test_model_reading_named_inputs_ignores_other_columns_and_serves_them_from_onnx(
+    btc_bars: BarFrame, tmp_path: Path
+) -> None:
+    window = 20
+    split = _split(btc_bars, window, full_rows=True)
+    assert split.x_train.shape[2] == N_FEATURES
+    inputs = ("ret_1", "volume_z", "imbalance_z", "hl_range_15", "tod_sin")
+    columns = [FEATURE_NAMES.index(name) for name in inputs]
+    model = LSTMModel(window=window, training=replace(FAST, max_epochs=1), inputs=inputs)
+    model.fit(split.x_train, split.y_train, split.x_val, split.y_val)
+    assert model.n_features == len(inputs)
+    # standardised on the named columns of the training windows (every second one: FAST's stride) only
+    selected = split.x_train[:: FAST.train_stride][:, :, columns].reshape(-1, len(inputs)).astype(np.float64)
+    assert model.standardiser is not None
+    np.testing.assert_allclose(model.standardiser.mean, np.nanmean(selected, axis=0), rtol=1e-5, atol=1e-9)
+
+    windows = split.x_val[:256]
+    unread = [j for j in range(N_FEATURES) if j not in columns]
+    noisy = windows.copy()
+    noisy[:, :, unread] = np.random.default_rng(3).normal(0.0, 100.0, (windows.shape[0], window, len(unread)))
+    np.testing.assert_array_equal(model.logits(noisy), model.logits(windows))
+    shifted = windows.copy()
+    shifted[:, -1, FEATURE_NAMES.index("volume_z")] += 3.0
+    assert not np.allclose(model.logits(shifted), model.logits(windows), atol=1e-4)
+
+    model.save(tmp_path)
+    served = OnnxSequenceModel.load(tmp_path)
+    assert served.inputs.names == inputs
+    assert (served.n_features, served.row_width) == (len(inputs), N_FEATURES)
+    np.testing.assert_allclose(served.logits(noisy), model.logits(windows), rtol=0, atol=1e-5)
+    assert LSTMModel.load(tmp_path).inputs.names == inputs
+    with pytest.raises(ValueError, match=f"expected {N_FEATURES} features"):
+        served.logits(windows[:, :, columns])
+    # a model saved before inputs could be named has no "inputs" in its metadata and reads every column
+    assert InputSelection.from_list(None).apply(windows) is windows
 
 
 def test_constant_feature_is_centred_not_divided_by_zero() -> None:
