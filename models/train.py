@@ -3,8 +3,9 @@
 Folds are (train, validation, test) periods in time order, each separated by a purge gap of the horizon, so no
 training label (which reads the bar `horizon` minutes ahead) reaches into validation or test. Every member
 sees the same rows; the neural members a capped, evenly spaced subset (windows overlap in all but one row, so
-neighbours add little), and fewer columns (`BAR_SEQUENCE_INPUTS`, `CONTEXT_INPUTS`). Early stopping and calibration use validation rows only; input standardisation is
-fitted on training windows inside each sequence model. The final set is trained on the most recent data and
+neighbours add little), and fewer columns (`BAR_SEQUENCE_INPUTS`, `CONTEXT_INPUTS`). Early stopping and
+calibration use validation rows only; input standardisation is fitted on training windows inside each sequence
+model. The final set is trained on the most recent data and
 promoted in the registry.
 """
 
