@@ -5,8 +5,7 @@ training label (which reads the bar `horizon` minutes ahead) reaches into valida
 sees the same rows; the neural members a capped, evenly spaced subset (windows overlap in all but one row, so
 neighbours add little), and fewer columns (`BAR_SEQUENCE_INPUTS`, `CONTEXT_INPUTS`). Early stopping and
 calibration use validation rows only; input standardisation is fitted on training windows inside each sequence
-model. The final set is trained on the most recent data and
-promoted in the registry.
+model. The final set is trained on the most recent data and promoted in the registry.
 """
 
 from __future__ import annotations
