@@ -74,7 +74,8 @@ class TrainConfig:
     neural: bool = True
     lstm_window: int = 60
     transformer_window: int = 30
-    hidden_size: int = 32
+    lstm_hidden_size: int = 24
+    transformer_d_model: int = 32  # its feed-forward layer is twice as wide
     neural_epochs: int = 8
     neural_seconds: float = 80.0
     neural_max_train_windows: int = 120_000
@@ -98,7 +99,8 @@ class TrainConfig:
             lightgbm=LightGBMParams(max_rounds=150, early_stopping_rounds=20, min_data_in_leaf=500),
             lstm_window=20,
             transformer_window=10,
-            hidden_size=16,
+            lstm_hidden_size=16,
+            transformer_d_model=16,
             neural_epochs=1,
             neural_seconds=12.0,
             neural_max_train_windows=12_000,
@@ -234,7 +236,7 @@ def make_members(config: TrainConfig) -> list[ProbabilityModel]:
     members.append(
         LSTMModel(
             window=config.lstm_window,
-            hidden_size=config.hidden_size,
+            hidden_size=config.lstm_hidden_size,
             training=training,
             inputs=config.lstm_inputs,
         )
@@ -242,8 +244,8 @@ def make_members(config: TrainConfig) -> list[ProbabilityModel]:
     members.append(
         TransformerModel(
             window=config.transformer_window,
-            d_model=config.hidden_size,
-            feedforward=2 * config.hidden_size,
+            d_model=config.transformer_d_model,
+            feedforward=2 * config.transformer_d_model,
             training=training,
             inputs=config.transformer_inputs,
         )

@@ -83,8 +83,8 @@ def _windows_and_labels(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Windows ending at each bar with a full window and a close 15 minutes on; label: that close is up.
 
-    The rows are `_simple_features` unless `features` (one row per bar) is given; windows with a missing value
-    in their newest row are left out.
+    The rows are `_simple_features` unless `features` (one row per bar) is given; windows whose newest row has
+    no value at all (features still warming up) are left out.
     """
     features = _simple_features(frame) if features is None else features
     ends = np.arange(window - 1, len(frame) - HORIZON_BARS)
