@@ -387,7 +387,7 @@ class TorchSequenceModel(ABC):
             calibration=str(meta["calibration"]),
             clip=(float(meta["calibrator"]["clip_low"]), float(meta["calibrator"]["clip_high"])),
             training=TrainingConfig(**meta["training_config"]),
-            inputs=InputSelection.from_list(meta.get("inputs")).names,
+            inputs=meta.get("inputs"),  # absent in models that read every feature
             **meta["architecture"],
         )
         n_features = int(meta["n_features"])
