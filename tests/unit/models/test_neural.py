@@ -197,7 +197,9 @@ def test_batched_scores_equal_row_by_row_scores_bit_for_bit(
                     for i in range(0, windows.shape[0], batch_size)
                 ]
             )
-            assert np.array_equal(batched, single), f"batch size {batch_size}"
+            # other batch sizes take other matrix-kernel blockings: equal to float32 rounding; a window
+            # that leaked into its neighbours would move them by orders of magnitude more
+            np.testing.assert_allclose(batched, single, rtol=0, atol=1e-6, err_msg=f"batch size {batch_size}")
 
 
 def test_serving_process_never_imports_torch(
@@ -271,6 +273,22 @@ def test_calibration_is_fitted_on_validation_labels_not_training_labels(lstm_spl
     assert abs(mean_p - lstm_split.y_val.mean()) < 2e-3
 
 
+# The loss recomputed from the served network and the one recorded in training come from the same weights
+# through differently blocked float32 matrix products, so they agree to float32 rounding, not bit for bit.
+SERVED_LOSS_REL_TOLERANCE = 1e-6
+
+
+def assert_served_loss_is_the_best_epochs(served_loss: float, val_losses: tuple[float, ...]) -> None:
+    """The served weights are the best epoch's: their loss is that epoch's, and no other epoch's is that close."""
+    best = min(val_losses)
+    tolerance = SERVED_LOSS_REL_TOLERANCE * best
+    assert served_loss == pytest.approx(best, rel=SERVED_LOSS_REL_TOLERANCE)
+    others = [loss for loss in val_losses if loss != best]
+    assert others and min(abs(loss - best) for loss in others) > 10 * tolerance, (
+        "epochs too close to tell apart at this tolerance"
+    )
+
+
 def test_early_stopping_restores_the_best_epoch_and_reports_every_epoch(lstm_split: Split) -> None:
     seen: list[tuple[int, float, float]] = []
     # a learning rate this high overfits a week within a few epochs, so patience must end the run
@@ -286,8 +304,8 @@ def test_early_stopping_restores_the_best_epoch_and_reports_every_epoch(lstm_spl
     assert [epoch for epoch, _, _ in seen] == list(range(1, report.epochs_run + 1))
     assert tuple(val for _, _, val in seen) == report.val_losses
     assert report.best_val_loss == min(report.val_losses) != report.val_losses[-1]
-    assert log_loss(model.logits(lstm_split.x_val), lstm_split.y_val) == pytest.approx(
-        report.best_val_loss, abs=1e-12
+    assert_served_loss_is_the_best_epochs(
+        log_loss(model.logits(lstm_split.x_val), lstm_split.y_val), report.val_losses
     )
 
 
@@ -331,10 +349,10 @@ def test_weight_averaged_training_serves_the_best_average_not_the_last_weights(l
     # the same seed draws the same batches: only the averaging differs
     assert averaged.report.train_losses == plain.report.train_losses
     assert averaged.report.val_losses != plain.report.val_losses
-    assert log_loss(averaged.logits(lstm_split.x_val), lstm_split.y_val) == pytest.approx(
-        averaged.report.best_val_loss, abs=1e-12
-    )
     assert averaged.report.best_val_loss == min(averaged.report.val_losses)
+    assert_served_loss_is_the_best_epochs(
+        log_loss(averaged.logits(lstm_split.x_val), lstm_split.y_val), averaged.report.val_losses
+    )
 
 
 def test_wall_time_cap_ends_training_within_the_first_epoch(lstm_split: Split) -> None:
