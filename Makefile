@@ -15,8 +15,9 @@ $(BIN)/mlrisk: pyproject.toml uv.lock
 	$(UV) sync --frozen --all-extras
 	@touch $@
 
-setup: $(BIN)/mlrisk  ## install Python dependencies and the Kafka broker's jars
+setup: $(BIN)/mlrisk  ## install Python dependencies, the Kafka broker's jars and TimescaleDB (built once)
 	@ops/kafka/kafka.sh fetch
+	@PYTHON=$(PYTHON) ops/timescaledb/build.sh
 
 kafka-up: setup
 	@ops/kafka/kafka.sh start

@@ -8,6 +8,7 @@ process that only scores never imports torch.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,13 @@ CURRENT_FILE = "CURRENT"
 HISTORY_FILE = "HISTORY"
 METADATA_FILE = "metadata.json"
 MEMBER_ORDER = ("lightgbm", "lstm", "transformer")
+# a version is one folder name inside the registry: no separators, no "..", no hidden names
+VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+POINTER_MAX_BYTES = 256
+
+
+class RegistryError(ValueError):
+    """The registry names a version that cannot be served: outside the registry, missing, or broken."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +133,26 @@ def rollback(model_dir: Path) -> tuple[str, str]:
 
 
 def current_version(model_dir: Path) -> str:
+    """The version CURRENT names, checked to be a folder name inside `model_dir` (RegistryError otherwise)."""
     pointer = Path(model_dir) / CURRENT_FILE
     if not pointer.is_file():
         raise FileNotFoundError(f"no {CURRENT_FILE} file in {model_dir}: train a model first (mlrisk train)")
-    return pointer.read_text(encoding="utf-8").strip()
+    raw = pointer.read_bytes()[: POINTER_MAX_BYTES + 1]
+    try:
+        version = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise RegistryError(f"{pointer} is not text") from None
+    return checked_version(model_dir, version)
+
+
+def checked_version(model_dir: Path, version: str) -> str:
+    """`version` if it names a folder directly inside `model_dir`, symbolic links resolved; RegistryError if not."""
+    if not VERSION_NAME.fullmatch(version) or ".." in version:
+        raise RegistryError(f"model version name {version[:120]!r} is not a plain folder name of the registry")
+    root = Path(model_dir).resolve()
+    if (root / version).resolve().parent != root:
+        raise RegistryError(f"model version {version!r} resolves outside the registry {root}")
+    return version
 
 
 def load_member(folder: Path, name: str) -> ProbabilityModel:
@@ -145,22 +169,44 @@ def load_member(folder: Path, name: str) -> ProbabilityModel:
 def load_bundle(model_dir: Path | str, version: str | None = None) -> ModelBundle:
     """Load the CURRENT version (or `version`) of `model_dir`; refuses models trained on other features."""
     model_dir = Path(model_dir)
-    version = version or current_version(model_dir)
+    version = checked_version(model_dir, version) if version else current_version(model_dir)
     folder = model_dir / version
-    metadata = orjson.loads((folder / METADATA_FILE).read_bytes())
-    if metadata["feature_hash"] != feature_hash() or tuple(metadata["features"]) != FEATURE_NAMES:
-        raise ValueError(
-            f"model {version} was trained on features {metadata['feature_hash']}, this code computes "
-            f"{feature_hash()}: retrain"
+    try:
+        metadata = orjson.loads((folder / METADATA_FILE).read_bytes())
+        if not isinstance(metadata, dict):
+            raise TypeError(f"{METADATA_FILE} holds {type(metadata).__name__}, not an object")
+        trained_on = metadata["feature_hash"]
+        if trained_on != feature_hash() or tuple(metadata["features"]) != FEATURE_NAMES:
+            raise RegistryError(
+                f"model {version} was trained on features {trained_on}, this code computes {feature_hash()}: retrain"
+            )
+        config = EnsembleConfig.from_dict(metadata["ensemble"])
+        members = tuple(load_member(folder / name, name) for name in config.members)
+        return ModelBundle(
+            path=folder,
+            version=version,
+            symbol=str(metadata["symbol"]),
+            horizon_minutes=int(metadata["horizon_minutes"]),
+            members=members,
+            ensemble=config,
+            metadata=metadata,
         )
-    config = EnsembleConfig.from_dict(metadata["ensemble"])
-    members = tuple(load_member(folder / name, name) for name in config.members)
-    return ModelBundle(
-        path=folder,
-        version=version,
-        symbol=str(metadata["symbol"]),
-        horizon_minutes=int(metadata["horizon_minutes"]),
-        members=members,
-        ensemble=config,
-        metadata=metadata,
-    )
+    except RegistryError:
+        raise
+    except FileNotFoundError as error:
+        raise RegistryError(f"model version {version} is incomplete: {error}") from error
+    except Exception as error:  # a corrupt file of any kind: one clear error naming the version
+        raise RegistryError(f"model version {version} is broken: {type(error).__name__}: {error}"[:500]) from error
+
+
+def version_fingerprint(model_dir: Path, version: str) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and modification times of a version's files: a failed version is retried once this changes."""
+    folder = Path(model_dir) / version
+    if not folder.is_dir():
+        return ()
+    entries = []
+    for path in sorted(folder.rglob("*"))[:1000]:
+        if path.is_file():
+            stat = path.stat()
+            entries.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -81,8 +82,13 @@ def cmd_db(args: argparse.Namespace) -> int:
         print(database_url(settings, start_embedded=False))
     elif args.action == "init":
         url = database_url(settings)
-        timescale = init_schema(url, args.retention_days)
-        print(f"schema applied to {url.split('@')[-1]} (TimescaleDB hypertables: {'yes' if timescale else 'no'})")
+        version = init_schema(url, args.retention_days, args.compress_after_days, timescaledb=not args.plain)
+        compression = (f"compression after {args.compress_after_days} days" if args.compress_after_days
+                       else "no compression")
+        engine = (f"TimescaleDB {version}: hypertables, {compression}, continuous aggregates" if version
+                  else "plain PostgreSQL (no TimescaleDB)")
+        print(f"schema applied to {url.split('@')[-1]} on {engine} (TimescaleDB hypertables: "
+              f"{'yes' if version else 'no'})")
     return 0
 
 
@@ -170,6 +176,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def _days(most: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of days in 0..most."""
+    def parse(raw: str) -> int:
+        if not raw.isdigit() or int(raw) > most:
+            raise argparse.ArgumentTypeError(f"must be a whole number of days in 0..{most}, got {raw!r}")
+        return int(raw)
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mlrisk", description="Real-time trading signals for crypto perpetuals.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -190,7 +205,12 @@ def parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="the database: init applies schema.sql; start/stop the embedded server")
     db.add_argument("action", choices=("init", "start", "stop", "url"))
-    db.add_argument("--retention-days", type=int, default=365)
+    db.add_argument("--retention-days", type=_days(36_500), default=365,
+                    help="drop chunks created longer ago (TimescaleDB; 0: keep forever)")
+    db.add_argument("--compress-after-days", type=_days(3_650), default=7,
+                    help="compress chunks whose data is older (TimescaleDB; 0: never)")
+    db.add_argument("--plain", action="store_true",
+                    help="keep a database without TimescaleDB plain even where the extension is installed")
     db.set_defaults(func=cmd_db)
 
     train = sub.add_parser("train", help="walk-forward training of the three models")

@@ -20,11 +20,18 @@ def database_url(settings: Settings, start_embedded: bool = True) -> str:
     return pgserver.url()
 
 
-def init_schema(url: str, retention_days: int = 365) -> bool:
-    """Apply schema.sql (idempotent). Returns whether TimescaleDB hypertables are in use."""
+def init_schema(url: str, retention_days: int = 365, compress_after_days: int = 7,
+                timescaledb: bool = True) -> str | None:
+    """Apply schema.sql (idempotent) and return the TimescaleDB version in use, or None on plain PostgreSQL.
+
+    `retention_days`: chunks created longer ago are dropped; `compress_after_days`: chunks whose data is older are
+    compressed (0 turns either policy off); `timescaledb=False` keeps a database without the extension plain.
+    """
     sql = SCHEMA_PATH.read_text()
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT set_config('mlrisk.retention_days', %s, false)", (str(retention_days),))
+        for name, value in (("retention_days", retention_days), ("compress_after_days", compress_after_days),
+                            ("timescaledb", "on" if timescaledb else "off")):
+            conn.execute("SELECT set_config(%s, %s, false)", (f"mlrisk.{name}", str(value)))
         conn.execute(sql)  # noqa: S608
-        row = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
-    return row is not None
+        row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+    return None if row is None else str(row[0])

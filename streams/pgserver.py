@@ -16,6 +16,10 @@ from pathlib import Path
 DEFAULT_PORT = 55432
 DATABASE = "mlrisk"
 SERVICE_USER = "embedded_postgres"
+# TimescaleDB must be preloaded; telemetry stays off (nothing leaves the machine). Every database that has the
+# extension runs a job scheduler in its own background worker, so tests' scratch databases need room for them.
+TIMESCALEDB_OPTIONS = ("-c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off "
+                       "-c max_worker_processes=32 -c timescaledb.max_background_workers=24")
 
 
 def _bin(name: str) -> str:
@@ -63,6 +67,13 @@ def _own(path: Path) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
+def timescaledb_installed() -> bool:
+    """Whether set-up built TimescaleDB into this server's install (ops/timescaledb/build.sh)."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return (POSTGRES_BIN_PATH.parent / "lib" / "timescaledb.so").is_file()
+
+
 def answers(timeout_s: float = 0.5) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port()), timeout=timeout_s):
@@ -87,6 +98,8 @@ def start(home: Path) -> str:
                 check=True, capture_output=True, **as_user,  # type: ignore[call-overload]
             )
         options = f"-h 127.0.0.1 -p {port()} -k {data} -c max_connections=200 -c fsync=on"
+        if timescaledb_installed():
+            options += " " + TIMESCALEDB_OPTIONS
         subprocess.run(
             [_bin("pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"],
             check=True, capture_output=True, **as_user,  # type: ignore[call-overload]
