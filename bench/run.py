@@ -34,6 +34,7 @@ import numpy as np
 import orjson
 
 from streams.config import REPO_ROOT, Settings
+from streams.kafka_security import client_options
 from streams.probe import metric, wait_ready
 
 DATA = REPO_ROOT.parent / "shared" / "data"
@@ -64,12 +65,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def produce(servers: str, topic: str, items: list[tuple[bytes, bytes]], rate: float | None = None
+async def produce(kafka: dict[str, Any], topic: str, items: list[tuple[bytes, bytes]], rate: float | None = None
                   ) -> list[float]:
     """Send everything (paced at `rate` messages/s when given); the wall time each message was handed over."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=2, acks=1, max_batch_size=512 * 1024)
+    producer = AIOKafkaProducer(**kafka, linger_ms=2, acks=1, max_batch_size=512 * 1024)
     await producer.start()
     sent_at = []
     try:
@@ -91,28 +92,28 @@ async def produce(servers: str, topic: str, items: list[tuple[bytes, bytes]], ra
     return sent_at
 
 
-async def ensure(servers: str, *topics: str, partitions: int = 4) -> None:
+async def ensure(kafka: dict[str, Any], *topics: str, partitions: int = 4) -> None:
     from aiokafka.admin import NewTopic
 
     from streams.app import create_missing_topics
 
-    await create_missing_topics(servers, [NewTopic(t, partitions, 1) for t in topics])
+    await create_missing_topics(kafka, [NewTopic(t, partitions, 1) for t in topics])
 
 
-async def passthrough(servers: str, items: list[tuple[bytes, bytes]]) -> float:
+async def passthrough(kafka: dict[str, Any], items: list[tuple[bytes, bytes]]) -> float:
     """Baseline: consume every message from one topic and produce it to another; messages per second."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     source, sink = f"bench-{uuid.uuid4().hex[:8]}-in", f"bench-{uuid.uuid4().hex[:8]}-out"
-    await ensure(servers, source, sink)
-    consumer = AIOKafkaConsumer(source, bootstrap_servers=servers, group_id=f"bench-{uuid.uuid4().hex[:8]}",
+    await ensure(kafka, source, sink)
+    consumer = AIOKafkaConsumer(source, **kafka, group_id=f"bench-{uuid.uuid4().hex[:8]}",
                                 auto_offset_reset="earliest", enable_auto_commit=True)
-    producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=2, acks=1, max_batch_size=512 * 1024)
+    producer = AIOKafkaProducer(**kafka, linger_ms=2, acks=1, max_batch_size=512 * 1024)
     await consumer.start()
     await producer.start()
     try:
         await asyncio.sleep(2)  # joined and assigned
-        feeder = asyncio.create_task(produce(servers, source, items))
+        feeder = asyncio.create_task(produce(kafka, source, items))
         copied, first = 0, None
         while copied < len(items):
             batch = await consumer.getmany(timeout_ms=200, max_records=5000)
@@ -169,7 +170,7 @@ def stream_rate(settings: Settings, env: dict[str, str], items: list[tuple[bytes
                 expected: float) -> float:
     """Offer everything at once to a running worker; messages per second from first send to last counted."""
     start = time.monotonic()
-    asyncio.run(produce(settings.bootstrap_servers, env["MLRISK_TOPIC_PREFIX"] + "market-data", items))
+    asyncio.run(produce(client_options(settings), env["MLRISK_TOPIC_PREFIX"] + "market-data", items))
     port = int(env["MLRISK_WEB_PORT"])
     deadline = time.monotonic() + 600
     while metric(port, counter) < expected and time.monotonic() < deadline:
@@ -235,7 +236,7 @@ async def latency_run(settings: Settings, env: dict[str, str], feed: list[tuple[
     receiving the signal on the topic."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(env["MLRISK_TOPIC_PREFIX"] + "signals", bootstrap_servers=settings.bootstrap_servers,
+    consumer = AIOKafkaConsumer(env["MLRISK_TOPIC_PREFIX"] + "signals", **client_options(settings),
                                 group_id=None, auto_offset_reset="latest")
     await consumer.start()
     received: list[tuple[float, dict]] = []
@@ -249,7 +250,7 @@ async def latency_run(settings: Settings, env: dict[str, str], feed: list[tuple[
 
     listener = asyncio.create_task(listen())
     await asyncio.sleep(1)
-    sent_at = await produce(settings.bootstrap_servers, env["MLRISK_TOPIC_PREFIX"] + "market-data", feed, rate)
+    sent_at = await produce(client_options(settings), env["MLRISK_TOPIC_PREFIX"] + "market-data", feed, rate)
     await asyncio.sleep(15)  # the last minutes close on the quiet-symbol flush
     listener.cancel()
     await consumer.stop()
@@ -369,7 +370,7 @@ def warmed_worker(settings: Settings, model_dir: Path, home: Path, trades: list[
     if warm is None:
         first_trade_ms = trades[0][3] - trades[0][3] % 60_000
         warm = warm_up_klines(WARM_MINUTES, first_trade_ms)
-    asyncio.run(produce(settings.bootstrap_servers, env["MLRISK_TOPIC_PREFIX"] + "market-data", warm))
+    asyncio.run(produce(client_options(settings), env["MLRISK_TOPIC_PREFIX"] + "market-data", warm))
     while metric(worker.port, "mlrisk_bars_closed_total") < len(warm):
         time.sleep(0.2)
     settled, decided = 0, -1.0
@@ -404,7 +405,7 @@ def run(events: int, out: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                           "platform": platform.platform()}, "events": len(items)}
     print(f"bench: {len(items)} real trades")
-    report["passthrough_msgs_per_s"] = asyncio.run(passthrough(settings.bootstrap_servers, items))
+    report["passthrough_msgs_per_s"] = asyncio.run(passthrough(client_options(settings), items))
     print(f"  passthrough {report['passthrough_msgs_per_s']:.0f} msg/s")
 
     env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", None, home / "ingest")

@@ -18,9 +18,11 @@ from faust.streams import _current_event
 from streams import faust_fixes, metrics
 from streams.bar_builder import BarBuilder
 from streams.book import OrderBook
-from streams.config import Settings
+from streams.config import Settings, SettingsError
 from streams.ingest import Ingest
 from streams.ingest_service import IngestService, state_topic
+from streams.kafka_security import client_options, faust_credentials
+from streams.web_auth import token_middleware
 
 log = logging.getLogger("mlrisk")
 
@@ -84,7 +86,10 @@ class Runtime:
 
 
 async def ensure_topics(settings: Settings) -> None:
-    """Create the topics the system reads and writes, partitioned alike so one symbol's data is co-located."""
+    """Create the topics the system reads and writes, partitioned alike so one symbol's data is co-located.
+
+    With MLRISK_CREATE_TOPICS=false (an administrator provisions topics) they are only checked: a missing one
+    stops start-up with its name."""
     plain = (
         settings.market_data_topic,
         settings.dlq_topic,
@@ -94,20 +99,33 @@ async def ensure_topics(settings: Settings) -> None:
     )
     # changelog topics too: created here they exist before Faust's first write to them
     compacted = (state_topic(settings), *(f"{settings.faust_app_id}-{table}-changelog" for table in TABLE_NAMES))
+    replicas = settings.kafka_replication_factor
     await create_missing_topics(
-        settings.bootstrap_servers,
-        [NewTopic(name, settings.partitions, 1) for name in plain]
-        + [NewTopic(name, settings.partitions, 1, topic_configs={"cleanup.policy": "compact"}) for name in compacted],
+        client_options(settings),
+        [NewTopic(name, settings.partitions, replicas) for name in plain]
+        + [NewTopic(name, settings.partitions, replicas, topic_configs={"cleanup.policy": "compact"})
+           for name in compacted]
+        # Faust's leader election topic: one partition
+        + [NewTopic(f"{settings.faust_app_id}-__assignor-__leader", 1, replicas)],
+        create=settings.create_topics,
     )
 
 
-async def create_missing_topics(bootstrap_servers: str, topics: list[NewTopic]) -> None:
-    """Create those of `topics` the broker lacks; return once its metadata lists them (at most about 30 s)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+async def create_missing_topics(options: dict[str, Any], topics: list[NewTopic], *, create: bool = True) -> None:
+    """Create those of `topics` the broker lacks; return once its metadata lists them (at most about 30 s).
+
+    `options`: the client options of `streams.kafka_security.client_options`. With `create` false, a missing
+    topic raises SettingsError naming it."""
+    admin = AIOKafkaAdminClient(**options)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted = [topic for topic in topics if topic.name not in existing]
+        if wanted and not create:
+            raise SettingsError(
+                "MLRISK_CREATE_TOPICS is false and the broker lacks these topics (or does not let this user see "
+                f"them): {', '.join(sorted(topic.name for topic in wanted))}"
+            )
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker created it first
                 await admin.create_topics(wanted)
@@ -131,7 +149,9 @@ def build_app(settings: Settings) -> Runtime:
         store="memory://",
         datadir=str(settings.home / "faust"),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.kafka_replication_factor,
+        topic_allow_declare=settings.create_topics,
+        broker_credentials=faust_credentials(settings),
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 5),
         broker_commit_every=1000,
@@ -139,6 +159,8 @@ def build_app(settings: Settings) -> Runtime:
         consumer_auto_offset_reset="earliest",
         web_port=settings.web_port,
         web_host=settings.web_host,
+        web_bind=settings.web_bind,
+        web_application_options=_web_options(settings),
         web_enabled=True,
         stream_wait_empty=False,
         table_standby_replicas=0,
@@ -158,7 +180,8 @@ def build_app(settings: Settings) -> Runtime:
         "engine_state": app.Table("engine-state", partitions=settings.partitions, key_type=str),
         "paper_books": app.Table("paper-books", partitions=settings.partitions, key_type=str),
     }
-    ingest = Ingest(BarBuilder(settings.allowed_lateness_ms), {}, settings.max_future_ms, book_factory=OrderBook)
+    ingest = Ingest(BarBuilder(settings.allowed_lateness_ms), {}, settings.max_future_ms, book_factory=OrderBook,
+                    symbols=settings.symbols, max_symbols=settings.max_symbols)
     runtime = Runtime(settings, app, topics, tables, ingest)
     # started once the tables are recovered; Faust takes a service instance as well as a class
     runtime.services["ingest"] = app.service(IngestService(settings, ingest, app.crash))  # type: ignore[arg-type]
@@ -177,6 +200,12 @@ def build_app(settings: Settings) -> Runtime:
 
     attach_pipeline(runtime)
     return runtime
+
+
+def _web_options(settings: Settings) -> dict[str, Any]:
+    """aiohttp's Application options: the token check on every request when tokens are configured."""
+    middleware = token_middleware(settings)
+    return {"middlewares": [middleware]} if middleware is not None else {}
 
 
 def _health_checks(runtime: Runtime) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The `mlrisk` command: worker, replay, db, train, retrain, rollback, backtest, bench."""
+"""The `mlrisk` command: worker, replay, feed, db, train, retrain, rollback, backtest, bench."""
 
 from __future__ import annotations
 
@@ -26,19 +26,25 @@ def _settings() -> Settings:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
-    from faust.worker import Worker
+    from aiokafka.errors import KafkaError
 
     from streams.app import build_app, ensure_topics
+    from streams.kafka_security import connection_failure
+    from streams.shutdown import EXIT_CONFIGURATION, EXIT_CRASH, EXIT_OK, BoundedStopWorker
 
-    asyncio.run(ensure_topics(settings))
     try:
+        asyncio.run(ensure_topics(settings))
         runtime = build_app(settings)
     except SettingsError as error:
         print(f"mlrisk: configuration error: {error}", file=sys.stderr)
-        return 2
-    worker = Worker(runtime.app, loglevel=settings.log_level, quiet=args.quiet)
+        return EXIT_CONFIGURATION
+    except KafkaError as error:
+        print(f"mlrisk: {asyncio.run(connection_failure(settings, error))}", file=sys.stderr)
+        return EXIT_CRASH
+    worker = BoundedStopWorker(runtime.app, stop_timeout_s=settings.stop_timeout_s, loglevel=settings.log_level,
+                               quiet=args.quiet)
     worker.execute_from_commandline()
-    return 0
+    return EXIT_OK
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -46,6 +52,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from streams.app import ensure_topics
+    from streams.kafka_security import client_options
     from streams.replay import collect, merged, publish
 
     symbols = [s.strip() for s in args.symbols.split(",")] if args.symbols else None
@@ -59,7 +66,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                   disable=args.quiet) as bar:
         task = bar.add_task("replay", total=len(messages))
         sent = asyncio.run(
-            publish(messages, settings.bootstrap_servers, settings.market_data_topic, args.speed or None,
+            publish(messages, client_options(settings), settings.market_data_topic, args.speed or None,
                     lambda n: bar.update(task, completed=n))
         )
     first = datetime.fromtimestamp(messages[0].time_ms / 1000, UTC).isoformat()
@@ -170,6 +177,26 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feed(args: argparse.Namespace) -> int:
+    import logging
+
+    from streams.feed.service import check_request, run_feed
+    from streams.feed.venues import VENUES
+
+    settings = _settings()
+    venue = VENUES[args.venue]
+    symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
+    kinds = tuple(k.strip() for k in args.streams.split(",") if k.strip())
+    try:
+        check_request(venue, symbols, kinds)
+    except ValueError as error:
+        print(f"mlrisk feed: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_feed(settings, venue, symbols, kinds, args.bind))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from bench.run import main as bench_main
 
@@ -252,6 +279,14 @@ def parser() -> argparse.ArgumentParser:
     backtest.add_argument("--start")
     backtest.add_argument("--end")
     backtest.set_defaults(func=cmd_backtest)
+
+    feed = sub.add_parser("feed", help="live Binance market data to market-data: connected, in sequence, complete")
+    feed.add_argument("--venue", choices=("binance-usdm", "binance-spot"), default="binance-usdm")
+    feed.add_argument("--symbols", required=True, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
+    feed.add_argument("--streams", default="trade,bookTicker,depth",
+                      help="comma-separated: trade, aggTrade, bookTicker, depth, markPrice (USD-M), kline_1m")
+    feed.add_argument("--bind", default="127.0.0.1", help="address of /health and /metrics (port MLRISK_FEED_PORT)")
+    feed.set_defaults(func=cmd_feed)
 
     bench = sub.add_parser("bench", help="throughput, latency, sink and inference benchmarks")
     bench.add_argument("--out", default="bench.json")

@@ -45,7 +45,9 @@ def ensure_models(data: Path, model_dir: Path) -> None:
 async def subscribe(settings: Settings, stop: asyncio.Event, seen: list[dict]) -> None:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(settings.signals_topic, bootstrap_servers=settings.bootstrap_servers,
+    from streams.kafka_security import client_options
+
+    consumer = AIOKafkaConsumer(settings.signals_topic, **client_options(settings),
                                 auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     try:

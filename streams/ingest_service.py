@@ -24,12 +24,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidMessageError,
+    InvalidTimestampError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 from mode import Service
 
 from streams import metrics
 from streams.config import Settings
-from streams.ingest import CONTROL_HEADER, Ingest, dead_letter, wall_ms
+from streams.events import BadEvent
+from streams.ingest import CONTROL_HEADER, Ingest, dead_letter, dead_letter_key, wall_ms
+from streams.kafka_security import client_options
 from streams.serialization import dumps, loads
 
 log = logging.getLogger("mlrisk.ingest")
@@ -40,6 +50,9 @@ IDLE_FLUSH_MS = 10_000  # a symbol quiet this long (wall clock) gets its finishe
 IDLE_CHECK_MS = 1_000  # how often quiet symbols are looked for
 COMMIT_EVERY_MS = 500  # offsets are committed at most this often, and on every stop and rebalance
 STOP_GRACE_S = 15.0  # a stop waits this long for the batch in hand
+# refusals that no retry cures: the message itself is the problem
+REFUSED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, CorruptRecordException,
+           InvalidMessageError, InvalidTimestampError)
 
 
 def state_topic(settings: Settings) -> str:
@@ -54,8 +67,9 @@ def ingest_group(settings: Settings) -> str:
 class Outgoing:
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (a forgotten symbol's state)
     partition: int | None = None
+    fallback: Outgoing | None = None  # sent instead when the broker refuses this for good (too large, invalid)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -93,11 +107,11 @@ class IngestService(Service):
         self.last_commit_ms = 0
 
     async def on_start(self) -> None:
-        servers = self.settings.bootstrap_servers
-        self.producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", enable_idempotence=True,
+        kafka = client_options(self.settings)
+        self.producer = AIOKafkaProducer(**kafka, acks="all", enable_idempotence=True,
                                          linger_ms=2, max_batch_size=262_144)
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=servers, group_id=ingest_group(self.settings), enable_auto_commit=False,
+            **kafka, group_id=ingest_group(self.settings), enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=int(self.settings.session_timeout_s * 1000),
             heartbeat_interval_ms=int(max(1.0, self.settings.session_timeout_s / 5) * 1000),
             max_partition_fetch_bytes=4 * 1_048_576,
@@ -184,6 +198,11 @@ class IngestService(Service):
             self.partition_of[symbol] = partition
             states.append(Outgoing(state_topic(settings), symbol.encode(),
                                    dumps({"state": data, "partition": partition, "offset": offset}), partition))
+        for symbol in ingest.take_evicted():  # a tombstone: a restore must not bring an evicted symbol back
+            owner = self.applied.pop(symbol, None)
+            self.partition_of.pop(symbol, None)
+            if owner is not None:
+                states.append(Outgoing(state_topic(settings), symbol.encode(), None, owner[0]))
         await self.settle(states, [await self.send(item) for item in states])
         self.uncommitted.update(commits)
         if received - self.last_commit_ms >= COMMIT_EVERY_MS:
@@ -220,21 +239,32 @@ class IngestService(Service):
             log.exception("ingest failed on %s[%s]@%s", message.topic, message.partition, message.offset)
             metrics.ERRORS.labels("ingest").inc()
             metrics.EVENTS_REJECTED.labels("internal_error").inc()
-            out.append(Outgoing(settings.dlq_topic, message.key, dead_letter(
-                f"internal_error: {exc!r}", message.topic, message.partition, message.offset, message.value,
-                received)))
+            out.append(self.parked(message, BadEvent("internal_error", repr(exc)), received))
             return None
         if result.dead_letter is not None:
-            out.append(Outgoing(settings.dlq_topic, message.key, result.dead_letter))
+            out.append(Outgoing(settings.dlq_topic, dead_letter_key(message.key), result.dead_letter,
+                                fallback=self.parked(message, BadEvent("dlq_refused", "the dead letter was refused"),
+                                                     received, keep_raw=False)))
             return None
         if result.rekey_symbol is not None:
-            out.append(Outgoing(settings.market_data_topic, result.rekey_symbol.encode(), message.value))
+            out.append(Outgoing(settings.market_data_topic, result.rekey_symbol.encode(), message.value,
+                                fallback=self.parked(message, BadEvent("rekey_refused", "re-keying it was refused"),
+                                                     received)))
             return None
         symbol = name  # a message that is neither parked nor re-keyed is keyed by its symbol
         assert symbol is not None
         if result.bars:
             self.publish(symbol, result.bars, received, out)
         return symbol if result.state_changed else None
+
+    def parked(self, message: Any, error: BadEvent, received: int, keep_raw: bool = True) -> Outgoing:
+        """A dead letter for `message`, falling back to one without the original bytes if the broker refuses it."""
+        record = Outgoing(self.settings.dlq_topic, dead_letter_key(message.key), dead_letter(
+            error, message.topic, message.partition, message.offset, message.value, received, keep_raw))
+        if keep_raw:
+            record.fallback = Outgoing(record.topic, record.key, dead_letter(
+                error, message.topic, message.partition, message.offset, message.value, received, keep_raw=False))
+        return record
 
     def publish(self, symbol: str, bars: list[Any], received: int, out: list[Outgoing]) -> None:
         view = self.ingest.views.get(symbol)
@@ -255,24 +285,47 @@ class IngestService(Service):
                     self.publish(symbol, bars, now, out)
 
     async def send(self, item: Outgoing) -> asyncio.Future[Any]:
+        """Hand `item` to the producer; a refusal before it leaves (too large, ...) comes back as a failed
+        future, as a refusal by the broker does, for `settle` to deal with per message."""
         assert self.producer is not None
-        return await self.producer.send(item.topic, item.value, key=item.key, partition=item.partition)
+        try:
+            return await self.producer.send(item.topic, item.value, key=item.key, partition=item.partition)
+        except KafkaError as error:
+            refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            refused.set_exception(error)
+            return refused
 
     async def settle(self, items: list[Outgoing], futures: list[asyncio.Future[Any]],
                      max_delay_s: float = 5.0) -> None:
-        """Wait for every acknowledgement, sending what failed again with backoff until it is through."""
+        """Wait for every acknowledgement, sending what failed again with backoff until it is through. A message
+        the broker refuses for good goes out as its fallback (a dead letter without the original bytes), or is
+        dropped with an error if it has none: one message never stops ingest."""
         delay = 0.1
         while items:
             results = await asyncio.gather(*futures, return_exceptions=True)
-            failed = [item for item, result in zip(items, results, strict=True) if isinstance(result, Exception)]
-            if failed:
+            retry: list[Outgoing] = []
+            transient: list[BaseException] = []
+            for item, result in zip(items, results, strict=True):
+                if not isinstance(result, Exception):
+                    continue
+                if not isinstance(result, REFUSED):  # the broker away, a timeout: it will take it later
+                    retry.append(item)
+                    transient.append(result)
+                    continue
+                metrics.DLQ_SEND_FAILURES.labels(item.topic).inc()
+                if item.fallback is not None:
+                    log.error("the broker refused a message for %s (%r); sending its fallback", item.topic, result)
+                    retry.append(item.fallback)
+                else:
+                    metrics.ERRORS.labels("publish").inc()
+                    log.error("the broker refused a message for %s (%r); dropped", item.topic, result)
+            if transient:
                 metrics.ERRORS.labels("publish").inc()
-                log.warning("%d sends failed (%r); retrying in %.1fs", len(failed),
-                            next(r for r in results if isinstance(r, Exception)), delay)
+                log.warning("%d sends failed (%r); retrying in %.1fs", len(transient), transient[0], delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_delay_s)
-            items = failed
-            futures = [await self.send(item) for item in failed]
+            items = retry
+            futures = [await self.send(item) for item in retry]
 
     async def restore(self, assigned: set[TopicPartition]) -> None:
         """Load the bar states of newly assigned partitions from the state topic, then own them."""
@@ -287,7 +340,7 @@ class IngestService(Service):
             if not new:
                 return
             topic = state_topic(self.settings)
-            reader = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False)
+            reader = AIOKafkaConsumer(**client_options(self.settings), enable_auto_commit=False)
             await reader.start()
             try:
                 tps = [TopicPartition(topic, p) for p in sorted(new)]
@@ -300,8 +353,13 @@ class IngestService(Service):
                     batch = await reader.getmany(*waiting, timeout_ms=1000)
                     for tp, messages in batch.items():
                         for message in messages:
-                            record = loads(message.value)
                             symbol = message.key.decode()
+                            if message.value is None:  # evicted
+                                self.states.pop(symbol, None)
+                                self.applied.pop(symbol, None)
+                                self.partition_of.pop(symbol, None)
+                                continue
+                            record = loads(message.value)
                             self.states[symbol] = record["state"]
                             self.applied[symbol] = (record["partition"], record["offset"])
                             self.partition_of[symbol] = record["partition"]

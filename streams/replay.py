@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -136,13 +137,15 @@ def merged(streams: list[Iterator[ReplayMessage]]) -> Iterator[ReplayMessage]:
 
 async def publish(
     messages: list[ReplayMessage],
-    bootstrap_servers: str,
+    kafka: dict[str, Any],
     topic: str,
     speed: float | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Send the messages in order, keyed by symbol; `speed` x real time, or as fast as possible when None."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all",
+    """Send the messages in order, keyed by symbol; `speed` x real time, or as fast as possible when None.
+
+    `kafka`: the client options of `streams.kafka_security.client_options`."""
+    producer = AIOKafkaProducer(**kafka, linger_ms=5, acks="all",
                                 max_batch_size=256 * 1024, enable_idempotence=True)
     await producer.start()
     sent = 0
