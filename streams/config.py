@@ -166,7 +166,7 @@ SYMBOL = re.compile(r"[A-Z0-9]{2,20}")
 def parse_symbol(raw: str) -> str | None:
     """The symbol `raw` names (see `normalise_symbol`), or None unless that is 2 to 20 ASCII capitals and digits:
     look-alikes such as full-width letters are other symbols to the exchange, and unbounded names unbounded state."""
-    if len(raw) > 64:
+    if len(raw) > 64 or not raw.isascii():  # before upper(): "ß".upper() is "SS"
         return None
     symbol = normalise_symbol(raw)
     return symbol if SYMBOL.fullmatch(symbol) else None

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from models.bars import Bar
 from models.engine import SignalEngine, SymbolState
-from models.registry import ModelBundle, load_bundle
+from models.registry import ModelBundle
 from models.simulate import FillCosts
 from risk.config import RiskConfig
 from streams import metrics
@@ -25,6 +27,7 @@ from streams.signals import BarEvent, SignalStage
 from streams.sink import SINK_BATCH, Sink, event_row, metrics_row
 
 log = logging.getLogger("mlrisk.pipeline")
+LOOP_PROBE_S = 0.5  # the event-loop lag probe's sleep
 
 
 @dataclass(slots=True)
@@ -45,14 +48,6 @@ class ServiceCounters:
         self.risk_sum += signal["risk_score"]
         self.latency_ms_sum += signal["latency_ms"]
         self.by_type[signal["signal_type"]] = self.by_type.get(signal["signal_type"], 0) + 1
-
-
-def load_models(model_dir: Any) -> ModelBundle | None:
-    try:
-        return load_bundle(model_dir)
-    except FileNotFoundError:
-        log.warning("no trained models under %s: bars are built, no signals until `mlrisk train` runs", model_dir)
-        return None
 
 
 def attach_pipeline(runtime: Runtime) -> None:
@@ -83,10 +78,10 @@ def attach_pipeline(runtime: Runtime) -> None:
         metrics.MODEL_INFO.labels(bundle.version).set(1)
         runtime.services.update(engine=engine, stage=current, bundle=bundle)
 
-    initial = load_models(settings.model_dir)
+    switch = ModelSwitch(settings.model_dir)
+    initial = switch.load_initial()
     if initial is not None:
         serve(initial)
-    switch = ModelSwitch(settings.model_dir, initial.version if initial else None)
     runtime.services["model_switch"] = switch
 
     @app.timer(settings.model_poll_s)
@@ -101,11 +96,27 @@ def attach_pipeline(runtime: Runtime) -> None:
             version = stage.engine.bundle.version
             rows = [event_row(e.pop("kind"), version, service_name, e) for e in stage.take_events()]
         rows += [event_row("swap", v, service_name, d) for v, d in switch.take_swaps()]
+        rows += [event_row("load_failure", v, service_name, d) for v, d in switch.take_failures()]
         await sink.write("ml_model_events", rows)
 
     @app.task
     async def open_sink() -> None:
         await sink.open()
+
+    @app.timer(5.0)
+    async def database_probe() -> None:
+        await sink.probe()
+
+    @app.task
+    async def event_loop_lag() -> None:
+        """How late the loop wakes from a short sleep: work that blocks the loop shows here first."""
+        loop = asyncio.get_running_loop()
+        recent: deque[float] = deque(maxlen=int(5.0 / LOOP_PROBE_S))
+        while True:
+            started = loop.time()
+            await asyncio.sleep(LOOP_PROBE_S)
+            recent.append(max(0.0, loop.time() - started - LOOP_PROBE_S))
+            metrics.EVENT_LOOP_LAG.set(max(recent))
 
     def persist(item: BarEvent, symbol: str, state: SymbolState, paper: PaperBook) -> None:
         in_partition_of(item.event)
@@ -198,7 +209,8 @@ def attach_pipeline(runtime: Runtime) -> None:
                 metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
 
     def models_health() -> dict[str, Any]:
-        return {"ok": switch.serving is not None, "version": switch.serving, "failed": sorted(switch.failed)}
+        return {"ok": switch.serving is not None, "version": switch.serving, "problem": switch.problem,
+                "failed": sorted(switch.failed)[:20]}
 
     runtime.services["models"] = type("ModelsHealth", (), {"health": staticmethod(models_health)})()
     runtime.services["database"] = sink

@@ -6,6 +6,7 @@ Nothing here is mocked: tests talk to the services that `make services-up` (or t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +50,23 @@ def database_url() -> str:
     url = url_for(Settings.from_env())
     init_schema(url)
     return url
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str) -> Iterator[str]:
+    """A fresh database on the same server (its URL), dropped afterwards: for tests that need the whole
+    database to themselves, or a database without TimescaleDB next to one with it."""
+    from psycopg.conninfo import make_conninfo
+
+    name = f"mlrisk_test_{uuid.uuid4().hex[:12]}"
+    admin = make_conninfo(server_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_conninfo(server_url, dbname=name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:
@@ -126,14 +145,17 @@ def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
         worker.stop(kill=True)
 
 
-async def consume_all(topic: str, expected: int | None, timeout_s: float, idle_s: float = 5.0) -> list[Any]:
-    """Read a topic from the beginning until `expected` messages arrived, or nothing new for `idle_s`."""
+async def consume_all(topic: str, expected: int | None, timeout_s: float, idle_s: float = 5.0,
+                      into: list[Any] | None = None) -> list[Any]:
+    """Read a topic from the beginning until `expected` messages arrived, or nothing new for `idle_s`.
+
+    `into`: the list to append to as messages arrive, so that another thread can watch the progress."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=BROKERS, auto_offset_reset="earliest",
                                 enable_auto_commit=False, group_id=None)
     await consumer.start()
-    messages: list[Any] = []
+    messages: list[Any] = [] if into is None else into
     try:
         deadline = time.monotonic() + timeout_s
         last_new = time.monotonic()
@@ -154,8 +176,8 @@ async def consume_all(topic: str, expected: int | None, timeout_s: float, idle_s
     return messages
 
 
-def read_topic(topic: str, expected: int | None, timeout_s: float = 120.0) -> list[Any]:
-    return asyncio.run(consume_all(topic, expected, timeout_s))
+def read_topic(topic: str, expected: int | None, timeout_s: float = 120.0, into: list[Any] | None = None) -> list[Any]:
+    return asyncio.run(consume_all(topic, expected, timeout_s, into=into))
 
 
 async def produce(topic: str, items: list[tuple[bytes | None, bytes]]) -> None:

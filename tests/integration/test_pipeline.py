@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from signal import SIGTERM
 from typing import Any
 
 import orjson
@@ -249,19 +250,24 @@ def test_api_endpoints_and_bad_requests(live_run: Any, data_dir: Path) -> None:
     assert status == 200 and "/ml-risk/generate-signal" in body["paths"]
 
 
-def _kill_mid_replay(env: dict[str, str], data_dir: Path, expected: int, act: Any) -> list[Any]:
-    """Replay, watch the topic, and call `act` once part of the signals are out."""
+def _fault_mid_replay(env: dict[str, str], data_dir: Path, expected: int, fault: Any) -> list[Any]:
+    """Replay, watch the signals topic, and strike with `fault` once a quarter of the decisions are out.
+
+    The fault must land while work is in flight: some decisions out, not all of them. A fault that struck before
+    the first or after the last would prove nothing, so that fails the test instead of passing it vacuously."""
     seen: list[Any] = []
-    done = threading.Event()
-
-    def watch() -> None:
-        seen.extend(read_topic(env["MLRISK_TOPIC_PREFIX"] + "signals", expected, timeout_s=400))
-        done.set()
-
-    watcher = threading.Thread(target=watch)
+    watcher = threading.Thread(
+        target=read_topic, args=(env["MLRISK_TOPIC_PREFIX"] + "signals", expected), kwargs={"timeout_s": 400,
+                                                                                           "into": seen}
+    )
     watcher.start()
     _replay_days(env, data_dir)
-    act()
+    deadline = time.monotonic() + 300
+    while len(seen) < expected // 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    at_fault = len(seen)
+    fault()
+    assert 0 < at_fault < expected, f"the fault struck with {at_fault} of {expected} decisions out: not in flight"
     watcher.join()
     return seen
 
@@ -273,11 +279,35 @@ def test_kill_9_mid_replay_leaves_every_signal_in_the_database_once(
     expected = offline_signals(model_dir, data_dir, env)
 
     def crash() -> None:
-        time.sleep(6)  # part of the two days is through
         worker.stop(kill=True)
         start_worker(**_env({}, model_dir))
 
-    _kill_mid_replay(env, data_dir, len(expected), crash)
+    _fault_mid_replay(env, data_dir, len(expected), crash)
+    rows = _wait_for_rows(database_url, set(expected))
+    assert len(rows) == len(expected)
+    assert all(count == 1 for _, count in rows)
+
+
+def test_sigterm_mid_batch_stops_within_the_timeout_and_the_restart_loses_nothing(
+        start_worker: Any, worker_env: dict[str, str], model_dir: Path, data_dir: Path, database_url: str) -> None:
+    """SIGTERM in the middle of the stream: the worker exits within MLRISK_STOP_TIMEOUT_S, and its successor
+    resumes from the committed offsets so that every decision is in the database exactly once."""
+    env = _env(worker_env, model_dir, MLRISK_STOP_TIMEOUT_S="8")
+    worker = start_worker(**_env({}, model_dir, MLRISK_STOP_TIMEOUT_S="8"))
+    expected = offline_signals(model_dir, data_dir, env)
+    stopped_in: list[float] = []
+
+    def terminate() -> None:
+        assert worker.proc is not None
+        started = time.monotonic()
+        worker.proc.send_signal(SIGTERM)
+        worker.proc.wait(timeout=30)
+        stopped_in.append(time.monotonic() - started)
+        start_worker(**_env({}, model_dir))
+
+    _fault_mid_replay(env, data_dir, len(expected), terminate)
+    assert stopped_in[0] <= 8 + 3, f"stopped in {stopped_in[0]:.1f} s"
+    assert worker.proc is not None and worker.proc.returncode in (0, 3)
     rows = _wait_for_rows(database_url, set(expected))
     assert len(rows) == len(expected)
     assert all(count == 1 for _, count in rows)
@@ -296,12 +326,11 @@ def test_database_outage_of_30s_loses_and_duplicates_nothing(
     home = Settings.from_env({}).home
 
     def outage() -> None:
-        time.sleep(3)
         pgserver.stop(home, mode="immediate")
         time.sleep(30)
         pgserver.start(home)
 
-    _kill_mid_replay(env, data_dir, len(expected), outage)
+    _fault_mid_replay(env, data_dir, len(expected), outage)
     rows = _wait_for_rows(database_url, set(expected), timeout_s=240)
     assert len(rows) == len(expected)
     assert all(count == 1 for _, count in rows)
