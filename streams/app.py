@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import weakref
 from collections.abc import AsyncIterator
@@ -12,7 +11,7 @@ from typing import Any
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 from faust.streams import _current_event
 
 from streams import faust_fixes, metrics
@@ -127,8 +126,9 @@ async def create_missing_topics(options: dict[str, Any], topics: list[NewTopic],
                 f"them): {', '.join(sorted(topic.name for topic in wanted))}"
             )
         if wanted:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another worker created it first
-                await admin.create_topics(wanted)
+            refused = creation_errors(await admin.create_topics(wanted))
+            if refused:
+                raise TopicCreationError("the broker refused to create " + "; ".join(refused))
             # a broker just started answers the creation before its metadata lists the topics; a consumer that
             # subscribes in between ignores them as missing until its next metadata refresh, minutes later
             names = {topic.name for topic in wanted}
@@ -136,8 +136,28 @@ async def create_missing_topics(options: dict[str, Any], topics: list[NewTopic],
                 if names <= set(await admin.list_topics()):
                     break
                 await asyncio.sleep(0.2)
+            else:
+                missing = sorted(names - set(await admin.list_topics()))
+                raise TopicCreationError(f"topics created but not listed by the broker after 30 s: {missing}")
     finally:
         await admin.close()
+
+
+class TopicCreationError(RuntimeError):
+    """The broker did not create a topic the worker needs (not authorised, bad replication factor, ...)."""
+
+
+def creation_errors(response: Any) -> list[str]:
+    """'topic: error' for each topic a CreateTopics response refused; a topic that already exists (another worker
+    created it first) is no error. aiokafka returns these per topic instead of raising them."""
+    refused = []
+    for entry in getattr(response, "topic_errors", []):
+        name, code = entry[0], entry[1]
+        if code in (0, TopicAlreadyExistsError.errno):
+            continue
+        message = entry[2] if len(entry) > 2 and entry[2] else for_code(code).__name__
+        refused.append(f"{name}: {message} (error {code})")
+    return refused
 
 
 def build_app(settings: Settings) -> Runtime:

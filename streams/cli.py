@@ -28,7 +28,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
     from aiokafka.errors import KafkaError
 
-    from streams.app import build_app, ensure_topics
+    from streams.app import TopicCreationError, build_app, ensure_topics
     from streams.kafka_security import connection_failure
     from streams.shutdown import EXIT_CONFIGURATION, EXIT_CRASH, EXIT_OK, BoundedStopWorker
 
@@ -37,6 +37,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         runtime = build_app(settings)
     except SettingsError as error:
         print(f"mlrisk: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIGURATION
+    except TopicCreationError as error:
+        print(f"mlrisk: {error} (check MLRISK_KAFKA_REPLICATION_FACTOR, MLRISK_PARTITIONS and the user's ACLs, "
+              "or provision the topics and set MLRISK_CREATE_TOPICS=false)", file=sys.stderr)
         return EXIT_CONFIGURATION
     except KafkaError as error:
         print(f"mlrisk: {asyncio.run(connection_failure(settings, error))}", file=sys.stderr)
