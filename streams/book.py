@@ -7,6 +7,7 @@ Binance's rule: buffer diffs from the first one received, take the snapshot, dro
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,9 @@ from streams.events import DepthSnapshot, DepthUpdate
 
 DEPTH_BANDS = (("0.1%", 0.001), ("0.5%", 0.005), ("1%", 0.01))
 MAX_BUFFERED_DIFFS = 2_000
+MAX_BUFFERED_LEVELS = 100_000  # price levels across the buffered diffs: their count alone does not bound them
+MAX_LEVELS_PER_SIDE = 5_000  # levels kept a side; the analysis reads within 1 % of mid, Binance's snapshot 5,000
+TRIM_SLACK = 500  # a side is trimmed back to the cap once it exceeds it by this much, not on every diff
 
 
 @dataclass(slots=True)
@@ -24,6 +28,7 @@ class OrderBook:
     last_update_id: int | None = None
     synced: bool = False
     buffered: list[DepthUpdate] = field(default_factory=list)
+    buffered_levels: int = 0
     resyncs: int = 0
 
     def apply(self, event: DepthUpdate | DepthSnapshot) -> None:
@@ -33,14 +38,19 @@ class OrderBook:
             self._diff(event)
         else:
             self.buffered.append(event)
-            del self.buffered[:-MAX_BUFFERED_DIFFS]
+            self.buffered_levels += len(event.bids) + len(event.asks)
+            while len(self.buffered) > MAX_BUFFERED_DIFFS or (
+                    self.buffered_levels > MAX_BUFFERED_LEVELS and len(self.buffered) > 1):
+                dropped = self.buffered.pop(0)
+                self.buffered_levels -= len(dropped.bids) + len(dropped.asks)
 
     def _snapshot(self, snapshot: DepthSnapshot) -> None:
         self.bids = {p: q for p, q in snapshot.bids if q > 0}
         self.asks = {p: q for p, q in snapshot.asks if q > 0}
         self.last_update_id = snapshot.last_update_id
         self.synced = True
-        pending, self.buffered = self.buffered, []
+        self._trim()
+        pending, self.buffered, self.buffered_levels = self.buffered, [], 0
         for diff in pending:
             if diff.last_update_id >= snapshot.last_update_id and self.synced:
                 self._diff(diff, first_after_snapshot=diff.first_update_id <= snapshot.last_update_id)
@@ -58,7 +68,7 @@ class OrderBook:
         if not chained:
             self.synced = False
             self.resyncs += 1
-            self.buffered = [diff]
+            self.buffered, self.buffered_levels = [diff], len(diff.bids) + len(diff.asks)
             return
         for side, levels in ((self.bids, diff.bids), (self.asks, diff.asks)):
             for price, quantity in levels:
@@ -67,6 +77,15 @@ class OrderBook:
                 else:
                     side[price] = quantity
         self.last_update_id = diff.last_update_id
+        self._trim()
+
+    def _trim(self) -> None:
+        """Keep at most MAX_LEVELS_PER_SIDE levels a side, the nearest to the touch: far levels never reach the
+        analysis, and a diff can add any number of them."""
+        if len(self.bids) > MAX_LEVELS_PER_SIDE + TRIM_SLACK:
+            self.bids = {p: self.bids[p] for p in heapq.nlargest(MAX_LEVELS_PER_SIDE, self.bids)}
+        if len(self.asks) > MAX_LEVELS_PER_SIDE + TRIM_SLACK:
+            self.asks = {p: self.asks[p] for p in heapq.nsmallest(MAX_LEVELS_PER_SIDE, self.asks)}
 
     def analysis(self) -> dict[str, Any] | None:
         """Spread, depth (USDT, both sides) within 0.1/0.5/1 % of mid, and imbalance within 1 %; None unsynced."""

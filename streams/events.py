@@ -9,24 +9,45 @@ Anything else raises BadEvent with a short reason code (the metric label) and a 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from models.bars import to_epoch_ms
+from models.bars import MINUTE_MS, to_epoch_ms
+from streams.config import parse_symbol
 
 EARLIEST_MS = 1_230_768_000_000  # 2009-01-01: anything earlier is a unit error, not market data
+NANOSECONDS_FROM = 10**17  # an epoch number this large is in nanoseconds: the contract takes ms or µs only
+MAX_EVENT_SKEW_MS = 60_000  # |trade time − event time| and a kline's event time beyond its close (seen: 2 s)
+MAX_FUNDING_AHEAD_MS = 86_400_000  # a mark price's next funding time is at most hours after its event time
+MAX_MESSAGE_BYTES = 1_048_576  # the largest valid event (a 5,000-level snapshot) is about a fifth of this
+MAX_LEVELS = 5_000  # price levels per side in one depth message: Binance's REST snapshot limit
+MAX_PRICE = 1e9  # the database keeps prices as DECIMAL(15,6): below a billion
+MAX_QUANTITY = 1e15
+MAX_NUMBER_CHARS = 64  # a decimal string longer than this is not a price or a quantity
+MAX_DETAIL_CHARS = 256  # the detail of a reason, as it goes to the DLQ
+_INTEGER = re.compile(r"[0-9]{1,19}")
 
 
 class BadEvent(ValueError):
     """An input that cannot be processed; `code` is a short, bounded reason for metrics."""
 
     def __init__(self, code: str, detail: str) -> None:
+        detail = detail[:MAX_DETAIL_CHARS]
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+
+
+def shown(value: Any, limit: int = 48) -> str:
+    """`repr(value)` cut to `limit` characters: reasons quote what they refuse, never all of it."""
+    if isinstance(value, (str, bytes)) and len(value) > limit:
+        value = value[:limit]
+    text = repr(value) if not isinstance(value, (dict, list)) else f"<{type(value).__name__} of {len(value)}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +142,10 @@ _KIND_NAMES: dict[type, str] = {
 }
 
 
-def parse_event(raw: bytes | str, now_ms: int, max_future_ms: int = 3_600_000) -> MarketEvent:
+def parse_event(raw: bytes | str, now_ms: int, max_future_ms: int = 5_000) -> MarketEvent:
     """Decode and validate one message; `now_ms` is the receiver's clock, used only to reject future times."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise BadEvent("too_large", f"{len(raw)} bytes, more than {MAX_MESSAGE_BYTES}")
     try:
         message = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -141,14 +164,37 @@ def parse_event(raw: bytes | str, now_ms: int, max_future_ms: int = 3_600_000) -
         elif "e" not in message and "b" in message and "a" in message and "u" in message and "s" in message:
             parser = _parse_book_ticker  # spot bookTicker has no "e"
         else:
-            raise BadEvent("unknown_event", f"unknown event type {kind!r}" if kind else "no event type")
+            raise BadEvent("unknown_event", f"unknown event type {shown(kind)}" if kind else "no event type")
     event = parser(message)
-    time_ms = getattr(event, "event_time_ms", None)
-    if time_ms is None and isinstance(event, Kline):
-        time_ms = event.open_time
-    if time_ms is not None and time_ms > now_ms + max_future_ms:
-        raise BadEvent("future_timestamp", f"event time {time_ms} is more than {max_future_ms} ms ahead of now")
+    _check_times(event, now_ms + max_future_ms)
     return event
+
+
+def _check_times(event: MarketEvent, latest_ms: int) -> None:
+    """Every time of an event is at most `latest_ms` (the wall clock plus the allowed skew), and its times agree
+    with each other: one field from another era would move a symbol's watermark or mark its trades late."""
+    times: dict[str, int | None] = {"E": event.event_time_ms}
+    if isinstance(event, Trade):
+        times["T"] = event.trade_time_ms
+        if abs(event.trade_time_ms - event.event_time_ms) > MAX_EVENT_SKEW_MS:
+            raise BadEvent("inconsistent_times", f"trade time {event.trade_time_ms} and event time "
+                                                 f"{event.event_time_ms} are more than {MAX_EVENT_SKEW_MS} ms apart")
+    elif isinstance(event, Kline):
+        times.update({"k.t": event.open_time, "k.T": event.close_time})
+        if event.close_time != event.open_time + MINUTE_MS - 1:
+            raise BadEvent("inconsistent_times", f"a 1m kline closes 59,999 ms after it opens: t={event.open_time}, "
+                                                 f"T={event.close_time}")
+        if not event.open_time <= event.event_time_ms <= event.close_time + MAX_EVENT_SKEW_MS:
+            raise BadEvent("inconsistent_times", f"kline event time {event.event_time_ms} is outside its minute "
+                                                 f"{event.open_time}..{event.close_time} (+{MAX_EVENT_SKEW_MS} ms)")
+    elif isinstance(event, MarkPrice) and event.next_funding_time_ms is not None and \
+            event.next_funding_time_ms > event.event_time_ms + MAX_FUNDING_AHEAD_MS:
+        raise BadEvent("inconsistent_times", f"next funding time {event.next_funding_time_ms} is more than a "
+                                             "day after the event")
+    for name, time_ms in times.items():
+        if time_ms is not None and time_ms > latest_ms:
+            raise BadEvent("future_timestamp", f"{name} = {time_ms} is ahead of the receiver's clock "
+                                               f"(latest accepted {latest_ms})")
 
 
 def _field(message: dict[str, Any], key: str) -> Any:
@@ -162,9 +208,9 @@ def _symbol(message: dict[str, Any], key: str) -> str:
     value = _field(message, key)
     if not isinstance(value, str):
         raise BadEvent("bad_symbol", f"{key!r} must be a string")
-    symbol = value.replace("/", "").replace("-", "").upper()
-    if not 2 <= len(symbol) <= 20 or not symbol.isalnum():
-        raise BadEvent("bad_symbol", f"{key!r} is not a symbol: {value!r}")
+    symbol = parse_symbol(value)
+    if symbol is None:
+        raise BadEvent("bad_symbol", f"{key!r} is not a symbol ([A-Z0-9]{{2,20}}): {shown(value)}")
     return symbol
 
 
@@ -172,12 +218,14 @@ def _number(message: dict[str, Any], key: str) -> float:
     value = _field(message, key)
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise BadEvent("bad_type", f"{key!r} must be a number or a decimal string")
+    if isinstance(value, str) and (len(value) > MAX_NUMBER_CHARS or not value.isascii()):
+        raise BadEvent("bad_type", f"{key!r} is not a decimal number: {shown(value)}")
     try:
         number = float(value)
-    except ValueError:
-        raise BadEvent("bad_type", f"{key!r} is not numeric: {value!r}") from None
+    except (ValueError, OverflowError):
+        raise BadEvent("bad_type", f"{key!r} is not numeric: {shown(value)}") from None
     if not math.isfinite(number):
-        raise BadEvent("non_finite", f"{key!r} is not finite: {value!r}")
+        raise BadEvent("non_finite", f"{key!r} is not finite: {shown(value)}")
     return number
 
 
@@ -185,6 +233,8 @@ def _price(message: dict[str, Any], key: str) -> float:
     price = _number(message, key)
     if price <= 0:
         raise BadEvent("non_positive_price", f"{key!r} must be positive, got {price}")
+    if price >= MAX_PRICE:
+        raise BadEvent("out_of_range", f"{key!r} must be below {MAX_PRICE:g}, got {price:g}")
     return price
 
 
@@ -192,29 +242,33 @@ def _quantity(message: dict[str, Any], key: str) -> float:
     quantity = _number(message, key)
     if quantity < 0:
         raise BadEvent("negative_quantity", f"{key!r} must not be negative, got {quantity}")
+    if quantity > MAX_QUANTITY:
+        raise BadEvent("out_of_range", f"{key!r} must be at most {MAX_QUANTITY:g}, got {quantity:g}")
     return quantity
 
 
 def _integer(message: dict[str, Any], key: str) -> int:
     value = _field(message, key)
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and _INTEGER.fullmatch(value):  # ASCII digits only: int("²") fails
             return int(value)
-        raise BadEvent("bad_type", f"{key!r} must be an integer, got {value!r}")
-    if value < 0:
-        raise BadEvent("bad_type", f"{key!r} must not be negative, got {value}")
+        raise BadEvent("bad_type", f"{key!r} must be an integer, got {shown(value)}")
+    if not 0 <= value < 2**63:
+        raise BadEvent("bad_type", f"{key!r} must be in 0..2**63-1, got {shown(value)}")
     return value
 
 
 def _timestamp(message: dict[str, Any], key: str) -> int:
     value = _field(message, key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise BadEvent("bad_timestamp", f"{key!r} must be an epoch number, got {value!r}")
+        raise BadEvent("bad_timestamp", f"{key!r} must be an epoch number, got {shown(value)}")
     if value <= 0:
-        raise BadEvent("bad_timestamp", f"{key!r} must be positive, got {value!r}")
+        raise BadEvent("bad_timestamp", f"{key!r} must be positive, got {shown(value)}")
+    if value >= NANOSECONDS_FROM:
+        raise BadEvent("bad_timestamp", f"{key!r} = {shown(value)} is not in ms or µs (nanoseconds?)")
     time_ms = to_epoch_ms(value)
     if time_ms < EARLIEST_MS:
-        raise BadEvent("bad_timestamp", f"{key!r} = {value!r} is before 2009: wrong unit?")
+        raise BadEvent("bad_timestamp", f"{key!r} = {shown(value)} is before 2009: wrong unit?")
     return time_ms
 
 
@@ -244,7 +298,7 @@ def _parse_tick(message: dict[str, Any]) -> Trade:
     side = message.get("side")
     if side is not None:
         if not isinstance(side, str) or side.lower() not in ("buy", "sell"):
-            raise BadEvent("bad_type", f"'side' must be 'buy' or 'sell', got {side!r}")
+            raise BadEvent("bad_type", f"'side' must be 'buy' or 'sell', got {shown(side)}")
         side = side.lower()
     time_ms = _timestamp(message, "ts")
     tick_id = message.get("id")
@@ -266,7 +320,7 @@ def _parse_kline(message: dict[str, Any]) -> Kline:
         raise BadEvent("bad_type", "'k' must be an object")
     interval = _field(k, "i")
     if interval != "1m":
-        raise BadEvent("bad_interval", f"only 1m klines are accepted, got {interval!r}")
+        raise BadEvent("bad_interval", f"only 1m klines are accepted, got {shown(interval)}")
     closed = _field(k, "x")
     if not isinstance(closed, bool):
         raise BadEvent("bad_type", "'x' must be true or false")
@@ -310,6 +364,8 @@ def _levels(message: dict[str, Any], key: str) -> tuple[tuple[float, float], ...
     raw = _field(message, key)
     if not isinstance(raw, list):
         raise BadEvent("bad_type", f"{key!r} must be a list of [price, quantity]")
+    if len(raw) > MAX_LEVELS:
+        raise BadEvent("too_many_levels", f"{key!r} holds {len(raw)} levels, more than {MAX_LEVELS}")
     levels = []
     for level in raw:
         if not isinstance(level, list) or len(level) < 2:

@@ -7,6 +7,7 @@ and `streams.bar_builder` (bars).
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 
 from models.bars import Bar
 from streams import metrics
-from streams.bar_builder import ACCEPTED, BarBuilder, SymbolBars
+from streams.bar_builder import ACCEPTED, REFUSED, BarBuilder, SymbolBars
 from streams.events import (
     BadEvent,
     BookTicker,
@@ -29,22 +30,39 @@ from streams.events import (
 from streams.serialization import dumps
 
 CONTROL_HEADER = "mlrisk-control"  # marked messages of earlier versions (quiet-symbol flushes): skipped
+# A dead letter stays far below the producer's 1 MiB request limit whatever it reports: a record above it is
+# refused, and a message that cannot be parked would be read again and again.
+DLQ_MAX_ERROR_CHARS = 256
+DLQ_MAX_RAW_BYTES = 65_536  # of the original; its length and sha256 describe the whole
+DLQ_MAX_KEY_BYTES = 64
+SYMBOL_IDLE_EVICT_MS = 15 * 60_000  # a symbol quiet this long (wall clock) may make room for a new one
 
 
-def dead_letter(error: BadEvent | str, topic: str, partition: int, offset: int, raw: bytes,
-                received_at_ms: int) -> bytes:
-    """The DLQ message of the contract: the reason, where the message came from, and its original bytes."""
+def dead_letter(error: BadEvent | str, topic: str, partition: int, offset: int, raw: bytes | None,
+                received_at_ms: int, keep_raw: bool = True) -> bytes:
+    """The DLQ message of the contract: the reason, where the message came from, and its original bytes, bounded
+    (`keep_raw=False`: the description of the bytes without them, for when even the bounded record was refused)."""
+    raw = raw or b""
+    kept = raw[:DLQ_MAX_RAW_BYTES] if keep_raw else b""
     return dumps(
         {
-            "error": str(error),
+            "error": str(error)[:DLQ_MAX_ERROR_CHARS],
             "reason": error.code if isinstance(error, BadEvent) else "error",
             "topic": topic,
             "partition": partition,
             "offset": offset,
             "received_at": received_at_ms,
-            "raw": base64.b64encode(raw).decode("ascii"),
+            "raw": base64.b64encode(kept).decode("ascii"),
+            "raw_truncated": len(kept) < len(raw),
+            "raw_length": len(raw),
+            "raw_sha256": hashlib.sha256(raw).hexdigest(),
         }
     )
+
+
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The key a dead letter goes out under: the original's, bounded."""
+    return None if key is None else key[:DLQ_MAX_KEY_BYTES]
 
 
 @dataclass(slots=True)
@@ -91,14 +109,18 @@ class Ingest:
     """Per-message ingest logic over a bar-state mapping (symbol → `SymbolBars.to_dict()`)."""
 
     def __init__(self, builder: BarBuilder, bar_states: Any, max_future_ms: int,
-                 book_factory: Callable[[str], Any] | None = None) -> None:
+                 book_factory: Callable[[str], Any] | None = None, symbols: tuple[str, ...] = (),
+                 max_symbols: int = 300) -> None:
         self.builder = builder
         self.bar_states = bar_states
         self.max_future_ms = max_future_ms
         self.views: dict[str, MarketView] = {}
         self.book_factory = book_factory
+        self.allowed = frozenset(symbols)  # empty: any symbol, up to `max_symbols` at a time
+        self.max_symbols = max_symbols
         # states touched in the current batch: read from the table once, written back once (see `take_dirty`)
         self.working: dict[str, SymbolBars] = {}
+        self.evicted: list[str] = []  # symbols forgotten to make room, for the loop to forget too (`take_evicted`)
 
     def state_for(self, symbol: str) -> SymbolBars:
         state = self.working.get(symbol)
@@ -120,24 +142,68 @@ class Ingest:
         dirty, self.working = self.working, {}
         return dirty
 
+    def take_evicted(self) -> list[str]:
+        """The symbols evicted since the last call."""
+        evicted, self.evicted = self.evicted, []
+        return evicted
+
+    def admit(self, symbol: str, now_ms: int) -> None:
+        """Raise BadEvent unless `symbol` may have state here: on the allow-list when there is one, else already
+        known, or one of at most `max_symbols`, making room by evicting the longest-quiet symbol without open bars
+        when it has been quiet for `SYMBOL_IDLE_EVICT_MS`. Every symbol costs state, metrics and changelog."""
+        if self.allowed:
+            if symbol not in self.allowed:
+                raise BadEvent("symbol_not_allowed", f"{symbol} is not in MLRISK_SYMBOLS")
+            return  # the allow-list is the bound
+        if symbol in self.views or symbol in self.working or symbol in self.bar_states:
+            return
+        known = self.views.keys() | self.bar_states.keys()
+        if len(known) < self.max_symbols:
+            return
+        idle = [(view.last_event_wall_ms, name) for name, view in self.views.items()
+                if now_ms - view.last_event_wall_ms >= SYMBOL_IDLE_EVICT_MS and name not in self.working
+                and not self.has_open_bars(name)]
+        idle += [(0, name) for name in self.bar_states.keys() - self.views.keys()
+                 if name not in self.working and not self.has_open_bars(name)]  # restored, not seen since
+        if not idle:
+            raise BadEvent("too_many_symbols", f"{symbol} would be symbol {len(known) + 1} of at most "
+                                               f"{self.max_symbols} (MLRISK_MAX_SYMBOLS), none quiet enough to evict")
+        self.evict(min(idle)[1])
+
+    def evict(self, symbol: str) -> None:
+        """Forget a symbol's market view, bar state and metric series."""
+        self.views.pop(symbol, None)
+        self.bar_states.pop(symbol, None)
+        self.working.pop(symbol, None)
+        metrics.forget_symbol(symbol)
+        self.evicted.append(symbol)
+
     def handle(self, raw: bytes, key: bytes | None, topic: str, partition: int, offset: int,
                now_ms: int) -> IngestResult:
         try:
             event = parse_event(raw, now_ms, self.max_future_ms)
+            symbol = event.symbol
+            if self.allowed and symbol not in self.allowed:
+                raise BadEvent("symbol_not_allowed", f"{symbol} is not in MLRISK_SYMBOLS")
+            if key != symbol.encode():
+                # keyed wrongly (or not at all): send it on under its symbol so one symbol stays on one partition
+                return IngestResult(rekey_symbol=symbol)
+            self.admit(symbol, now_ms)  # on the worker that owns the symbol's partition
         except BadEvent as error:
             metrics.EVENTS_REJECTED.labels(error.code).inc()
             return IngestResult(dead_letter=dead_letter(error, topic, partition, offset, raw, now_ms))
-        symbol = event.symbol
-        if key != symbol.encode():
-            # keyed wrongly (or not at all): send it on under its symbol so one symbol stays on one partition
-            return IngestResult(rekey_symbol=symbol)
         metrics.EVENTS_IN.labels(event_kind(event), symbol).inc()
         view = self.views.get(symbol)
         if view is None:
             view = self.views[symbol] = MarketView()
         view.last_event_wall_ms = now_ms
         if isinstance(event, Trade):
-            return self._bars(symbol, *self._apply(symbol, lambda s: self.builder.on_trade(s, event)))
+            outcome, bars = self._apply(symbol, lambda s: self.builder.on_trade(s, event))
+            if outcome in REFUSED:
+                metrics.EVENTS_REJECTED.labels(outcome).inc()
+                refusal = BadEvent(outcome, f"trade id {event.trade_id} does not fit the ids seen for {symbol}")
+                return IngestResult(dead_letter=dead_letter(refusal, topic, partition, offset, raw, now_ms))
+            return self._bars(symbol, outcome, bars)
         if isinstance(event, Kline):
             return self._bars(symbol, *self._apply(symbol, lambda s: self.builder.on_kline(s, event)))
         if isinstance(event, BookTicker):
@@ -153,7 +219,7 @@ class Ingest:
 
     def _apply(self, symbol: str, step: Callable[[SymbolBars], tuple[str, list[Bar]]]) -> tuple[str, list[Bar]]:
         outcome, bars = step(self.state_for(symbol))
-        if outcome != ACCEPTED:
+        if outcome != ACCEPTED and outcome not in REFUSED:
             metrics.EVENTS_DROPPED.labels(outcome, symbol).inc()
         return outcome, bars
 

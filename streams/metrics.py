@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -68,3 +70,35 @@ ERRORS = Counter("mlrisk_errors_total", "Unexpected errors, by stage", ["stage"]
 def render() -> bytes:
     """The Prometheus text exposition of every metric."""
     return generate_latest(REGISTRY)
+
+
+# hostile input: what was refused, parked or quarantined, and what the API costs the event loop
+DLQ_SEND_FAILURES = Counter(
+    "mlrisk_dlq_send_failures_total",
+    "Dead letters or re-keyed messages the broker refused, sent again as a record without the original bytes",
+    ["topic"], registry=REGISTRY,
+)
+INTERNAL_REJECTED = Counter(
+    "mlrisk_internal_rejected_total", "Messages on internal topics that failed validation (sent to their DLQ)",
+    ["topic", "reason"], registry=REGISTRY,
+)
+SINK_QUARANTINED = Counter(
+    "mlrisk_sink_quarantined_rows_total", "Rows the database refused as data errors, kept in sink_quarantine",
+    ["table"], registry=REGISTRY,
+)
+API_REJECTED = Counter("mlrisk_api_rejected_total", "HTTP requests answered with an error, by status",
+                       ["status"], registry=REGISTRY)
+
+_SYMBOL_LABELLED = ((EVENTS_IN, ("trade", "aggTrade", "tick", "kline", "bookTicker", "depthUpdate", "depthSnapshot",
+                                 "markPriceUpdate")),
+                    (EVENTS_DROPPED, ("duplicate", "late", "ignored")))
+
+
+def forget_symbol(symbol: str) -> None:
+    """Drop an evicted symbol's ingest series, so that label sets stay as bounded as the symbols kept."""
+    for counter, first_labels in _SYMBOL_LABELLED:
+        for label in first_labels:
+            with contextlib.suppress(KeyError):
+                counter.remove(label, symbol)
+    with contextlib.suppress(KeyError):
+        BARS_CLOSED.remove(symbol)

@@ -148,7 +148,7 @@ def test_bad_input_is_rejected_with_its_reason(raw: bytes, reason: str) -> None:
 
 
 def test_future_check_uses_the_given_clock() -> None:
-    raw = _trade(E=1_700_000_000_000 + 10 * 60_000)
+    raw = _trade(E=1_700_000_000_000 + 10 * 60_000, T=1_700_000_000_000 + 10 * 60_000)
     assert isinstance(parse_event(raw, now_ms=1_700_000_000_000, max_future_ms=3_600_000), Trade)
     with pytest.raises(BadEvent, match="future_timestamp"):
         parse_event(raw, now_ms=1_700_000_000_000, max_future_ms=60_000)
