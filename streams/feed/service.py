@@ -1,0 +1,365 @@
+"""The feed: websocket connections → duplicate check, trade back-fill, order-book sync → `market-data`.
+
+Every message is published unchanged, keyed by its symbol, once: a message whose id (trade `t`, aggregate
+trade `a`, book update `u`, else event time `E`) is not above the last one published on its stream is an
+overlap and is dropped. A trade id above the last one plus one is a gap: the missing trades are fetched from
+REST and published first, in order. After a reconnection the trades since the last published one are fetched
+before anything else is handled. A trade gap that cannot be filled is published on `market-data-gaps` and counted.
+Depth diffs go through Binance's local-order-book procedure; when it needs a snapshot, one is fetched and, once
+a diff bridges it, published right after that diff as `{"e": "depthSnapshot", "s": SYMBOL, ...the REST body}`,
+which the worker's book takes as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiokafka.admin import NewTopic
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from streams import metrics as process_metrics
+from streams.config import Settings
+from streams.feed import metrics
+from streams.feed.backfill import missed
+from streams.feed.book_sync import DepthSync, Diff, Outcome
+from streams.feed.connection import MAX_URL_CHARS, Overflow, StreamConnection, stream_url
+from streams.feed.publisher import Publisher
+from streams.feed.rest import BinanceRest, RestError
+from streams.feed.venues import STREAM_KINDS, Venue
+from streams.kafka_security import client_options
+
+log = logging.getLogger(__name__)
+
+MAX_BACKFILL_TRADES = 100_000  # per gap: at 1,000 a page, a few minutes of the REST weight budget
+SNAPSHOT_RETRY_S = 1.0
+ID_KEYS = {"trade": "t", "aggTrade": "a", "depth": "u", "bookTicker": "u"}
+TRADE_KINDS = ("trade", "aggTrade")
+
+
+def stream_kind(stream: str) -> str:
+    """`btcusdt@depth@100ms` → `depth`; `btcusdt@kline_1m` → `kline_1m`."""
+    return stream.split("@", 2)[1] if "@" in stream else ""
+
+
+@dataclass(slots=True)
+class SymbolState:
+    symbol: str
+    book: DepthSync | None
+    last_ids: dict[str, int] = field(default_factory=dict)  # stream kind → last published id (or event time)
+    snapshot_task: asyncio.Task[None] | None = None
+    pending_snapshot: bytes | None = None  # fetched, published once the diff that bridges it has been
+
+
+class FeedRouter:
+    """Everything between the connections and Kafka; one instance for all connections."""
+
+    def __init__(self, venue: Venue, symbols: Iterable[str], kinds: Iterable[str], rest: BinanceRest,
+                 publisher: Publisher, gaps_topic: str, overflow_s: float) -> None:
+        self.venue = venue
+        self.kinds = tuple(kinds)
+        self.rest = rest
+        self.publisher = publisher
+        self.gaps_topic = gaps_topic
+        self.overflow_s = overflow_s
+        self.states = {
+            s: SymbolState(s, DepthSync(futures=venue.futures) if "depth" in self.kinds else None) for s in symbols
+        }
+        self.snapshots_published = 0
+
+    def _parse(self, raw: bytes) -> tuple[SymbolState, str, dict[str, Any], int | None] | None:
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(message, dict) or not isinstance(message.get("stream"), str):
+            return None
+        data = message.get("data")
+        stream: str = message["stream"]
+        state = self.states.get(stream.split("@", 1)[0].upper())
+        if state is None or not isinstance(data, dict):
+            return None
+        kind = stream_kind(stream)
+        key = data.get(ID_KEYS.get(kind, "E"))
+        return state, kind, data, key if isinstance(key, int) and not isinstance(key, bool) else None
+
+    def published(self, raw: bytes) -> tuple[str, bool] | None:
+        parsed = self._parse(raw)
+        if parsed is None:
+            return None
+        state, kind, _, key = parsed
+        last = state.last_ids.get(kind)
+        return f"{state.symbol}@{kind}", key is not None and last is not None and key <= last
+
+    async def handle(self, raw: bytes) -> None:
+        parsed = self._parse(raw)
+        if parsed is None:
+            metrics.MESSAGES.labels(stream="other").inc()
+            log.debug("ignored a message without a known stream: %.200r", raw)
+            return
+        state, kind, data, key = parsed
+        metrics.MESSAGES.labels(stream=kind).inc()
+        last = state.last_ids.get(kind)
+        if key is not None and last is not None and key <= last:
+            metrics.DUPLICATES.labels(stream=kind).inc()
+            return
+        if kind in TRADE_KINDS and key is not None and last is not None and key > last + 1:
+            metrics.GAPS.labels(kind=kind, symbol=state.symbol).inc()
+            await self._backfill(state, kind, until_id=key)
+        await self._publish(state.symbol, raw)
+        if key is not None:
+            state.last_ids[kind] = key
+        event_time = data.get("E")
+        if isinstance(event_time, int):
+            metrics.EXCHANGE_LAG.observe(max(0.0, time.time() - event_time / 1000.0))
+        if kind == "depth" and state.book is not None:
+            self._on_diff(state, data)
+            if state.pending_snapshot is not None and state.book.synced:
+                snapshot, state.pending_snapshot = state.pending_snapshot, None
+                await self._publish_snapshot(state, snapshot)
+
+    async def reconnected(self, streams: list[str]) -> None:
+        """Before a new connection's messages: publish the trades published nowhere since the last one."""
+        for stream in streams:
+            kind = stream_kind(stream)
+            state = self.states.get(stream.split("@", 1)[0].upper())
+            if kind in TRADE_KINDS and state is not None and kind in state.last_ids:
+                await self._backfill(state, kind, until_id=None)
+
+    async def _backfill(self, state: SymbolState, kind: str, until_id: int | None) -> None:
+        from_id = state.last_ids[kind] + 1
+        stream = self.venue.stream_name(state.symbol, kind)
+        expected = from_id
+        try:
+            async for page in missed(self.rest, state.symbol, kind, stream, from_id, until_id, MAX_BACKFILL_TRADES):
+                if page[0][0] > expected:
+                    await self._gap_event(state.symbol, kind, expected, page[0][0] - 1, "no longer served by REST")
+                for trade_id, message in page:
+                    await self._publish(state.symbol, message)
+                    state.last_ids[kind] = trade_id
+                metrics.BACKFILLED.labels(kind=kind, symbol=state.symbol).inc(len(page))
+                expected = page[-1][0] + 1
+        except RestError as error:
+            log.error("back-fill of %s %s from %d failed: %s", state.symbol, kind, expected, error)
+        if until_id is not None and expected < until_id:
+            await self._gap_event(state.symbol, kind, expected, until_id - 1, "back-fill incomplete")
+
+    async def _gap_event(self, symbol: str, kind: str, first_id: int, last_id: int, reason: str) -> None:
+        metrics.UNFILLED_GAPS.labels(kind=kind, symbol=symbol).inc()
+        log.error("%s %s ids %d..%d are lost: %s", symbol, kind, first_id, last_id, reason)
+        event = {"e": "feedGap", "s": symbol, "kind": kind, "first_id": first_id, "last_id": last_id,
+                 "reason": reason, "E": int(time.time() * 1000)}
+        await self._publish(symbol, orjson.dumps(event), self.gaps_topic)
+
+    async def _publish(self, symbol: str, value: bytes, topic: str | None = None) -> None:
+        if self.publisher.full():
+            # reading stops here (backpressure); past overflow_s the connection is replaced and resynced
+            deadline = time.monotonic() + self.overflow_s
+            while self.publisher.full():
+                if time.monotonic() > deadline:
+                    metrics.BUFFER_OVERFLOWS.inc()
+                    raise Overflow(f"the publish buffer stayed full for {self.overflow_s:.0f} s")
+                await asyncio.sleep(0.05)
+        await self.publisher.publish(symbol, value, topic)
+
+    def _on_diff(self, state: SymbolState, data: dict[str, Any]) -> None:
+        assert state.book is not None
+        try:
+            diff = Diff.from_message(data)
+        except ValueError as error:
+            log.warning("%s: %s", state.symbol, error)
+            return
+        outcome = state.book.on_diff(diff)
+        if outcome is Outcome.GAP:
+            state.pending_snapshot = None  # it cannot be bridged: a consumer must not take it
+            metrics.GAPS.labels(kind="depth", symbol=state.symbol).inc()
+            log.warning("%s: depth diff out of sequence (U=%d u=%d pu=%s); resyncing", state.symbol,
+                        diff.first_id, diff.last_id, diff.previous_id)
+        if not state.book.synced and state.book.snapshot_id is None:
+            self._request_snapshot(state)
+
+    def _request_snapshot(self, state: SymbolState) -> None:
+        if state.snapshot_task is None or state.snapshot_task.done():
+            state.snapshot_task = asyncio.create_task(self._snapshot(state))
+
+    async def _snapshot(self, state: SymbolState) -> None:
+        assert state.book is not None
+        while True:
+            try:
+                body = await self.rest.depth_snapshot(state.symbol)
+            except RestError as error:
+                log.error("%s: depth snapshot failed: %s", state.symbol, error)
+                await asyncio.sleep(SNAPSHOT_RETRY_S)
+                continue
+            message = orjson.dumps({"e": "depthSnapshot", "s": state.symbol, **body})
+            state.book.on_snapshot(body["lastUpdateId"], body["bids"], body["asks"])
+            if state.book.synced:
+                await self._publish_snapshot(state, message)  # right after the buffered diff that bridged it
+                return
+            if state.book.snapshot_id is not None:
+                state.pending_snapshot = message  # published after the diff that will bridge it
+                return
+            log.warning("%s: snapshot %d older than the buffered diffs; fetching another", state.symbol,
+                        body["lastUpdateId"])
+            await asyncio.sleep(SNAPSHOT_RETRY_S)
+
+    async def _publish_snapshot(self, state: SymbolState, message: bytes) -> None:
+        """A snapshot goes out only once a diff bridges it, after that diff: a consumer that buffers the diffs it
+        cannot apply (as the worker's book does) then finds the bridging one among them."""
+        metrics.RESYNCS.labels(symbol=state.symbol).inc()
+        self.snapshots_published += 1
+        await self._publish(state.symbol, message)
+
+    async def close(self) -> None:
+        for state in self.states.values():
+            if state.snapshot_task is not None:
+                state.snapshot_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await state.snapshot_task
+
+
+def connection_groups(venue: Venue, base_url: str, symbols: list[str], kinds: tuple[str, ...],
+                      max_streams: int) -> list[list[str]]:
+    """Stream names split over connections: a symbol's streams stay together; within the stream and URL limits."""
+    limit = min(max_streams, venue.max_streams_per_connection)
+    groups: list[list[str]] = []
+    current: list[str] = []
+    for symbol in symbols:
+        names = [venue.stream_name(symbol, kind) for kind in kinds]
+        candidate = current + names
+        if current and (len(candidate) > limit or len(stream_url(base_url, candidate)) > MAX_URL_CHARS):
+            groups.append(current)
+            candidate = names
+        current = candidate
+    if current:
+        groups.append(current)
+    return groups
+
+
+def check_request(venue: Venue, symbols: list[str], kinds: tuple[str, ...]) -> None:
+    """Raise ValueError naming what is wrong with the symbols or streams asked for."""
+    if not symbols:
+        raise ValueError("--symbols: at least one symbol")
+    for symbol in symbols:
+        if not symbol.isalnum() or not 3 <= len(symbol) <= 20:
+            raise ValueError(f"--symbols: {symbol!r} is not a symbol like BTCUSDT")
+    if len(kinds) > venue.max_streams_per_connection:
+        raise ValueError(f"--streams: at most {venue.max_streams_per_connection}")
+    for kind in kinds:
+        if kind not in STREAM_KINDS:
+            raise ValueError(f"--streams: {kind!r} is not one of {', '.join(STREAM_KINDS)}")
+        if kind == "markPrice" and not venue.futures:
+            raise ValueError("--streams: markPrice exists on binance-usdm only")
+
+
+class FeedService:
+    """The whole `mlrisk feed` process: connections, router, publisher, REST, /health and /metrics."""
+
+    def __init__(self, settings: Settings, venue: Venue, symbols: list[str], kinds: tuple[str, ...]) -> None:
+        check_request(venue, symbols, kinds)
+        self.settings = settings
+        self.venue = venue
+        self.symbols = symbols
+        self.kinds = kinds
+        self.ws_url = settings.binance_ws_url or venue.ws_url
+        self.rest = BinanceRest(venue, settings.binance_rest_url or venue.rest_url, settings.binance_api_key)
+        self.kafka_options = client_options(settings)
+        self.publisher = Publisher(self.kafka_options, settings.market_data_topic, settings.feed_buffer_messages)
+        self.router = FeedRouter(venue, symbols, kinds, self.rest, self.publisher,
+                                 settings.topic("market-data-gaps"), overflow_s=settings.feed_silence_s)
+        self.connections = [
+            StreamConnection(f"{venue.name}#{i}", self.ws_url, streams, self.router, settings.feed_silence_s,
+                             settings.feed_rotate_after_s)
+            for i, streams in enumerate(connection_groups(venue, self.ws_url, symbols, kinds,
+                                                          settings.feed_max_streams))
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._web: web.AppRunner | None = None
+
+    async def start(self, web_host: str | None = None) -> None:
+        from streams.app import create_missing_topics
+
+        await create_missing_topics(self.kafka_options, [
+            NewTopic(name, self.settings.partitions, self.settings.kafka_replication_factor)
+            for name in (self.settings.market_data_topic, self.settings.topic("market-data-gaps"))
+        ], create=self.settings.create_topics)
+        await self.publisher.start()
+        self._tasks = [asyncio.create_task(c.run(), name=c.name) for c in self.connections]
+        if web_host is not None:
+            self._web = web.AppRunner(self._web_app())
+            await self._web.setup()
+            await web.TCPSite(self._web, web_host, self.settings.feed_port).start()
+
+    async def stop(self) -> None:
+        for connection in self.connections:
+            await connection.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.router.close()
+        await self.publisher.stop()
+        await self.rest.close()
+        if self._web is not None:
+            await self._web.cleanup()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, details): every connection open and recently active, books synced, Kafka acknowledging."""
+        now = time.monotonic()
+        connections = {
+            c.name: {"connected": c.connected, "silent_s": round(now - c.last_message_at, 3) if c.connected else None}
+            for c in self.connections
+        }
+        books = {s: st.book.synced for s, st in self.router.states.items() if st.book is not None}
+        healthy = (
+            all(c.connected and now - c.last_message_at < self.settings.feed_silence_s for c in self.connections)
+            and self.publisher.failures == 0
+        )
+        return healthy, {
+            "status": "ok" if healthy else "degraded",
+            "venue": self.venue.name,
+            "connections": connections,
+            "books_synced": books,
+            "buffer_fill": round(self.publisher.fill, 4),
+            "publish_failures": self.publisher.failures,
+        }
+
+    def _web_app(self) -> web.Application:
+        async def health(_: web.Request) -> web.Response:
+            healthy, body = self.health()
+            return web.Response(body=orjson.dumps(body), status=200 if healthy else 503,
+                                content_type="application/json")
+
+        async def metrics_view(_: web.Request) -> web.Response:
+            return web.Response(body=process_metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        app = web.Application()
+        app.router.add_get("/health", health)
+        app.router.add_get("/metrics", metrics_view)
+        return app
+
+
+async def run_feed(settings: Settings, venue: Venue, symbols: list[str], kinds: tuple[str, ...],
+                   web_host: str) -> None:
+    """Run until cancelled (SIGINT/SIGTERM), then publish what is buffered and stop."""
+    import signal
+
+    service = FeedService(settings, venue, symbols, kinds)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start(web_host)
+    log.info("feed: %d symbol(s), %d connection(s) to %s", len(symbols), len(service.connections), service.ws_url)
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()

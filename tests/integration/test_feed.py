@@ -1,0 +1,234 @@
+"""`mlrisk feed` against a local server that plays real Binance captures with faults, publishing to the real broker.
+
+For each venue: connections dropped mid-stream (one drop long enough to need back-fill), a server-initiated close,
+a silent connection, a withheld depth diff, 429 answers, rotation with overlap. Every trade of the capture must
+reach `market-data` exactly once and in id order, and the book that the published snapshots and diffs give after
+every resync must equal the one rebuilt offline from the capture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.book import OrderBook
+from streams.config import Settings
+from streams.events import DepthSnapshot, DepthUpdate, parse_event
+from streams.feed.service import FeedService
+from streams.feed.venues import VENUES
+from streams.metrics import REGISTRY
+from tests.integration.conftest import consume_all
+from tests.integration.fake_binance import Capture, FakeBinance, ServerBook
+
+pytestmark = pytest.mark.integration
+
+SPEED = 10.0
+NOW_MS = 4_000_000_000_000  # the captures are from 2024; future-time checks are not under test here
+
+
+def metric(name: str, **labels: str) -> float:
+    """The sum over the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def feed_settings(topic_prefix: str, address: str, **overrides: str) -> Settings:
+    env = {
+        "MLRISK_KAFKA_BROKERS": "localhost:9092",
+        "MLRISK_TOPIC_PREFIX": topic_prefix,
+        "MLRISK_PARTITIONS": "2",
+        "MLRISK_BINANCE_WS_URL": f"ws://{address}",
+        "MLRISK_BINANCE_REST_URL": f"http://{address}",
+        "MLRISK_FEED_SILENCE_S": "1.0",
+        **overrides,
+    }
+    return Settings.from_env(env)
+
+
+def offline_book(capture: Capture, symbol: str, futures: bool, last_update_id: int) -> dict[str, dict[float, float]]:
+    """The book from the capture's snapshot and every captured diff up to `last_update_id`."""
+    book = ServerBook(futures, capture.snapshots[symbol])
+    for line in capture.lines:
+        if line.symbol == symbol and line.kind == "depth" and line.data["u"] <= last_update_id:
+            book.apply(line.data)
+    assert book.last_update_id == last_update_id, "the published book ends on an id the capture does not have"
+    return {"bids": {float(p): float(q) for p, q in book.bids.items()},
+            "asks": {float(p): float(q) for p, q in book.asks.items()}}
+
+
+def check_books(capture: Capture, futures: bool, events: list[Any], symbol: str) -> tuple[int, int]:
+    """Follow the published depth as the worker does; compare with offline right after each snapshot, at the end
+    of each snapshot's run when still in sync, and at the end. Returns (comparisons, snapshots)."""
+    book = OrderBook(symbol)
+    compared = snapshots = 0
+
+    def compare() -> None:
+        nonlocal compared
+        assert book.last_update_id is not None
+        expected = offline_book(capture, symbol, futures, book.last_update_id)
+        assert book.bids == expected["bids"] and book.asks == expected["asks"]
+        compared += 1
+
+    for event in events:
+        if isinstance(event, DepthSnapshot) and book.synced:
+            compare()  # the end of the previous snapshot's run
+        book.apply(event)
+        if isinstance(event, DepthSnapshot):
+            snapshots += 1
+            assert book.synced, "a published snapshot does not bridge the published diffs"
+            compare()  # right after the resync
+    assert book.synced, "the published depth ends out of sync"
+    compare()
+    return compared, snapshots
+
+
+async def run_scenario(
+    capture: Capture, venue_name: str, topic_prefix: str, kinds: tuple[str, ...],
+    faults: Callable[[FakeBinance], Awaitable[None]], **settings_overrides: str,
+) -> tuple[FeedService, list[Any], dict[str, float]]:
+    venue = VENUES[venue_name]
+    server = FakeBinance(capture, venue.futures, SPEED)
+    address = await server.start()
+    settings = feed_settings(topic_prefix, address, **settings_overrides)
+    symbols = sorted(capture.snapshots)
+    names = ("mlrisk_feed_reconnects_total", "mlrisk_feed_backfilled_trades_total", "mlrisk_feed_resyncs_total",
+             "mlrisk_feed_duplicates_total", "mlrisk_feed_rest_limited_total", "mlrisk_feed_published_total",
+             "mlrisk_feed_unfilled_gaps_total")
+    causes = ("closed", "error", "silent", "rotate")
+    before = {n: metric(n) for n in names} | {c: metric("mlrisk_feed_reconnects_total", cause=c) for c in causes}
+    service = FeedService(settings, venue, symbols, kinds)
+    await service.start()
+    try:
+        while not all(c.connected for c in service.connections):
+            await asyncio.sleep(0.01)
+        server.play()
+        await faults(server)
+        await server.finished.wait()
+        last_trade = {s: max(line.data["t"] for line in capture.lines if line.symbol == s and line.kind == "trade")
+                      for s in symbols}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(
+            service.router.states[s].last_ids.get("trade") != last_trade[s] for s in symbols
+        ):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # a resync under way finishes
+    finally:
+        await service.stop()
+        await server.stop()
+    after = {n: metric(n) for n in names} | {c: metric("mlrisk_feed_reconnects_total", cause=c) for c in causes}
+    delta = {k: after[k] - before[k] for k in after}
+    published = int(delta["mlrisk_feed_published_total"] - delta["mlrisk_feed_unfilled_gaps_total"])
+    records = await consume_all(settings.market_data_topic, published, timeout_s=60)
+    return service, records, delta
+
+
+def check_trades(capture: Capture, records: list[Any]) -> int:
+    """Every captured trade exactly once, in id order per symbol, with the captured price, quantity, time, side."""
+    captured: dict[str, dict[int, dict[str, Any]]] = {}
+    for line in capture.lines:
+        if line.kind == "trade":
+            captured.setdefault(line.symbol, {})[line.data["t"]] = line.data
+    published: dict[str, list[dict[str, Any]]] = {}
+    backfilled = 0
+    for record in records:
+        message = orjson.loads(record.value)
+        data = message.get("data", message)
+        if data.get("e") == "trade":
+            assert record.key.decode() == data["s"]
+            published.setdefault(data["s"], []).append(data)
+            backfilled += bool(message.get("backfill"))
+    assert set(published) == set(captured)
+    for symbol, trades in published.items():
+        ids = [t["t"] for t in trades]
+        assert ids == sorted(captured[symbol]), f"{symbol}: trades missing, repeated or out of order"
+        for trade in trades:
+            original = captured[symbol][trade["t"]]
+            assert (trade["p"], trade["q"], trade["T"], trade["m"]) == (
+                original["p"], original["q"], original["T"], original["m"])
+    return backfilled
+
+
+def depth_events(records: list[Any], symbol: str) -> list[Any]:
+    events = []
+    for record in records:
+        if record.key.decode() != symbol:
+            continue
+        event = parse_event(record.value, NOW_MS)
+        if isinstance(event, DepthSnapshot | DepthUpdate):
+            events.append(event)
+    return events
+
+
+def test_usdm_feed_survives_drops_close_silence_and_a_depth_gap(data_dir: Path, kafka: str, topic_prefix: str) -> None:
+    folder = data_dir / "binance-futures-ws"
+    files = [folder / f"{s}_{d}.gz" for s in ("btcusdt", "ethusdt") for d in ("20240718", "20240719")]
+    capture = Capture.load(files, futures=True, duration_s=150)
+
+    async def faults(server: FakeBinance) -> None:
+        await server.wait_played(0.12)
+        await server.drop(refuse_s=0.2)  # a short cut
+        await server.wait_played(0.25)
+        server.skip_depth("BTCUSDT")  # a missing depth update
+        await server.wait_played(0.35)
+        await server.drop(refuse_s=1.5)  # 15 s of exchange time lost: back-fill
+        await server.wait_played(0.5)
+        await server.wait_clients()
+        await server.close_all()  # as at the 24-hour limit
+        await server.wait_played(0.62)
+        await server.wait_clients()
+        server.silence()  # open but mute: the feed must notice
+        await server.wait_played(0.8)
+        await server.wait_clients()
+        server.limit_next = 2  # the back-fill after this cut meets 429s with Retry-After
+        await server.drop(refuse_s=0.5)
+
+    service, records, delta = asyncio.run(
+        run_scenario(capture, "binance-usdm", topic_prefix, ("trade", "bookTicker", "depth"), faults)
+    )
+    backfilled = check_trades(capture, records)
+    assert backfilled == delta["mlrisk_feed_backfilled_trades_total"] > 100
+    assert delta["mlrisk_feed_unfilled_gaps_total"] == 0
+    assert delta["closed"] >= 1 and delta["error"] + delta["closed"] >= 4 and delta["silent"] >= 1
+    assert delta["mlrisk_feed_rest_limited_total"] >= 2
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        compared, snapshots = check_books(capture, True, depth_events(records, symbol), symbol)
+        assert snapshots >= 1 + 4 and compared >= snapshots + 1  # the first book, then a resync after each cut
+        book = service.router.states[symbol].book
+        assert book is not None and book.synced and book.last_update_id is not None
+        expected = offline_book(capture, symbol, True, book.last_update_id)
+        assert (book.bids, book.asks) == (expected["bids"], expected["asks"])
+    assert delta["mlrisk_feed_resyncs_total"] >= 2 + 4  # the first books, the gap, and the cuts
+
+
+def test_spot_feed_rotates_with_overlap_over_split_connections(data_dir: Path, kafka: str, topic_prefix: str) -> None:
+    folder = data_dir / "binance-spot-ws"
+    files = [folder / f"{s}_{d}.gz" for s in ("btcusdt", "ethusdt") for d in ("20240808", "20240809")]
+    capture = Capture.load(files, futures=False, start_s=200, duration_s=150)
+
+    async def faults(server: FakeBinance) -> None:
+        await server.wait_played(0.3)
+        server.skip_depth("ETHUSDT")
+        await server.wait_played(0.6)
+        await server.drop(refuse_s=1.0)
+
+    service, records, delta = asyncio.run(
+        run_scenario(capture, "binance-spot", topic_prefix, ("trade", "bookTicker", "depth"), faults,
+                     MLRISK_FEED_ROTATE_AFTER_S="3", MLRISK_FEED_MAX_STREAMS="3")
+    )
+    assert len(service.connections) == 2  # three streams a connection: one symbol each
+    backfilled = check_trades(capture, records)
+    assert backfilled == delta["mlrisk_feed_backfilled_trades_total"] > 0
+    assert delta["rotate"] >= 4 and delta["mlrisk_feed_duplicates_total"] > 0
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        compared, snapshots = check_books(capture, False, depth_events(records, symbol), symbol)
+        assert snapshots >= 2 and compared >= snapshots + 1
