@@ -17,7 +17,7 @@ def database_url(settings: Settings, start_embedded: bool = True) -> str:
         return settings.database_url
     if start_embedded:
         return pgserver.start(settings.home)
-    return pgserver.url()
+    return pgserver.url(settings.home)
 
 
 def init_schema(url: str, retention_days: int = 365, compress_after_days: int = 7,

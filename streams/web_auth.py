@@ -28,7 +28,10 @@ def _digest(token: str) -> bytes:
 
 
 def is_open(path: str, settings: Settings) -> bool:
-    """Whether `path` is served without a token."""
+    """Whether `path` is served without a token (never one with dot segments or empty segments: an open prefix
+    must not reach another route)."""
+    if "/." in path or "//" in path:
+        return False
     if path == "/health" or path.startswith("/health/"):
         return True
     return path == "/metrics" and not settings.metrics_require_token
