@@ -18,6 +18,7 @@ from streams import faust_fixes, metrics
 from streams.bar_builder import BarBuilder
 from streams.book import OrderBook
 from streams.config import Settings, SettingsError
+from streams.health import HealthReport, Progress, healthy, stalled
 from streams.ingest import Ingest
 from streams.ingest_service import IngestService, state_topic
 from streams.kafka_security import client_options, faust_credentials
@@ -26,6 +27,7 @@ from streams.web_auth import token_middleware
 log = logging.getLogger("mlrisk")
 
 TABLE_NAMES = ("engine-state", "paper-books")
+BROKER_PROBE_S = 5.0  # how often the broker is asked for metadata, and how long it may take to answer
 
 
 async def ack_all(stream: Any, events: list[Any]) -> None:
@@ -81,6 +83,7 @@ class Runtime:
     topics: dict[str, Any]
     tables: dict[str, Any]
     ingest: Ingest
+    health: HealthReport
     services: dict[str, Any] = field(default_factory=dict)
 
 
@@ -92,6 +95,7 @@ async def ensure_topics(settings: Settings) -> None:
     plain = (
         settings.market_data_topic,
         settings.dlq_topic,
+        settings.internal_dlq_topic,
         settings.bars_topic,
         settings.signals_topic,
         settings.executions_topic,
@@ -191,6 +195,7 @@ def build_app(settings: Settings) -> Runtime:
     topics = {
         "market_data": app.topic(settings.market_data_topic, partitions=settings.partitions, **raw),
         "dlq": app.topic(settings.dlq_topic, partitions=settings.partitions, **raw),
+        "internal_dlq": app.topic(settings.internal_dlq_topic, partitions=settings.partitions, **raw),
         "bars": app.topic(settings.bars_topic, partitions=settings.partitions, **raw),
         "signals": app.topic(settings.signals_topic, partitions=settings.partitions, **raw),
         "executions": app.topic(settings.executions_topic, partitions=settings.partitions, **raw),
@@ -202,9 +207,34 @@ def build_app(settings: Settings) -> Runtime:
     }
     ingest = Ingest(BarBuilder(settings.allowed_lateness_ms), {}, settings.max_future_ms, book_factory=OrderBook,
                     symbols=settings.symbols, max_symbols=settings.max_symbols)
-    runtime = Runtime(settings, app, topics, tables, ingest)
+    runtime = Runtime(settings, app, topics, tables, ingest, HealthReport(settings.health_stall_s))
     # started once the tables are recovered; Faust takes a service instance as well as a class
-    runtime.services["ingest"] = app.service(IngestService(settings, ingest, app.crash))  # type: ignore[arg-type]
+    service = IngestService(settings, ingest, app.crash)
+    runtime.services["ingest"] = app.service(service)  # type: ignore[arg-type]
+    broker = Progress()
+
+    @app.timer(BROKER_PROBE_S)
+    async def broker_probe() -> None:
+        """A metadata request on the ingest consumer's connection: does the broker answer at all?"""
+        if service.consumer is None:
+            return
+        try:
+            await asyncio.wait_for(service.consumer.topics(), BROKER_PROBE_S)
+        except Exception as error:  # the broker away or refusing: health says so
+            broker.failed(repr(error))
+        else:
+            broker.moved()
+
+    def kafka_health(now: float) -> dict[str, Any]:
+        consumer = app.consumer
+        detail = {"assigned_partitions": len(consumer.assignment()) if consumer is not None else 0}
+        if broker.idle_s(now) > settings.health_stall_s:
+            return stalled(f"the broker has not answered for {broker.idle_s(now):.0f} s"
+                           + (f" ({broker.failure})" if broker.failure else ""), **detail)
+        return healthy(**detail)
+
+    runtime.health.register("kafka", kafka_health)
+    runtime.health.register("ingest", lambda now: service.health(now, settings.health_stall_s))
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
@@ -212,9 +242,17 @@ def build_app(settings: Settings) -> Runtime:
 
     @app.page("/health")
     async def health_view(web: Any, request: Any) -> Any:
-        checks = {name: check() for name, check in _health_checks(runtime).items()}
-        ready = all(c["ok"] for c in checks.values())
-        return web.json({"status": "ok" if ready else "degraded", "checks": checks}, status=200 if ready else 503)
+        status, body = runtime.health.body()
+        return web.json(body, status=status)
+
+    @app.page("/health/ready")
+    async def ready_view(web: Any, request: Any) -> Any:
+        status, body = runtime.health.body()
+        return web.json(body, status=status)
+
+    @app.page("/health/live")
+    async def live_view(web: Any, request: Any) -> Any:
+        return web.json({"status": "alive"})
 
     from streams.pipeline import attach_pipeline
 
@@ -226,17 +264,3 @@ def _web_options(settings: Settings) -> dict[str, Any]:
     """aiohttp's Application options: the token check on every request when tokens are configured."""
     middleware = token_middleware(settings)
     return {"middlewares": [middleware]} if middleware is not None else {}
-
-
-def _health_checks(runtime: Runtime) -> dict[str, Any]:
-    def kafka() -> dict[str, Any]:
-        consumer = runtime.app.consumer
-        assigned = len(consumer.assignment()) if consumer is not None else 0
-        return {"ok": runtime.app.producer is not None, "assigned_partitions": assigned}
-
-    checks = {"kafka": kafka}
-    for name, service in runtime.services.items():
-        health = getattr(service, "health", None)
-        if callable(health):
-            checks[name] = health
-    return checks

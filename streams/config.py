@@ -53,6 +53,7 @@ class Settings:
     max_symbols: int = 300
     session_timeout_s: float = 10.0
     stop_timeout_s: float = 10.0
+    health_stall_s: float = 10.0
     model_poll_s: float = 10.0
     publish_hold: bool = False
     log_level: str = "warn"
@@ -78,6 +79,11 @@ class Settings:
     @property
     def dlq_topic(self) -> str:
         return self.topic("market-data-dlq")
+
+    @property
+    def internal_dlq_topic(self) -> str:
+        """Where invalid messages of the internal topics (bars, signals, executions) are parked."""
+        return self.topic("internal-dlq")
 
     @property
     def bars_topic(self) -> str:
@@ -139,6 +145,7 @@ class Settings:
             max_symbols=_integer(env, "MLRISK_MAX_SYMBOLS", defaults.max_symbols, 1, 100_000),
             session_timeout_s=_number(env, "MLRISK_SESSION_TIMEOUT_S", defaults.session_timeout_s, 6.0, 300.0),
             stop_timeout_s=_number(env, "MLRISK_STOP_TIMEOUT_S", defaults.stop_timeout_s, 1.0, 600.0),
+            health_stall_s=_number(env, "MLRISK_HEALTH_STALL_S", defaults.health_stall_s, 2.0, 3600.0),
             model_poll_s=_number(env, "MLRISK_MODEL_POLL_S", defaults.model_poll_s, 0.5, 3600.0),
             publish_hold=_flag(env, "MLRISK_PUBLISH_HOLD", defaults.publish_hold),
             log_level=_choice(env, "MLRISK_LOG_LEVEL", defaults.log_level, ("crit", "error", "warn", "info", "debug")),

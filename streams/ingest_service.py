@@ -38,6 +38,7 @@ from mode import Service
 from streams import metrics
 from streams.config import Settings
 from streams.events import BadEvent
+from streams.health import Progress, healthy, stalled
 from streams.ingest import CONTROL_HEADER, Ingest, dead_letter, dead_letter_key, wall_ms
 from streams.kafka_security import client_options
 from streams.serialization import dumps, loads
@@ -80,7 +81,13 @@ class _Rebalance(ConsumerRebalanceListener):
         await self.service.release(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.service.restore(set(assigned))
+        try:
+            await self.service.restore(set(assigned))
+        except Exception as error:  # aiokafka logs and swallows it: health must say so
+            self.service.restore_failure = repr(error)[:300]
+            metrics.ERRORS.labels("restore").inc()
+            raise
+        self.service.restore_failure = None
 
 
 class IngestService(Service):
@@ -105,6 +112,9 @@ class IngestService(Service):
         self.last_idle_check = 0
         self.uncommitted: dict[TopicPartition, int] = {}  # offsets of batches applied and recorded
         self.last_commit_ms = 0
+        self.loop_progress = Progress()  # the loop came round (a poll, a batch)
+        self.publishing = Progress()  # sends acknowledged, or failing since
+        self.restore_failure: str | None = None  # aiokafka logs and swallows a listener's error: kept for health
 
     async def on_start(self) -> None:
         kafka = client_options(self.settings)
@@ -133,9 +143,20 @@ class IngestService(Service):
         if self.producer is not None:
             await self.producer.stop()
 
-    def health(self) -> dict[str, Any]:
-        running = self.loop_task is not None and not self.loop_task.done()
-        return {"ok": running, "owned_partitions": sorted(self.owned)}
+    def health(self, now: float, stall_s: float) -> dict[str, Any]:
+        """Stalled when the loop has ended or stands still, publication has failed for `stall_s`, or restoring
+        assigned partitions failed (their input would be read again and again, never applied)."""
+        detail = {"owned_partitions": sorted(self.owned), "last_batch_s_ago": round(self.loop_progress.idle_s(now), 1)}
+        if self.loop_task is None or self.loop_task.done():
+            return stalled("the ingest loop is not running", **detail)
+        if self.restore_failure is not None:
+            return stalled(f"restoring assigned partitions failed: {self.restore_failure}", **detail)
+        if self.publishing.failing_s(now) > stall_s:
+            return stalled(f"publishing has failed for {self.publishing.failing_s(now):.0f} s: "
+                           f"{self.publishing.failure}", **detail)
+        if self.loop_progress.idle_s(now) > stall_s:
+            return stalled(f"no batch for {self.loop_progress.idle_s(now):.0f} s", **detail)
+        return healthy(**detail)
 
     async def run(self) -> None:
         assert self.consumer is not None
@@ -149,6 +170,7 @@ class IngestService(Service):
                         await self.process(records)
                     else:  # polled across a rebalance: read again, under the new ownership
                         self.rewind(records)
+                self.loop_progress.moved()
         except Exception as error:
             log.critical("ingest failed; stopping the worker so that it resumes from the recorded state",
                          exc_info=error)
@@ -320,12 +342,14 @@ class IngestService(Service):
                     metrics.ERRORS.labels("publish").inc()
                     log.error("the broker refused a message for %s (%r); dropped", item.topic, result)
             if transient:
+                self.publishing.failed(repr(transient[0]))
                 metrics.ERRORS.labels("publish").inc()
                 log.warning("%d sends failed (%r); retrying in %.1fs", len(transient), transient[0], delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_delay_s)
             items = retry
             futures = [await self.send(item) for item in retry]
+        self.publishing.moved()
 
     async def restore(self, assigned: set[TopicPartition]) -> None:
         """Load the bar states of newly assigned partitions from the state topic, then own them."""

@@ -8,10 +8,10 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.bars import Bar
 from models.engine import SignalEngine, SymbolState
 from models.registry import ModelBundle
 from models.simulate import FillCosts
@@ -20,7 +20,11 @@ from streams import metrics
 from streams.app import Runtime, ack_all, batches, in_partition_of, stop_on_unexpected
 from streams.config import SettingsError
 from streams.db import database_url
+from streams.events import BadEvent
 from streams.execution import PaperAccount, PaperBook, PaperBroker
+from streams.health import Progress, healthy, stalled
+from streams.ingest import dead_letter, dead_letter_key
+from streams.messages import InvalidMessage, check_execution, check_signal, decode_bar
 from streams.model_switch import ModelSwitch
 from streams.serialization import dumps, loads
 from streams.signals import BarEvent, SignalStage
@@ -107,6 +111,9 @@ def attach_pipeline(runtime: Runtime) -> None:
     async def database_probe() -> None:
         await sink.probe()
 
+    loop_lag = [0.0]  # the largest wake-up delay of the last 5 s
+    decisions = Progress()  # the signal agent's batches
+
     @app.task
     async def event_loop_lag() -> None:
         """How late the loop wakes from a short sleep: work that blocks the loop shows here first."""
@@ -116,7 +123,8 @@ def attach_pipeline(runtime: Runtime) -> None:
             started = loop.time()
             await asyncio.sleep(LOOP_PROBE_S)
             recent.append(max(0.0, loop.time() - started - LOOP_PROBE_S))
-            metrics.EVENT_LOOP_LAG.set(max(recent))
+            loop_lag[0] = max(recent)
+            metrics.EVENT_LOOP_LAG.set(loop_lag[0])
 
     def persist(item: BarEvent, symbol: str, state: SymbolState, paper: PaperBook) -> None:
         in_partition_of(item.event)
@@ -135,20 +143,47 @@ def attach_pipeline(runtime: Runtime) -> None:
             elif execution["execution_status"] == "liquidated":
                 metrics.LIQUIDATIONS.labels(item.bar.symbol).inc()
 
+    async def park(name: str, event: Any, error: InvalidMessage) -> None:
+        """Send an invalid internal message to the internal DLQ (it is then acknowledged with its batch)."""
+        metrics.INTERNAL_REJECTED.labels(name, error.reason).inc()
+        log.error("an invalid message on %s was parked in %s: %s", name, settings.internal_dlq_topic, error)
+        message = event.message
+        await topics["internal_dlq"].send(key=dead_letter_key(event.key), value=dead_letter(
+            BadEvent(error.reason, str(error)), message.topic, message.partition, message.offset, event.value,
+            int(time.time() * 1000)))
+
+    async def valid(name: str, events: list[Any], check: Callable[[bytes | None], None]) -> list[Any]:
+        """The events whose messages pass `check`; the others parked."""
+        kept = []
+        for event in events:
+            try:
+                check(event.value)
+            except InvalidMessage as error:
+                await park(name, event, error)
+                continue
+            kept.append(event)
+        return kept
+
     @app.agent(topics["bars"], name="signals")
     async def signal_agent(stream: Any) -> None:
         async for events in batches(stream, 64, 0.003):  # a bar waits at most 3 ms for company
+            decisions.begin()
             loaded = switch.take_loaded()
             if loaded is not None:  # between batches: every signal of a batch comes from one whole version
                 serve(loaded)
             stage = runtime.services.get("stage")
             if stage is None:
                 await ack_all(stream, events)
+                decisions.moved()
                 continue
             items = []
             for event in events:
-                data = loads(event.value)
-                items.append(BarEvent(Bar.from_dict(data), data.get("received_ms"), event, data.get("market") or {}))
+                try:
+                    bar = decode_bar(event.value)
+                except InvalidMessage as error:
+                    await park("bars", event, error)
+                    continue
+                items.append(BarEvent(bar.to_bar(), bar.received_ms, event, bar.market))
             try:
                 await stage.process(items, persist, emit)
             except Exception as exc:
@@ -156,17 +191,20 @@ def attach_pipeline(runtime: Runtime) -> None:
                 await stop_on_unexpected(app, "signals", exc)
                 raise
             await ack_all(stream, events)
+            decisions.moved()
 
     @app.agent(topics["signals"], name="sink-signals")
     async def sink_signals(stream: Any) -> None:
         async for events in batches(stream, SINK_BATCH, 0.5):
-            await sink.write_signals([loads(e.value) for e in events], time.time() * 1000)
+            await sink.write_signals([loads(e.value) for e in await valid("signals", events, check_signal)],
+                                     time.time() * 1000)
             await ack_all(stream, events)
 
     @app.agent(topics["executions"], name="sink-executions")
     async def sink_executions(stream: Any) -> None:
         async for events in batches(stream, SINK_BATCH, 0.5):
-            await sink.write_executions([loads(e.value) for e in events], time.time() * 1000)
+            await sink.write_executions([loads(e.value) for e in await valid("executions", events, check_execution)],
+                                        time.time() * 1000)
             await ack_all(stream, events)
 
     @app.timer(60.0)
@@ -208,11 +246,32 @@ def attach_pipeline(runtime: Runtime) -> None:
             if position is not None and highwater is not None:
                 metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
 
-    def models_health() -> dict[str, Any]:
-        return {"ok": switch.serving is not None, "version": switch.serving, "problem": switch.problem,
-                "failed": sorted(switch.failed)[:20]}
+    stall_s = settings.health_stall_s
 
-    runtime.services["models"] = type("ModelsHealth", (), {"health": staticmethod(models_health)})()
+    def models_health(now: float) -> dict[str, Any]:
+        """Stalled without a version in service, and while the registry names one that cannot be served (the
+        version before it goes on serving meanwhile: the operator must still hear of it)."""
+        if switch.problem is not None:
+            return stalled(switch.problem, version=switch.serving)
+        if switch.serving is None:
+            return stalled("no model version in service: train one (mlrisk train)")
+        return healthy(version=switch.serving)
+
+    def signals_health(now: float) -> dict[str, Any]:
+        detail = {"last_batch_s_ago": round(decisions.idle_s(now), 1)}
+        if decisions.busy_s(now) > stall_s:
+            return stalled(f"a batch of bars has been in hand for {decisions.busy_s(now):.0f} s", **detail)
+        return healthy(**detail)
+
+    def event_loop_health(now: float) -> dict[str, Any]:
+        if loop_lag[0] > stall_s / 2:
+            return stalled(f"the event loop woke {loop_lag[0]:.1f} s late", lag_s=round(loop_lag[0], 3))
+        return healthy(lag_s=round(loop_lag[0], 3))
+
+    runtime.health.register("signals", signals_health)
+    runtime.health.register("sink", lambda now: sink.health(now, stall_s))
+    runtime.health.register("models", models_health)
+    runtime.health.register("event_loop", event_loop_health)
     runtime.services["database"] = sink
 
     from streams.web import register_api

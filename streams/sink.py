@@ -21,10 +21,12 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from streams import metrics
+from streams.health import Progress, healthy, stalled
 
 log = logging.getLogger("mlrisk.sink")
 
 SINK_BATCH = 2_000  # rows per transaction: large enough that per-statement costs vanish
+QUARANTINE_MAX_CHARS = 65_536  # of a refused row's text
 
 SIGNAL_COLUMNS = (
     "timestamp", "signal_id", "symbol", "signal_type", "signal_strength", "confidence_score", "risk_level",
@@ -147,28 +149,59 @@ class Sink:
         self.url = url
         self.pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False, timeout=10.0,
                                         kwargs={"autocommit": True, "connect_timeout": 3})
+        # the API reads through its own connections, so that its queries never wait behind the sink's writes
+        self.read_pool = AsyncConnectionPool(url, min_size=0, max_size=2, open=False, timeout=5.0,
+                                             kwargs={"autocommit": True, "connect_timeout": 3})
         self.max_retry_delay_s = max_retry_delay_s
         self.healthy = False
         self.rows_written = 0
+        self.progress = Progress()  # durable writes, or failing since
 
     async def open(self) -> None:
         """Open the pool without waiting for the server, then check it answers (retrying in the background)."""
         await self.pool.open(wait=False)
+        await self.read_pool.open(wait=False)
         delay = 0.2
         while not self.healthy:
             try:
                 async with self.pool.connection() as conn:
                     await conn.execute("SELECT 1")
-                self.healthy = True
-            except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError):
+                self._answered(True)
+            except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as error:
+                self.progress.failed(f"connecting: {error}")
+                metrics.SINK_ERRORS.labels("connect").inc()
+                log.warning("the database does not answer (%s); retrying in %.1fs", error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_retry_delay_s)
 
     async def close(self) -> None:
+        await self.read_pool.close()
         await self.pool.close()
 
-    def health(self) -> dict[str, Any]:
-        return {"ok": self.healthy, "rows_written": self.rows_written}
+    def _answered(self, ok: bool) -> None:
+        self.healthy = ok
+        metrics.DATABASE_UP.set(1 if ok else 0)
+
+    async def probe(self, timeout_s: float = 3.0) -> None:
+        """Ask the database whether it answers, so that health and `mlrisk_database_up` follow it while idle."""
+        try:
+            async with self.pool.connection(timeout=timeout_s) as conn:
+                await conn.execute("SELECT 1")
+        except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError):
+            self._answered(False)
+        else:
+            self._answered(True)
+
+    def health(self, now: float, stall_s: float) -> dict[str, Any]:
+        """Stalled while the database does not answer, or while writes have failed for `stall_s`."""
+        detail = {"rows_written": self.rows_written, "last_write_s_ago": round(self.progress.idle_s(now), 1)}
+        if not self.healthy:
+            return stalled("the database does not answer" + (f": {self.progress.failure}" if self.progress.failure
+                                                              else ""), **detail)
+        if self.progress.failing_s(now) > stall_s:
+            return stalled(f"writes have failed for {self.progress.failing_s(now):.0f} s: {self.progress.failure}",
+                           **detail)
+        return healthy(**detail)
 
     async def write(self, table: str, rows: Sequence[tuple[Any, ...]], oldest_ms: float | None = None) -> None:
         """Write the rows in one transaction (COPY to staging, then one INSERT); retry until the database takes
@@ -180,18 +213,56 @@ class Sink:
             try:
                 async with self.pool.connection() as conn:
                     await copy_rows(conn, table, rows)
-                self.healthy = True
+                self._answered(True)
                 self.rows_written += len(rows)
+                self.progress.moved()
                 metrics.SINK_ROWS.labels(table).inc(len(rows))
                 metrics.SINK_LAG.labels(table).set(0.0 if oldest_ms is None else time.time() - oldest_ms / 1000)
                 return
+            except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as error:
+                # a row the database refuses (a price beyond the column's precision, an id that is not a UUID) or
+                # psycopg cannot send (a value of no column type): no retry cures it, so the batch is split until
+                # the refused rows stand alone, and they are kept aside while the rest is written. A server-side
+                # programming error (a table missing) is no row's fault and goes up.
+                if isinstance(error, psycopg.ProgrammingError) and error.sqlstate is not None:
+                    raise
+                metrics.SINK_ERRORS.labels(table).inc()
+                if len(rows) == 1:
+                    await self.quarantine(table, rows[0], error)
+                    return
+                middle = len(rows) // 2
+                await self.write(table, rows[:middle], oldest_ms)
+                await self.write(table, rows[middle:], oldest_ms)
+                return
             except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as error:
                 # psycopg_pool raises PoolTimeout (an OperationalError) while the server is away
-                self.healthy = False
+                self._answered(False)
+                self.progress.failed(f"{table}: {error}")
                 metrics.SINK_ERRORS.labels(table).inc()
                 if oldest_ms is not None:
                     metrics.SINK_LAG.labels(table).set(time.time() - oldest_ms / 1000)
                 log.warning("database write to %s failed (%s); retrying in %.1fs", table, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_retry_delay_s)
+
+    async def quarantine(self, table: str, row: tuple[Any, ...], error: Exception) -> None:
+        """Keep a refused row in `sink_quarantine`, as JSON text (text takes whatever the row holds, bar NUL),
+        counted in `mlrisk_sink_quarantined_rows_total`; wait for the database like any write."""
+        text = orjson.dumps(list(row), default=str).decode().replace("\\u0000", "")[:QUARANTINE_MAX_CHARS]
+        reason = str(error).replace("\x00", "")[:1_000]
+        log.error("the database refused a row of %s (%s); kept in sink_quarantine", table,
+                  (reason.splitlines() or [""])[0])
+        delay = 0.2
+        while True:
+            try:
+                async with self.pool.connection() as conn:
+                    await conn.execute("INSERT INTO sink_quarantine (table_name, error, row_data) VALUES (%s, %s, %s)",
+                                       (table, reason, text))
+                metrics.SINK_QUARANTINED.labels(table).inc()
+                return
+            except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as failure:
+                self._answered(False)
+                log.warning("quarantining a row of %s failed (%s); retrying in %.1fs", table, failure, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_retry_delay_s)
 
@@ -204,6 +275,7 @@ class Sink:
         await self.write("signal_execution_logs", [execution_row(e) for e in executions], received_ms)
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        async with self.pool.connection() as conn:
+        """A read for the API, on the read pool (never on the connections the sink writes with)."""
+        async with self.read_pool.connection() as conn:
             cursor = await conn.execute(sql, params)
             return await cursor.fetchall()

@@ -6,7 +6,8 @@ Errors are JSON `{"error": ...}` with a 4xx status; bad input never gives a 500.
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -22,6 +23,17 @@ from streams.config import normalise_symbol
 from streams.signals import DECAY_IC, DECAY_MIN_RESOLVED
 
 MAX_LIMIT = 1000
+PERFORMANCE_WINDOW = timedelta(days=30)
+RAW_WINDOW = timedelta(days=1)  # the newest part of it, read from the raw rows rather than the hourly aggregate
+
+
+def performance_window(signals: Iterable[dict[str, Any]], now: datetime | None = None) -> tuple[datetime, datetime]:
+    """The signal counts' window: the 30 days up to the stream's clock (the newest bar this worker turned into a
+    signal, so that a replay of past days reports on them; the wall clock before any), from an hour boundary, so
+    that the hourly aggregate answers it whole."""
+    closes = [s["bar_close_time"] for s in signals]
+    end = datetime.fromtimestamp((max(closes) + 1) / 1000, UTC) if closes else (now or datetime.now(UTC))
+    return end.replace(minute=0, second=0, microsecond=0) - PERFORMANCE_WINDOW, end
 
 
 class BadRequest(Exception):
@@ -174,9 +186,18 @@ def register_api(runtime: Runtime) -> None:
                 stage = services.get("stage")
                 broker = services["broker"]
                 account = broker.account
+                start, end = performance_window(stage.last_signals.values() if stage else ())
+                # the hourly aggregate up to the last day, the last day from the raw rows: a replay's or a late
+                # writer's newest rows count before the aggregate's next refresh has seen them
+                split = end.replace(minute=0, second=0, microsecond=0) - RAW_WINDOW
                 rows = await services["database"].query(
-                    "SELECT signal_type, count(*) FROM actionable_trade_signals "
-                    "WHERE timestamp > now() - interval '30 days' OR true GROUP BY signal_type")
+                    "SELECT signal_type, sum(n)::BIGINT, sum(confidence) / sum(n), sum(risk) / NULLIF(sum(risk_n), 0) "
+                    "FROM (SELECT signal_type, signals AS n, confidence_sum AS confidence, risk_score_sum AS risk, "
+                    "risk_scored AS risk_n FROM signals_hourly WHERE bucket >= %s AND bucket < %s "
+                    "UNION ALL SELECT signal_type, 1, confidence_score, risk_score, (risk_score IS NOT NULL)::INT "
+                    "FROM actionable_trade_signals WHERE timestamp >= %s AND timestamp < %s) AS window_rows "
+                    "GROUP BY signal_type ORDER BY signal_type",
+                    (start, split, split, end))
                 books = [b.book for b in account.books.values()]
                 trades = sum(b.trades for b in books)
                 return 200, {
@@ -194,7 +215,10 @@ def register_api(runtime: Runtime) -> None:
                         "fees_usdt": sum(b.fees_paid_usdt for b in books),
                         "liquidations": sum(b.liquidations for b in books),
                     },
-                    "signals_by_type": {t: n for t, n in rows},
+                    "signals_by_type": {t: n for t, n, _, _ in rows},
+                    "signals": {"from": start, "to": end, "by_type": {
+                        t: {"count": n, "mean_confidence": confidence, "mean_risk_score": risk}
+                        for t, n, confidence, risk in rows}},
                 }
 
             return await guarded(self, handle)
@@ -304,8 +328,14 @@ OPENAPI: dict[str, Any] = {
             "summary": "Regime of a symbol with the indicators behind it",
             "parameters": [{"name": "symbol", "in": "query", "required": True, "schema": {"type": "string"}}],
             "responses": {"200": {"description": "regime"}, **_error_responses(400, 404)}}},
-        "/health": {"get": {"summary": "Liveness and readiness", "responses": {"200": {"description": "ready"},
-                                                                              "503": {"description": "degraded"}}}},
+        "/health": {"get": {"summary": "Readiness with every component's progress",
+                            "responses": {"200": {"description": "ready"},
+                                          "503": {"description": "stalled: the components and why"}}}},
+        "/health/ready": {"get": {"summary": "Readiness (the same answer as /health)",
+                                  "responses": {"200": {"description": "ready"},
+                                                "503": {"description": "stalled: the components and why"}}}},
+        "/health/live": {"get": {"summary": "Liveness: the process answers",
+                                 "responses": {"200": {"description": "alive"}}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
     },
     "components": {"schemas": {

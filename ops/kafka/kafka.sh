@@ -49,7 +49,7 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=true
+auto.create.topics.enable=${MLRISK_KAFKA_AUTO_CREATE_TOPICS:-true}
 log.retention.hours=168
 log.segment.bytes=104857600
 CONF

@@ -75,6 +75,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses with a listening TCP socket on `port`, from the kernel's tables."""
+    addresses = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port_hex = local.split(":")
+            if state == "0A" and int(port_hex, 16) == port:
+                raw = bytes.fromhex(address)
+                if width == 8:
+                    addresses.add(socket.inet_ntop(socket.AF_INET, raw[::-1]))
+                else:
+                    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                    addresses.add(socket.inet_ntop(socket.AF_INET6, words))
+    return addresses
+
+
 class WorkerProcess:
     """One `mlrisk worker` subprocess with its own topics (a unique prefix), home folder and web port."""
 
@@ -109,6 +126,47 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+class PrivateBroker:
+    """A broker of a test's own, on free ports, sharing the fetched jars: a test may kill and restart it."""
+
+    def __init__(self, home: Path, auto_create_topics: bool = True) -> None:
+        from streams.config import Settings
+
+        (home / "kafka").mkdir(parents=True, exist_ok=True)
+        libs = home / "kafka" / "libs"
+        if not libs.exists():
+            libs.symlink_to(Settings.from_env().home.resolve() / "kafka" / "libs")
+        self.home = home
+        self.port = free_port()
+        self.env = {**os.environ, "MLRISK_HOME": str(home), "MLRISK_KAFKA_PORT": str(self.port),
+                    "MLRISK_KAFKA_CONTROLLER_PORT": str(free_port()),
+                    "MLRISK_KAFKA_AUTO_CREATE_TOPICS": "true" if auto_create_topics else "false"}
+        self.url = f"kafka://localhost:{self.port}"
+
+    def start(self) -> None:
+        subprocess.run([str(REPO_ROOT / "ops" / "kafka" / "kafka.sh"), "start"], env=self.env, check=True,
+                       capture_output=True, timeout=120)
+
+    def kill(self) -> None:
+        pid_file = self.home / "kafka" / "kafka.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                for _ in range(50):  # until it is gone, so that a restart finds its ports free
+                    os.kill(int(pid_file.read_text()), 0)
+                    time.sleep(0.1)
+            pid_file.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    broker = PrivateBroker(tmp_path / "broker-home")
+    broker.start()
+    yield broker
+    broker.kill()
 
 
 @pytest.fixture
@@ -146,13 +204,13 @@ def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
 
 
 async def consume_all(topic: str, expected: int | None, timeout_s: float, idle_s: float = 5.0,
-                      into: list[Any] | None = None) -> list[Any]:
+                      into: list[Any] | None = None, brokers: str = BROKERS) -> list[Any]:
     """Read a topic from the beginning until `expected` messages arrived, or nothing new for `idle_s`.
 
     `into`: the list to append to as messages arrive, so that another thread can watch the progress."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=BROKERS, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=brokers, auto_offset_reset="earliest",
                                 enable_auto_commit=False, group_id=None)
     await consumer.start()
     messages: list[Any] = [] if into is None else into

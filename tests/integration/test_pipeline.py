@@ -245,7 +245,8 @@ def test_api_endpoints_and_bad_requests(live_run: Any, data_dir: Path) -> None:
     assert _get(port, "/ml-risk/market-regime?symbol=XRPUSDT")[0] == 404
     assert _get(port, "/ml-risk/market-regime")[0] == 400
     status, body = _get(port, "/health")
-    assert status == 200 and body["checks"]["models"]["ok"] and body["checks"]["database"]["ok"]
+    assert status == 200 and body["status"] == "ok" and body["stalled"] == []
+    assert all(body["checks"][name]["ok"] for name in ("kafka", "ingest", "signals", "sink", "models", "event_loop"))
     status, body = _get(port, "/openapi.json")
     assert status == 200 and "/ml-risk/generate-signal" in body["paths"]
 

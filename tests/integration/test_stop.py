@@ -6,38 +6,17 @@ a worker whose broker had gone did not exit 40 s after SIGTERM.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from streams.config import Settings
 from streams.shutdown import EXIT_OK, EXIT_STOP_TIMEOUT
-from tests.integration.conftest import REPO_ROOT, WorkerProcess, free_port
+from tests.integration.conftest import PrivateBroker, WorkerProcess, free_port
 
 STOP_TIMEOUT_S = 5
-KAFKA_SH = REPO_ROOT / "ops" / "kafka" / "kafka.sh"
-
-
-@pytest.fixture
-def private_broker(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """A broker of its own (this test kills it), on free ports, sharing the fetched jars."""
-    home = tmp_path / "broker-home"
-    (home / "kafka").mkdir(parents=True)
-    (home / "kafka" / "libs").symlink_to(Settings.from_env().home.resolve() / "kafka" / "libs")
-    env = {**os.environ, "MLRISK_HOME": str(home), "MLRISK_KAFKA_PORT": str(free_port()),
-           "MLRISK_KAFKA_CONTROLLER_PORT": str(free_port())}
-    subprocess.run([str(KAFKA_SH), "start"], env=env, check=True, capture_output=True, timeout=120)
-    yield f"kafka://localhost:{env['MLRISK_KAFKA_PORT']}", env
-    pid_file = home / "kafka" / "kafka.pid"
-    if pid_file.exists():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 def _stop_seconds(worker: WorkerProcess) -> float:
@@ -53,13 +32,11 @@ def _stop_seconds(worker: WorkerProcess) -> float:
 
 
 def test_sigterm_with_the_broker_killed_exits_within_the_stop_timeout(
-    private_broker: tuple[str, dict[str, str]], worker_env: dict[str, str], tmp_path: Path
+    private_broker: PrivateBroker, worker_env: dict[str, str], tmp_path: Path
 ) -> None:
-    brokers, broker_env = private_broker
-    env = {**worker_env, "MLRISK_KAFKA_BROKERS": brokers, "MLRISK_STOP_TIMEOUT_S": str(STOP_TIMEOUT_S)}
+    env = {**worker_env, "MLRISK_KAFKA_BROKERS": private_broker.url, "MLRISK_STOP_TIMEOUT_S": str(STOP_TIMEOUT_S)}
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
-    pid = int((Path(broker_env["MLRISK_HOME"]) / "kafka" / "kafka.pid").read_text())
-    os.kill(pid, signal.SIGKILL)
+    private_broker.kill()
     time.sleep(2)  # the worker's clients notice the broker gone
     took = _stop_seconds(worker)
     assert took <= STOP_TIMEOUT_S + 3, f"exited {took:.1f} s after SIGTERM"
