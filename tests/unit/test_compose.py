@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -20,7 +21,9 @@ def test_compose_has_every_service_with_its_ports() -> None:
     services = _compose()["services"]
     assert {"kafka", "timescaledb", "prometheus", "grafana", "worker", "replay", "train", "db-init",
             "retrainer"} <= set(services)
-    ports = {name: [p.split(":")[0] for p in svc.get("ports", [])] for name, svc in services.items()}
+    published = [p for svc in services.values() for p in svc.get("ports", [])]
+    assert published and all(p.startswith("127.0.0.1:") for p in published), published  # never every interface
+    ports = {name: [p.split(":")[-2] for p in svc.get("ports", [])] for name, svc in services.items()}
     assert ports["kafka"] == ["9092"] and ports["timescaledb"] == ["5432"] and ports["worker"] == ["6066"]
     assert ports["prometheus"] == ["9090"] and ports["grafana"] == ["3000"]
     assert "KRaft" in (REPO_ROOT / "docker-compose.yml").read_text() or \
@@ -32,7 +35,7 @@ def test_worker_environment_points_at_the_compose_services() -> None:
     env = services["worker"]["environment"]
     assert env["MLRISK_KAFKA_BROKERS"] == "kafka://kafka:29092"
     assert "@timescaledb:5432/" in env["DATABASE_URL"]
-    assert services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"].startswith("PLAINTEXT://kafka:29092")
+    assert services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"].startswith("INTERNAL://kafka:29092")
     assert services["worker"]["depends_on"]["db-init"]["condition"] == "service_completed_successfully"
 
 
@@ -70,12 +73,35 @@ def _compose_client() -> list[str] | None:
     return [legacy] if legacy else None
 
 
+SECRETS = ("POSTGRES_PASSWORD", "KAFKA_ADMIN_PASSWORD", "KAFKA_MLRISK_PASSWORD", "MLRISK_API_TOKENS",
+           "GRAFANA_ADMIN_PASSWORD")
+
+
 @pytest.mark.skipif(_compose_client() is None, reason="no docker compose client on this machine")
 def test_docker_compose_config_accepts_the_file() -> None:
     client = _compose_client()
     assert client is not None
-    result = subprocess.run([*client, "config", "--quiet"], cwd=REPO_ROOT, capture_output=True, text=True)
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
+           **{name: f"test-{name.lower()}-0123456789" for name in SECRETS}}
+    result = subprocess.run([*client, "config", "--quiet"], cwd=REPO_ROOT, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
+    # without a secret it refuses to start, naming the variable
+    for missing in SECRETS:
+        partial = {k: v for k, v in env.items() if k != missing}
+        result = subprocess.run([*client, "config", "--quiet"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                env=partial)
+        assert result.returncode != 0 and missing in result.stderr, (missing, result.stderr)
+
+
+def test_no_default_passwords_no_anonymous_grafana_and_a_non_root_image() -> None:
+    text = (REPO_ROOT / "docker-compose.yml").read_text()
+    for name in SECRETS:
+        assert f"${{{name}:-" not in text and f"${{{name}:?" in text, name
+    services = _compose()["services"]
+    assert services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert services["worker"]["environment"]["MLRISK_KAFKA_SECURITY_PROTOCOL"].startswith("SASL_")
+    users = re.findall(r"^USER\s+(\S+)", (REPO_ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert users and users[-1] not in ("root", "0")
 
 
 def test_dashboard_queries_name_metrics_the_worker_exports() -> None:
