@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import psycopg
+import pytest
 
 from streams.config import REPO_ROOT
+from tests.integration.conftest import scratch_database
 
 EXPECTED = {
     "actionable_trade_signals": {
@@ -58,17 +61,49 @@ EXPECTED = {
 }
 
 
-def _db_init(database_url: str) -> str:
+# the aggregates the API and Grafana read: continuous aggregates on TimescaleDB, plain views without it
+AGGREGATES = {
+    "signals_hourly": ["bucket", "symbol", "signal_type", "signals", "confidence_sum", "mean_confidence",
+                       "risk_scored", "risk_score_sum", "mean_risk_score"],
+    "executions_daily": ["bucket", "symbol", "execution_status", "executions", "pnl_usdt", "fees_usdt"],
+    "service_metrics_hourly": ["bucket", "service_name", "samples", "signals_generated", "signals_executed",
+                               "mean_confidence", "mean_risk_score", "mean_processing_time_ms", "errors",
+                               "min_total_pnl", "max_total_pnl"],
+}
+
+
+def _db_init(database_url: str, *options: str) -> str:
     env = {**os.environ, "DATABASE_URL": database_url}
-    result = subprocess.run([sys.executable, "-m", "streams.cli", "db", "init"], cwd=REPO_ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "db", "init", *options], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, check=True)
     return result.stdout
 
 
-def test_db_init_twice_gives_every_contract_column_with_its_type(database_url: str) -> None:
-    _db_init(database_url)
-    assert "schema applied" in _db_init(database_url)
+@pytest.fixture(params=["timescaledb", "plain"])
+def schema_database(request: pytest.FixtureRequest, database_url: str) -> Iterator[tuple[str, bool]]:
+    """The test database with TimescaleDB, and a fresh one on the same server kept plain (`db init --plain`)."""
+    if request.param == "timescaledb":
+        yield database_url, True
+    else:
+        with scratch_database(database_url) as url:
+            yield url, False
+
+
+def test_db_init_twice_gives_every_contract_column_with_its_type(schema_database: tuple[str, bool]) -> None:
+    database_url, timescale = schema_database
+    options = () if timescale else ("--plain",)
+    _db_init(database_url, *options)
+    printed = _db_init(database_url, *options)
+    assert "schema applied" in printed
+    assert ("on TimescaleDB 2." in printed) == timescale and ("on plain PostgreSQL" in printed) != timescale
     with psycopg.connect(database_url) as conn:
+        extension = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+        assert (extension is not None) == timescale
+        for view, view_columns in AGGREGATES.items():
+            found_columns = [r[0] for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = %s ORDER BY ordinal_position",
+                (view,)).fetchall()]
+            assert found_columns == view_columns, view
         for table, columns in EXPECTED.items():
             rows = conn.execute(
                 "SELECT column_name, data_type, character_maximum_length, numeric_precision, numeric_scale "
