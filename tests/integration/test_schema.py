@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from streams.config import REPO_ROOT
 from tests.integration.conftest import scratch_database
 
-EXPECTED = {
+EXPECTED: dict[str, dict[str, tuple[str, Any]]] = {
     "actionable_trade_signals": {
         "timestamp": ("timestamp with time zone", None), "id": ("bigint", None), "signal_id": ("uuid", None),
         "symbol": ("character varying", 20), "signal_type": ("character varying", None),
