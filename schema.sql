@@ -125,6 +125,18 @@ BEGIN
     END IF;
 END $$;
 
+-- Rows the database refused as data errors (a price beyond DECIMAL(15,6), an id that is not a UUID): the sink
+-- writes the rest of their batch and keeps each refused row here as text, with the error, instead of retrying the
+-- batch for ever.
+CREATE TABLE IF NOT EXISTS sink_quarantine (
+    quarantined_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    id             BIGINT GENERATED ALWAYS AS IDENTITY,
+    table_name     VARCHAR(50) NOT NULL,
+    error          TEXT NOT NULL,
+    row_data       TEXT NOT NULL,  -- the row as a JSON array in the table's column order
+    PRIMARY KEY (quarantined_at, id)
+);
+
 -- Chunk intervals, sized for a few hundred symbols: one signal per symbol and closed 1-minute bar is about
 -- 430,000 rows a day for 300 symbols (about 0.6 GB with its JSONB and indexes), so a day per chunk keeps the chunk
 -- being written and its indexes in memory, and lets compression and retention work a day at a time. Positions follow
