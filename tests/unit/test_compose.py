@@ -124,3 +124,9 @@ def test_dashboard_queries_name_metrics_the_worker_exports() -> None:
     alerts = yaml.safe_load((REPO_ROOT / "ops/prometheus/alerts.yml").read_text())["groups"][0]["rules"]
     assert {"MlriskConsumerLagHigh", "MlriskLatencyHigh", "MlriskDeadLetterRateHigh", "MlriskDrawdownHigh",
             "MlriskTradingHalted"} <= {r["alert"] for r in alerts}
+
+
+def test_compose_runs_the_timescaledb_release_that_set_up_builds() -> None:
+    image = _compose()["services"]["timescaledb"]["image"]
+    built = re.search(r'^version="([0-9.]+)"$', (REPO_ROOT / "ops" / "timescaledb" / "build.sh").read_text(), re.M)
+    assert built is not None and image == f"timescale/timescaledb:{built.group(1)}-pg17"
