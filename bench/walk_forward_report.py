@@ -16,9 +16,9 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from models.bars import MINUTE_MS, parse_iso_ms
+from models.bars import DAY_MS, MINUTE_MS, parse_iso_ms
 from models.data import load_bars
-from models.train import DAY_MS, TrainConfig, build_dataset, make_fold, train_fold
+from models.train import TrainConfig, build_dataset, make_fold, train_fold
 
 REPO = Path(__file__).resolve().parents[1]
 QUARTERS = [

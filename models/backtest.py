@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from models.bars import MINUTE_MS, parse_iso_ms
+from models.bars import DAY_MS, MINUTE_MS, parse_iso_ms
 from models.data import BarFrame, load_bars
 from models.engine import SignalEngine
-from models.evaluate import DAY_MS, drawdown, expected_calibration_error, plot_report, spearman
+from models.evaluate import drawdown, expected_calibration_error, plot_report, spearman
 from models.features import WARMUP_BARS
 from models.registry import ModelBundle, load_bundle
 from models.signal import invariant_violations, iso_utc

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, overload
 
 MINUTE_MS = 60_000
+DAY_MS = 1440 * MINUTE_MS
 
 
 @dataclass(frozen=True, slots=True)

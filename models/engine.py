@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from models.bars import Bar
+from models.bars import DAY_MS, Bar
 from models.ensemble import EnsemblePrediction, EnsembleState, combine, new_state, remember, resolve, weights
 from models.features import N_FEATURES, WARMUP_BARS, FeatureState, MarketFeatures
 from models.registry import ModelBundle
@@ -28,7 +28,6 @@ from risk import decide
 from risk.config import RiskConfig
 from risk.types import MarketSnapshot, ModelView, OpenPosition, PortfolioState, RegimeState
 
-DAY_MS = 86_400_000
 RECENT_SIGNALS = 5
 STATE_FORMAT = 1
 

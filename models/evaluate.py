@@ -7,9 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from models.bars import MINUTE_MS
-
-DAY_MS = 1440 * MINUTE_MS
+from models.bars import DAY_MS
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:

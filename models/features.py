@@ -228,9 +228,6 @@ _EMA_FAST = 2.0 / 13.0
 _EMA_SLOW = 2.0 / 27.0
 _EMA_SIGNAL = 2.0 / 10.0
 _WILDER = 1.0 / WILDER_PERIOD
-# recursive state: atr, avg gain, avg loss, ema12, ema26, macd signal, smoothed +dm, smoothed -dm, adx
-N_RECURSIVE = 9
-
 
 def _dx(atr: float, spdm: float, smdm: float) -> tuple[float, float, float]:
     pdi = 100.0 * spdm / atr if atr > 0.0 else 0.0

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import orjson
 
-from models.bars import MINUTE_MS
+from models.bars import DAY_MS, MINUTE_MS
 from models.data import load_bars
 from models.features import WARMUP_BARS
 from models.registry import ModelBundle, current_version, load_bundle, promote
-from models.train import DAY_MS, build_dataset, evaluate_members, ready_test_rows, train_cli
+from models.train import build_dataset, evaluate_members, ready_test_rows, train_cli
 
 DECISIONS_FILE = "decisions.jsonl"
 DEFAULT_MARGIN = 0.0003  # nats of log-loss per prediction: about one standard error on a week of minutes

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from models.bars import MINUTE_MS, parse_iso_ms
+from models.bars import DAY_MS, MINUTE_MS, parse_iso_ms
 from models.base import ProbabilityModel
 from models.data import BarFrame, load_bars
 from models.ensemble import EnsembleConfig, combine, replay_weights
@@ -32,7 +32,6 @@ from models.lightgbm_model import LightGBMModel, LightGBMParams
 from models.registry import code_version, save_version
 from models.target import DEFAULT_HORIZON_MINUTES, direction_label, forward_log_return
 
-DAY_MS = 1440 * MINUTE_MS
 REFERENCE_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 # The sequence members read fewer columns than LightGBM, so that their errors are less like its errors: the

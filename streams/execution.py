@@ -20,8 +20,6 @@ from models.simulate import ClosedTrade, FillCosts, VirtualBook, check_exits, cl
 from risk.portfolio import PortfolioLimits, trading_state_for
 from risk.types import OpenPosition, PortfolioState
 
-ORDER_TTL_BARS = 3  # a pending order not fillable within three bars expires
-
 
 @dataclass(slots=True)
 class PaperBook:

@@ -22,6 +22,7 @@ import numpy as np
 from models.bars import Bar
 from models.drift import PSI_DRIFT, feature_psi, psi
 from models.engine import SignalEngine, SymbolState
+from models.evaluate import spearman
 from models.features import FEATURE_NAMES
 from streams import metrics
 from streams.execution import PaperBook, PaperBroker
@@ -39,13 +40,6 @@ class BarEvent:
     received_ms: float | None
     event: Any  # the Faust event, whose partition table writes must use
     market: dict[str, Any] = field(default_factory=dict)  # mark price, spread, depth at the bar's close
-
-
-@dataclass(slots=True)
-class Outcome:
-    signal: dict[str, Any] | None
-    executions: list[dict[str, Any]] = field(default_factory=list)
-    republished: bool = False
 
 
 DECAY_MIN_RESOLVED = 500  # outcomes before a rolling IC is read as decay
@@ -71,6 +65,7 @@ class PerformanceTracker:
 
     def _measure(self) -> None:
         figures = self.report()
+        metrics.OUTCOMES_RESOLVED.set(figures["resolved"])
         for name, values in figures.items():
             if isinstance(values, dict):
                 if values["ic"] is not None:
@@ -114,16 +109,10 @@ class PerformanceTracker:
             scores = np.array([p.get(name, np.nan) for _, p in self.resolved])
             ok = np.isfinite(scores) & (returns != 0)
             hits = float(np.mean((scores[ok] > 0.5) == (returns[ok] > 0))) if ok.any() else None
-            ic = _spearman(scores[ok], returns[ok]) if ok.sum() > 2 else None
+            rank_ic = spearman(scores[ok], returns[ok]) if ok.sum() > 2 else float("nan")
+            ic = rank_ic if np.isfinite(rank_ic) else None
             out[name] = {"hit_rate": hits, "ic": ic}
         return out
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-    if rx.std() == 0 or ry.std() == 0:
-        return None
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 class DriftMonitor:

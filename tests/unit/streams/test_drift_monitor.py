@@ -56,3 +56,25 @@ def test_predictions_piled_on_one_side_are_prediction_drift(data_dir: Path) -> N
     assert "prediction" in monitor.drifted
     assert monitor.prediction_psi is not None and monitor.prediction_psi > 0.25
     assert "prediction" in _started(monitor)
+
+
+def test_live_rolling_ic_ranks_ties_as_promotion_does(klines_dir: Path) -> None:
+    """The live decay alarm and the promotion rule read one Spearman (ties share their mean rank): before, the
+    tracker ranked ties by position and disagreed with the promotion's IC on the same outcomes."""
+    from scipy.stats import spearmanr
+
+    from models.evaluate import spearman
+    from streams.signals import PerformanceTracker
+
+    bars = list(load_bars(klines_dir, "BTCUSDT", parse_iso_ms("2024-03-01"), parse_iso_ms("2024-03-02")).bars())
+    tracker = PerformanceTracker(horizon_minutes=1, window=5_000, every=10**9)
+    for i, bar in enumerate(bars):
+        p_up = 0.5 + 0.01 * (i % 3 - 1)  # three distinct scores: almost every row is a tie
+        tracker.record("BTCUSDT", bar, {"model_contributions": {"lightgbm": {"p_up": p_up}},
+                                        "metadata": {"p_up": p_up}})
+    returns = np.array([r for r, _ in tracker.resolved])
+    scores = np.array([p["ensemble"] for _, p in tracker.resolved])
+    moved = returns != 0
+    live = tracker.report()["ensemble"]["ic"]
+    assert live == spearman(scores[moved], returns[moved])
+    assert abs(live - spearmanr(scores[moved], returns[moved]).statistic) < 1e-12
