@@ -7,8 +7,8 @@ BIN := $(VENV)/bin
 export MLRISK_HOME ?= $(CURDIR)/.mlrisk
 DATA ?= $(abspath $(CURDIR)/../shared/data)
 
-.PHONY: setup services-up services-down kafka-up kafka-down db-up db-down demo up test test-unit \
-        test-integration lint bench train backtest clean
+.PHONY: setup services-up services-down kafka-up kafka-down db-up db-down monitor monitor-down demo up test test-unit \
+        test-integration soak lint bench train backtest clean
 
 $(BIN)/mlrisk: pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
@@ -18,6 +18,7 @@ $(BIN)/mlrisk: pyproject.toml uv.lock
 setup: $(BIN)/mlrisk  ## install Python dependencies, the Kafka broker's jars and TimescaleDB (built once)
 	@ops/kafka/kafka.sh fetch
 	@PYTHON=$(PYTHON) ops/timescaledb/build.sh
+	@ops/prometheus/prometheus.sh install  # as root with apt; otherwise it says how
 
 kafka-up: setup
 	@ops/kafka/kafka.sh start
@@ -27,18 +28,25 @@ db-up: setup
 	@$(BIN)/mlrisk db init
 db-down:
 	@$(BIN)/mlrisk db stop
+monitor: setup  ## Prometheus on 127.0.0.1:19090 (MLRISK_PROMETHEUS_PORT) scraping the worker, with the alert rules
+	@ops/prometheus/prometheus.sh start
+monitor-down:
+	@ops/prometheus/prometheus.sh stop
 
 services-up: kafka-up db-up  ## a real Kafka broker on :9092 and PostgreSQL (embedded unless DATABASE_URL is set)
-services-down: kafka-down db-down
+services-down: kafka-down db-down monitor-down
 
 demo: services-up  ## run the whole system on a real day of ../shared/data and print a summary
 	$(BIN)/python -m streams.demo --data $(DATA)
 
-up: services-up  ## keep everything running: the worker in the foreground
+up: services-up monitor  ## keep everything running: the worker in the foreground
 	$(BIN)/python -m streams.demo --data $(DATA) --keep-running
 
 test: services-up  ## every test, against the real broker and database
 	$(BIN)/pytest -q tests
+
+soak: services-up  ## 30 minutes of real replay with a random fault every 3 minutes; prints its figures
+	MLRISK_SOAK_S=$${MLRISK_SOAK_S:-1800} $(BIN)/pytest -q -s tests/soak
 
 test-unit: setup
 	$(BIN)/pytest -q tests/unit
@@ -50,6 +58,7 @@ lint: setup
 	$(BIN)/ruff check streams models risk tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	ops/prometheus/prometheus.sh check
 
 bench: services-up  ## throughput, latency, sink and inference figures against a same-run baseline
 	$(BIN)/mlrisk bench --out bench.json
