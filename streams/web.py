@@ -5,24 +5,41 @@ Errors are JSON `{"error": ...}` with a 4xx status; bad input never gives a 500.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+import re
+import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import numpy as np
 import orjson
+import psycopg
+from aiohttp import web as aiohttp_web
 from faust import web
 
 from models.bars import Bar
 from models.engine import SymbolState
 from risk.portfolio import historical_var, parametric_var
+from streams import metrics
 from streams.app import Runtime
-from streams.config import normalise_symbol
+from streams.config import parse_symbol
+from streams.events import EARLIEST_MS, MAX_PRICE, MAX_QUANTITY, NANOSECONDS_FROM
 from streams.signals import DECAY_IC, DECAY_MIN_RESOLVED
 
+log = logging.getLogger("mlrisk.api")
+
 MAX_LIMIT = 1000
+_LIMIT = re.compile(r"[0-9]{1,4}")
+MAX_BARS = 1_440  # a day: about four times what the features and the longest model window need (~380)
+MAX_BAR_AHEAD_MS = 60_000  # a given bar may be the minute in the making, no later
+SCORING_THREADS = 1  # scoring given bars runs here, off the event loop that also serves ingest
+MAX_SCORING_IN_FLIGHT = 4  # running or waiting for the thread; more is answered 429
+SCORING_TIMEOUT_S = 15.0  # a maximal request scores in about a second
 PERFORMANCE_WINDOW = timedelta(days=30)
 RAW_WINDOW = timedelta(days=1)  # the newest part of it, read from the raw rows rather than the hourly aggregate
 
@@ -59,27 +76,49 @@ def _default(value: Any) -> Any:
 def _symbol(raw: Any) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise BadRequest(400, "'symbol' must be a non-empty string such as BTCUSDT or BTC/USDT")
-    symbol = normalise_symbol(raw)
-    if not symbol.isalnum() or not 2 <= len(symbol) <= 20:
-        raise BadRequest(400, f"not a symbol: {raw!r}")
+    symbol = parse_symbol(raw)
+    if symbol is None:
+        raise BadRequest(400, f"not a symbol (2 to 20 ASCII letters and digits): {raw[:40]!r}")
     return symbol
 
 
 def _finite(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise BadRequest(422, f"bar field {name!r} must be a number")
+    if isinstance(value, str) and (len(value) > 64 or not value.isascii()):
+        raise BadRequest(422, f"bar field {name!r} must be a number")
     try:
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise BadRequest(422, f"bar field {name!r} must be a number") from None
     if not math.isfinite(number):
         raise BadRequest(422, f"bar field {name!r} must be finite")
     return number
 
 
-def _bars_from_body(symbol: str, raw: Any) -> list[Bar]:
+def _in_range(value: Any, name: str, low: float, high: float) -> float:
+    number = _finite(value, name)
+    if not low <= number <= high:
+        raise BadRequest(422, f"bar field {name!r} must be in {low:g}..{high:g}, got {number:g}")
+    return number
+
+
+def _open_time(value: Any, now_ms: int) -> int:
+    """Epoch ms or µs (by magnitude, as on market-data), from 2009 to the minute in the making."""
+    raw = _finite(value, "open_time")
+    if not 0 < raw < NANOSECONDS_FROM:
+        raise BadRequest(422, "bar field 'open_time' must be epoch milliseconds or microseconds")
+    open_time = int(raw) // 1000 if raw >= 10**14 else int(raw)
+    if not EARLIEST_MS <= open_time <= now_ms + MAX_BAR_AHEAD_MS:
+        raise BadRequest(422, f"bar field 'open_time' must be between 2009 and now, got {open_time}")
+    return open_time
+
+
+def _bars_from_body(symbol: str, raw: Any, now_ms: int) -> list[Bar]:
     if not isinstance(raw, list) or not raw:
         raise BadRequest(422, "'bars' must be a non-empty list of 1-minute bars, oldest first")
+    if len(raw) > MAX_BARS:
+        raise BadRequest(422, f"at most {MAX_BARS} bars, got {len(raw)}")
     bars = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
@@ -87,16 +126,17 @@ def _bars_from_body(symbol: str, raw: Any) -> list[Bar]:
         for name in ("open_time", "open", "high", "low", "close", "volume"):
             if name not in item:
                 raise BadRequest(422, f"bars[{i}] lacks {name!r}")
-        open_time = int(_finite(item["open_time"], "open_time"))
-        if open_time >= 10**14:
-            open_time //= 1000
+        open_time = _open_time(item["open_time"], now_ms)
         prices = [_finite(item[n], n) for n in ("open", "high", "low", "close")]
-        if min(prices) <= 0 or not prices[2] <= min(prices[0], prices[3]) <= max(prices[0], prices[3]) <= prices[1]:
-            raise BadRequest(422, f"bars[{i}] prices must be positive with low <= open, close <= high")
-        optional = {n: _finite(item[n], n) for n in ("quote_volume", "trades", "taker_buy_base", "taker_buy_quote")
-                    if item.get(n) is not None}
+        if min(prices) <= 0 or max(prices) >= MAX_PRICE or \
+                not prices[2] <= min(prices[0], prices[3]) <= max(prices[0], prices[3]) <= prices[1]:
+            raise BadRequest(422, f"bars[{i}] prices must be in (0, {MAX_PRICE:g}) with low <= open, close <= high")
+        optional = {n: _in_range(item[n], n, 0, MAX_QUANTITY * MAX_PRICE if "quote" in n else MAX_QUANTITY)
+                    for n in ("quote_volume", "taker_buy_base", "taker_buy_quote") if item.get(n) is not None}
+        if item.get("trades") is not None:
+            optional["trades"] = _in_range(item["trades"], "trades", 0, 2**31 - 1)
         bars.append(Bar(symbol, open_time - open_time % 60_000, prices[0], prices[1], prices[2], prices[3],
-                        _finite(item["volume"], "volume"), optional.get("quote_volume"),
+                        _in_range(item["volume"], "volume", 0, MAX_QUANTITY), optional.get("quote_volume"),
                         None if "trades" not in optional else int(optional["trades"]),
                         optional.get("taker_buy_base"), optional.get("taker_buy_quote")))
     if any(b.open_time <= a.open_time for a, b in zip(bars, bars[1:], strict=False)):
@@ -112,17 +152,64 @@ def register_api(runtime: Runtime) -> None:
         blob = runtime.tables["engine_state"].get(symbol)
         return None if blob is None else SymbolState.from_bytes(blob.encode())
 
+    scoring = ThreadPoolExecutor(max_workers=SCORING_THREADS, thread_name_prefix="api-scoring")
+    in_flight = [0]  # scoring jobs handed to the thread and not yet finished (a timed-out one still counts)
+
     async def guarded(view: web.View, handler: Any) -> web.Response:
+        """Run a view; every error is a JSON answer: 4xx for what the client sent, 503 for what is away or
+        failed here (logged), never a 500."""
         try:
             status, body = await handler()
             return _json(view, body, status)
         except BadRequest as error:
-            return _json(view, {"error": error.message}, error.status)
+            status, message = error.status, error.message
+        except aiohttp_web.HTTPException as error:  # raised by aiohttp itself: a body above its 1 MiB limit
+            status, message = error.status, error.reason
+        except (psycopg.Error, TimeoutError, ConnectionError) as error:
+            log.warning("%s %s: a service is away (%r)", view.__class__.__name__, error.__class__.__name__, error)
+            status, message = 503, "a service this answer needs is unavailable; try again"
+        except Exception:
+            log.exception("%s failed", view.__class__.__name__)
+            metrics.ERRORS.labels("api").inc()
+            status, message = 503, "the request could not be answered; the error is logged"
+        metrics.API_REJECTED.labels(str(status)).inc()
+        return _json(view, {"error": message}, status)
+
+    def score_bars(symbol: str, bars: list[Bar]) -> dict[str, Any] | None:
+        """The signal of the last of `bars` scored alone (in the scoring thread), or None if too few."""
+        engine = services["engine"]
+        state = engine.new_state(symbol)
+        signal = None
+        for bar in bars:
+            signal = engine.on_bar(state, bar) or signal
+        if signal is None or state.last_close_time != bars[-1].close_time or \
+                signal["bar_close_time"] != bars[-1].close_time:
+            return None
+        signal_dict: dict[str, Any] = signal
+        return signal_dict
+
+    async def score_off_loop(symbol: str, bars: list[Bar]) -> dict[str, Any] | None:
+        if in_flight[0] >= MAX_SCORING_IN_FLIGHT:
+            raise BadRequest(429, f"{in_flight[0]} requests are being scored; try again shortly")
+        in_flight[0] += 1
+        job = asyncio.get_running_loop().run_in_executor(scoring, score_bars, symbol, bars)
+
+        def done(_: Any) -> None:
+            in_flight[0] -= 1
+
+        job.add_done_callback(done)
+        try:
+            return await asyncio.wait_for(asyncio.shield(job), SCORING_TIMEOUT_S)
+        except TimeoutError:
+            raise BadRequest(503, f"scoring took longer than {SCORING_TIMEOUT_S:g} s; try again") from None
 
     @app.page("/ml-risk/generate-signal")
     class GenerateSignal(web.View):
         async def post(self, request: web.Request) -> web.Response:
             async def handle() -> tuple[int, Any]:
+                # the driver's request is aiohttp's; a browser's plain form post cannot send application/json
+                if getattr(request, "content_type", None) != "application/json":
+                    raise BadRequest(415, "the body must be JSON, sent as Content-Type: application/json")
                 try:
                     body = orjson.loads(await request.read())
                 except orjson.JSONDecodeError:
@@ -130,17 +217,13 @@ def register_api(runtime: Runtime) -> None:
                 if not isinstance(body, dict):
                     raise BadRequest(400, "the body must be a JSON object")
                 symbol = _symbol(body.get("symbol"))
+                bars = _bars_from_body(symbol, body["bars"], int(time.time() * 1000)) if "bars" in body else None
                 engine = services.get("engine")
                 if engine is None:
                     raise BadRequest(409, "no trained models are loaded")
-                if "bars" in body:
-                    bars = _bars_from_body(symbol, body["bars"])
-                    state = engine.new_state(symbol)
-                    signal = None
-                    for bar in bars:
-                        signal = engine.on_bar(state, bar) or signal
-                    if signal is None or state.last_close_time != bars[-1].close_time or \
-                            signal["bar_close_time"] != bars[-1].close_time:
+                if bars is not None:
+                    signal = await score_off_loop(symbol, bars)
+                    if signal is None:
                         raise BadRequest(422, f"too few bars for the features: {len(bars)} given, the models need "
                                               f"about {engine.window + 100} consecutive minutes")
                     return 200, signal
@@ -160,15 +243,17 @@ def register_api(runtime: Runtime) -> None:
             async def handle() -> tuple[int, Any]:
                 name = _symbol(symbol)
                 raw_limit = request.query.get("limit", "50")
-                if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+                if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:  # ASCII: "²" is a digit
                     raise BadRequest(400, f"'limit' must be an integer in 1..{MAX_LIMIT}")
                 since = request.query.get("since")
                 since_at = None
                 if since is not None:
                     try:
-                        since_at = datetime.fromisoformat(since.replace("Z", "+00:00"))
+                        since_at = datetime.fromisoformat(since[:64].replace("Z", "+00:00"))
                     except ValueError:
                         raise BadRequest(400, "'since' must be an ISO 8601 time") from None
+                    if since_at.tzinfo is None:  # read as UTC, not in the database session's time zone
+                        since_at = since_at.replace(tzinfo=UTC)
                 rows = await services["database"].query(
                     "SELECT to_jsonb(s) FROM actionable_trade_signals s WHERE symbol = %s "
                     "AND (%s::timestamptz IS NULL OR timestamp >= %s::timestamptz) "

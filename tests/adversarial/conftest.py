@@ -21,7 +21,13 @@ from models.bars import Bar
 from streams.bar_builder import BarBuilder
 from streams.book import OrderBook
 from streams.ingest import Ingest
-from tests.integration.conftest import database_url, kafka  # noqa: F401  (the real services, as fixtures)
+from tests.integration.conftest import (  # noqa: F401  (the real services and workers, as fixtures)
+    database_url,
+    kafka,
+    start_worker,
+    topic_prefix,
+    worker_env,
+)
 
 SYMBOL = "BTCUSDT"
 GENUINE_TRADES = 6_000  # about two minutes of BTCUSDT futures trades, 2024-08-08 23:54

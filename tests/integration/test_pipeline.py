@@ -197,7 +197,8 @@ def test_the_database_holds_each_published_signal_once(live_run: Any, database_u
 
 def _get(port: int, path: str, body: bytes | None = None) -> tuple[int, Any]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
-                                     method="POST" if body is not None else "GET")
+                                     method="POST" if body is not None else "GET",
+                                     headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
