@@ -45,6 +45,8 @@ PREDICTION_DRIFT = Gauge(
 )
 ROLLING_IC = Gauge("mlrisk_model_rolling_ic", "Rolling out-of-sample rank IC per model (and ensemble)", ["model"],
                    registry=REGISTRY)
+OUTCOMES_RESOLVED = Gauge("mlrisk_model_outcomes_resolved",
+                          "Outcomes in the rolling IC and hit-rate window", registry=REGISTRY)
 HIT_RATE = Gauge("mlrisk_model_hit_rate", "Rolling out-of-sample hit rate per model (and ensemble)", ["model"],
                  registry=REGISTRY)
 MODEL_INFO = Gauge("mlrisk_model_info", "1 for the model version in service", ["version"], registry=REGISTRY)
@@ -58,12 +60,17 @@ SINK_ROWS = Counter("mlrisk_sink_rows_total", "Rows written to the database", ["
 SINK_LAG = Gauge("mlrisk_sink_lag_seconds", "Age of the oldest row waiting for the database", ["table"],
                  registry=REGISTRY)
 SINK_ERRORS = Counter("mlrisk_sink_errors_total", "Failed database writes (retried)", ["table"], registry=REGISTRY)
+DATABASE_UP = Gauge("mlrisk_database_up", "1 while the database answers the sink, 0 while it does not",
+                    registry=REGISTRY)
 CONSUMER_LAG = Gauge("mlrisk_consumer_lag_messages", "Messages behind the end of the topic", ["topic", "partition"],
                      registry=REGISTRY)
 PAPER_EQUITY = Gauge("mlrisk_paper_equity_usdt", "Paper account equity", registry=REGISTRY)
 DRAWDOWN = Gauge("mlrisk_drawdown_ratio", "Paper account drawdown from peak", registry=REGISTRY)
 LIQUIDATIONS = Counter("mlrisk_liquidations_total", "Paper positions liquidated", ["symbol"], registry=REGISTRY)
 TRADING_STATE = Gauge("mlrisk_trading_state", "Trading state: 0 active, 1 reducing, 2 halted", registry=REGISTRY)
+EVENT_LOOP_LAG = Gauge("mlrisk_event_loop_lag_seconds",
+                       "Longest delay of the event loop waking from a short sleep over the last 5 s",
+                       registry=REGISTRY)
 ERRORS = Counter("mlrisk_errors_total", "Unexpected errors, by stage", ["stage"], registry=REGISTRY)
 
 
