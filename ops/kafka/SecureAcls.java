@@ -1,7 +1,7 @@
 // The ACLs of the secured broker (`kafka.sh start-secure`), created through the admin principal.
 // Run by kafka.sh with Java's source launcher: java -cp "libs/*" SecureAcls.java ADMIN_PROPERTIES TOPIC_PREFIX APP_ID
 //
-// worker:     its five topics (read, write, create, describe), and every topic and consumer group under its Faust
+// worker:     its six topics (read, write, create, describe), and every topic and consumer group under its Faust
 //             app id (changelogs, ingest state, leader election; the worker's two groups)
 // subscriber: reads the signals topic only, in consumer groups named subscriber*
 // admin:      a super user (server.properties), so no ACL here
@@ -19,6 +19,11 @@ import org.apache.kafka.common.resource.ResourcePattern;
 import org.apache.kafka.common.resource.ResourceType;
 
 public class SecureAcls {
+  // the topics of streams.app.ensure_topics, under the topic prefix
+  static final String[] WORKER_TOPICS = {
+    "market-data", "market-data-dlq", "internal-dlq", "bars", "signals", "executions"
+  };
+
   static void allow(List<AclBinding> acls, String user, ResourceType type, String name, PatternType pattern,
       AclOperation... operations) {
     for (AclOperation operation : operations) {
@@ -35,7 +40,7 @@ public class SecureAcls {
     String prefix = args[1];
     String appId = prefix.isEmpty() ? args[2] : args[2] + "-" + prefix;
     List<AclBinding> acls = new ArrayList<>();
-    for (String topic : new String[] {"market-data", "market-data-dlq", "bars", "signals", "executions"}) {
+    for (String topic : WORKER_TOPICS) {
       allow(acls, "worker", ResourceType.TOPIC, prefix + topic, PatternType.LITERAL, AclOperation.READ,
           AclOperation.WRITE, AclOperation.CREATE, AclOperation.DESCRIBE, AclOperation.DESCRIBE_CONFIGS);
     }

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -50,23 +49,6 @@ def database_url() -> str:
     url = url_for(Settings.from_env())
     init_schema(url)
     return url
-
-
-@contextlib.contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    """A fresh database on the same server (its URL), dropped afterwards: for tests that need the whole
-    database to themselves, or a database without TimescaleDB next to one with it."""
-    from psycopg.conninfo import make_conninfo
-
-    name = f"mlrisk_test_{uuid.uuid4().hex[:12]}"
-    admin = make_conninfo(server_url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_conninfo(server_url, dbname=name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:
@@ -260,7 +242,7 @@ def replay(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Quick models trained once per session on real BTCUSDT bars (never committed)."""
-    from models.train import train_cli
+    from models.training.train import train_cli
 
     out = tmp_path_factory.mktemp("models")
     train_cli(REPO_ROOT.parent / "shared" / "data", "BTCUSDT", out, quick=True, progress=False)
