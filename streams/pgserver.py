@@ -21,6 +21,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import psycopg
 
 DEFAULT_PORT = 55432
 DATABASE = "mlrisk"
@@ -203,8 +207,8 @@ def _asks_for_password() -> bool:
     return False
 
 
-def _assert_data_directory(conn: object, data: Path) -> None:
-    row = conn.execute("SHOW data_directory").fetchone()  # type: ignore[attr-defined]
+def _assert_data_directory(conn: psycopg.Connection[Any], data: Path) -> None:
+    row = conn.execute("SHOW data_directory").fetchone()
     if row is None or os.path.realpath(row[0]) != os.path.realpath(data):
         raise RuntimeError(f"the PostgreSQL server on 127.0.0.1:{port()} serves {row[0] if row else '?'}, not "
                            f"{data}: another server holds the port; stop it or set MLRISK_PG_PORT")
