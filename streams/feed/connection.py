@@ -43,6 +43,9 @@ class MessageHandler(Protocol):
 
     async def reconnected(self, streams: list[str]) -> None: ...
 
+    async def wait_drained(self) -> None:
+        """Until the publish buffer has room again (after an Overflow)."""
+
 
 def stream_url(base_url: str, streams: list[str]) -> str:
     return f"{base_url}/stream?streams={'/'.join(streams)}"
@@ -88,6 +91,8 @@ class StreamConnection:
                 if self._stopping:
                     break
                 metrics.RECONNECTS.labels(cause=cause).inc()
+                if cause == "overflow":
+                    await self.handler.wait_drained()  # reconnecting before Kafka is back would only overflow again
                 failures = 0 if delivered else failures + 1
                 delay_s = backoff_s(failures) if failures else 0.0
                 log.warning("%s: connection ended (%s); reconnecting in %.1f s", self.name, cause, delay_s)

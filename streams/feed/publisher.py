@@ -1,7 +1,8 @@
 """The feed's Kafka producer: idempotent, acks from all replicas, and a bounded buffer.
 
-At most `capacity` messages wait for the broker's acknowledgement. When the buffer is full, `publish` waits:
-the websocket is no longer read, so memory stays bounded while Kafka is away. The producer keeps retrying
+At most `capacity` messages wait for the broker's acknowledgement. When the buffer is full, or aiokafka's own
+batch for the partition is, `publish` waits: the websocket is no longer read, so memory stays bounded while
+Kafka is away. The producer keeps retrying
 for `delivery_timeout_s`; a message not acknowledged by then is counted and makes the feed unhealthy.
 """
 
@@ -57,7 +58,7 @@ class Publisher:
         metrics.BUFFER_FILL.set(self.fill)
         try:
             future = await self._producer.send(topic or self.topic, value, key=key.encode())
-        except Exception:
+        except BaseException:  # cancelled too: aiokafka appends nothing until it returns the future
             self._release()
             raise
         future.add_done_callback(self._delivered)

@@ -127,11 +127,15 @@ class FeedRouter:
 
     async def reconnected(self, streams: list[str]) -> None:
         """Before a new connection's messages: publish the trades published nowhere since the last one."""
+        log.info("reconnected: back-filling %s", streams)
         for stream in streams:
             kind = stream_kind(stream)
             state = self.states.get(stream.split("@", 1)[0].upper())
             if kind in TRADE_KINDS and state is not None and kind in state.last_ids:
                 await self._backfill(state, kind, until_id=None)
+
+    async def wait_drained(self) -> None:
+        await self.publisher.flush()  # every message acknowledged: Kafka is back
 
     async def _backfill(self, state: SymbolState, kind: str, until_id: int | None) -> None:
         from_id = state.last_ids[kind] + 1
@@ -159,15 +163,14 @@ class FeedRouter:
         await self._publish(symbol, orjson.dumps(event), self.gaps_topic)
 
     async def _publish(self, symbol: str, value: bytes, topic: str | None = None) -> None:
-        if self.publisher.full():
-            # reading stops here (backpressure); past overflow_s the connection is replaced and resynced
-            deadline = time.monotonic() + self.overflow_s
-            while self.publisher.full():
-                if time.monotonic() > deadline:
-                    metrics.BUFFER_OVERFLOWS.inc()
-                    raise Overflow(f"the publish buffer stayed full for {self.overflow_s:.0f} s")
-                await asyncio.sleep(0.05)
-        await self.publisher.publish(symbol, value, topic)
+        # reading stops while Kafka takes nothing (backpressure); past overflow_s the connection is replaced, and
+        # the new one back-fills and resyncs once Kafka is back
+        try:
+            async with asyncio.timeout(self.overflow_s):
+                await self.publisher.publish(symbol, value, topic)
+        except TimeoutError:
+            metrics.BUFFER_OVERFLOWS.inc()
+            raise Overflow(f"Kafka took nothing for {self.overflow_s:g} s") from None
 
     def _on_diff(self, state: SymbolState, data: dict[str, Any]) -> None:
         assert state.book is not None
@@ -199,6 +202,7 @@ class FeedRouter:
                 await asyncio.sleep(SNAPSHOT_RETRY_S)
                 continue
             message = orjson.dumps({"e": "depthSnapshot", "s": state.symbol, **body})
+            log.info("%s: snapshot %d fetched", state.symbol, body["lastUpdateId"])
             state.book.on_snapshot(body["lastUpdateId"], body["bids"], body["asks"])
             if state.book.synced:
                 await self._publish_snapshot(state, message)  # right after the buffered diff that bridged it
@@ -215,7 +219,8 @@ class FeedRouter:
         cannot apply (as the worker's book does) then finds the bridging one among them."""
         metrics.RESYNCS.labels(symbol=state.symbol).inc()
         self.snapshots_published += 1
-        await self._publish(state.symbol, message)
+        # waits for room but never overflows: the book already counts on this snapshot being published
+        await self.publisher.publish(state.symbol, message)
 
     async def close(self) -> None:
         for state in self.states.values():

@@ -113,11 +113,15 @@ class ServerBook:
         return body
 
 
+MAX_QUEUED = 5_000  # messages a client may fall behind before the server drops it, as Binance drops slow readers
+
+
 @dataclass(eq=False)
 class Client:
     ws: web.WebSocketResponse
     wanted: dict[tuple[str, str], str]  # (symbol, kind) → the stream name the client asked for
     silent: bool = False
+    queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(MAX_QUEUED))
 
 
 class FakeBinance:
@@ -136,6 +140,7 @@ class FakeBinance:
         self.withhold_depth: set[str] = set()
         self.withheld: list[tuple[str, int]] = []
         self.limit_next = 0
+        self.slow_dropped = 0  # clients dropped for falling behind
         self.rest_calls: dict[str, int] = {}
         self.finished = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -183,10 +188,14 @@ class FakeBinance:
         """Cut every connection without a close frame, and refuse new ones for `refuse_s` (of wall time)."""
         self.refuse_until = time.monotonic() + refuse_s
         for client in list(self.clients):
-            transport = client.ws._req.transport if client.ws._req is not None else None  # noqa: SLF001
-            if transport is not None:
-                transport.abort()
-        self.clients.clear()
+            self._abort(client)
+
+    def _abort(self, client: Client) -> None:
+        transport = client.ws._req.transport if client.ws._req is not None else None  # noqa: SLF001
+        if transport is not None:
+            transport.abort()
+        with contextlib.suppress(ValueError):
+            self.clients.remove(client)
 
     async def close_all(self) -> None:
         """A server-initiated close frame, as at Binance's 24-hour limit."""
@@ -223,8 +232,11 @@ class FakeBinance:
                     if stream is None or client.silent or client.ws.closed:
                         continue
                     payload = b'{"stream":"' + stream.encode() + b'","data":' + line.data_bytes + b"}"
-                    with contextlib.suppress(ConnectionError, RuntimeError):
-                        await client.ws.send_str(payload.decode())  # Binance sends text frames
+                    try:
+                        client.queue.put_nowait(payload.decode())
+                    except asyncio.QueueFull:
+                        self.slow_dropped += 1
+                        self._abort(client)
             self.position = index + 1
         self.finished.set()
 
@@ -253,12 +265,20 @@ class FakeBinance:
         await ws.prepare(request)
         client = Client(ws, wanted)
         self.clients.append(client)
+        sender = asyncio.create_task(self._send(client))
         with contextlib.suppress(Exception):
             async for _ in ws:
                 pass  # a market-data connection ignores what the client sends
+        sender.cancel()
         with contextlib.suppress(ValueError):
             self.clients.remove(client)
         return ws
+
+    @staticmethod
+    async def _send(client: Client) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while True:
+                await client.ws.send_str(await client.queue.get())  # Binance sends text frames
 
     # --- REST
     def _limited(self, name: str) -> web.Response | None:

@@ -1,16 +1,20 @@
 """`mlrisk feed` against a local server that plays real Binance captures with faults, publishing to the real broker.
 
 For each venue: connections dropped mid-stream (one drop long enough to need back-fill), a server-initiated close,
-a silent connection, a withheld depth diff, 429 answers, rotation with overlap. Every trade of the capture must
-reach `market-data` exactly once and in id order, and the book that the published snapshots and diffs give after
-every resync must equal the one rebuilt offline from the capture.
+a silent connection, a withheld depth diff, 429 answers, rotation with overlap; and Kafka unavailable for 20 s (a
+broker of the test's own, frozen). Every trade of the capture must reach `market-data` exactly once and in id
+order, and the book that the published snapshots and diffs give after every resync must equal the one rebuilt
+offline from the capture.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ from streams.events import DepthSnapshot, DepthUpdate, parse_event
 from streams.feed.service import FeedService
 from streams.feed.venues import VENUES
 from streams.metrics import REGISTRY
-from tests.integration.conftest import consume_all
+from tests.integration.conftest import REPO_ROOT, consume_all, free_port
 from tests.integration.fake_binance import Capture, FakeBinance, ServerBook
 
 pytestmark = pytest.mark.integration
@@ -44,7 +48,6 @@ def metric(name: str, **labels: str) -> float:
 
 def feed_settings(topic_prefix: str, address: str, **overrides: str) -> Settings:
     env = {
-        "MLRISK_KAFKA_BROKERS": "localhost:9092",
         "MLRISK_TOPIC_PREFIX": topic_prefix,
         "MLRISK_PARTITIONS": "2",
         "MLRISK_BINANCE_WS_URL": f"ws://{address}",
@@ -94,17 +97,18 @@ def check_books(capture: Capture, futures: bool, events: list[Any], symbol: str)
 
 async def run_scenario(
     capture: Capture, venue_name: str, topic_prefix: str, kinds: tuple[str, ...],
-    faults: Callable[[FakeBinance], Awaitable[None]], **settings_overrides: str,
+    faults: Callable[[FakeBinance], Awaitable[None]], brokers: str = "localhost:9092", **settings_overrides: str,
 ) -> tuple[FeedService, list[Any], dict[str, float]]:
     venue = VENUES[venue_name]
     server = FakeBinance(capture, venue.futures, SPEED)
     address = await server.start()
-    settings = feed_settings(topic_prefix, address, **settings_overrides)
+    settings = feed_settings(topic_prefix, address, MLRISK_KAFKA_BROKERS=brokers, **settings_overrides)
     symbols = sorted(capture.snapshots)
     names = ("mlrisk_feed_reconnects_total", "mlrisk_feed_backfilled_trades_total", "mlrisk_feed_resyncs_total",
              "mlrisk_feed_duplicates_total", "mlrisk_feed_rest_limited_total", "mlrisk_feed_published_total",
-             "mlrisk_feed_unfilled_gaps_total")
-    causes = ("closed", "error", "silent", "rotate")
+             "mlrisk_feed_unfilled_gaps_total", "mlrisk_feed_buffer_overflows_total",
+             "mlrisk_feed_publish_failures_total")
+    causes = ("closed", "error", "silent", "rotate", "overflow")
     before = {n: metric(n) for n in names} | {c: metric("mlrisk_feed_reconnects_total", cause=c) for c in causes}
     service = FeedService(settings, venue, symbols, kinds)
     await service.start()
@@ -116,7 +120,7 @@ async def run_scenario(
         await server.finished.wait()
         last_trade = {s: max(line.data["t"] for line in capture.lines if line.symbol == s and line.kind == "trade")
                       for s in symbols}
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(
             service.router.states[s].last_ids.get("trade") != last_trade[s] for s in symbols
         ):
@@ -128,7 +132,7 @@ async def run_scenario(
     after = {n: metric(n) for n in names} | {c: metric("mlrisk_feed_reconnects_total", cause=c) for c in causes}
     delta = {k: after[k] - before[k] for k in after}
     published = int(delta["mlrisk_feed_published_total"] - delta["mlrisk_feed_unfilled_gaps_total"])
-    records = await consume_all(settings.market_data_topic, published, timeout_s=60)
+    records = await consume_all(settings.market_data_topic, published, timeout_s=60, brokers=brokers)
     return service, records, delta
 
 
@@ -232,3 +236,65 @@ def test_spot_feed_rotates_with_overlap_over_split_connections(data_dir: Path, k
     for symbol in ("BTCUSDT", "ETHUSDT"):
         compared, snapshots = check_books(capture, False, depth_events(records, symbol), symbol)
         assert snapshots >= 2 and compared >= snapshots + 1
+
+
+class PrivateBroker:
+    """A broker of this test's own (the shared one must never be stopped), from the project's kafka.sh."""
+
+    def __init__(self, home: Path) -> None:
+        self.port = free_port()
+        libs = REPO_ROOT / ".mlrisk" / "kafka" / "libs"
+        (home / "kafka").mkdir(parents=True)
+        (home / "kafka" / "libs").symlink_to(libs)  # the jars are fetched once, for the shared broker
+        self.env = {**os.environ, "MLRISK_HOME": str(home), "MLRISK_KAFKA_PORT": str(self.port),
+                    "MLRISK_KAFKA_CONTROLLER_PORT": str(free_port())}
+
+    def run(self, action: str) -> None:
+        subprocess.run([str(REPO_ROOT / "ops" / "kafka" / "kafka.sh"), action], env=self.env, check=True,
+                       capture_output=True, timeout=120)
+
+    def signal(self, sig: signal.Signals) -> None:
+        os.kill(int((Path(self.env["MLRISK_HOME"]) / "kafka" / "kafka.pid").read_text()), sig)
+
+
+@pytest.fixture
+def private_broker(kafka: str, tmp_path: Path) -> Iterator[PrivateBroker]:
+    broker = PrivateBroker(tmp_path / "home")
+    broker.run("start")
+    try:
+        yield broker
+    finally:
+        broker.run("stop")
+
+
+@pytest.mark.slow  # 20 s of outage, and a broker of its own to start
+def test_feed_holds_back_while_kafka_is_unavailable_for_20_s(
+    data_dir: Path, private_broker: PrivateBroker, topic_prefix: str
+) -> None:
+    capture = Capture.load([data_dir / "binance-futures-ws" / "btcusdt_20240808.gz"], futures=True)
+    stopped_for_s: list[float] = []
+    server_finished_before_kafka: list[bool] = []
+
+    async def faults(server: FakeBinance) -> None:
+        await server.wait_played(0.05)
+        started = time.monotonic()
+        # frozen rather than shut down: unavailable at once and back at once, without the JVM's restart time
+        private_broker.signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(20)
+        finally:
+            private_broker.signal(signal.SIGCONT)
+        stopped_for_s.append(time.monotonic() - started)
+        server_finished_before_kafka.append(server.finished.is_set())
+
+    service, records, delta = asyncio.run(
+        run_scenario(capture, "binance-usdm", topic_prefix, ("trade", "bookTicker", "depth"), faults,
+                     brokers=f"localhost:{private_broker.port}", MLRISK_FEED_BUFFER_MESSAGES="2000")
+    )
+    assert stopped_for_s[0] >= 20 and not server_finished_before_kafka[0]
+    assert delta["mlrisk_feed_buffer_overflows_total"] >= 1 and delta["overflow"] >= 1
+    assert delta["mlrisk_feed_publish_failures_total"] == 0
+    backfilled = check_trades(capture, records)
+    assert backfilled == delta["mlrisk_feed_backfilled_trades_total"] > 100
+    compared, snapshots = check_books(capture, True, depth_events(records, "BTCUSDT"), "BTCUSDT")
+    assert snapshots >= 2 and compared >= snapshots + 1
