@@ -7,7 +7,9 @@
 - latency: event in (the producer sends the event that closes a bar) → signal out (a subscriber receives it),
   at 1,000 events/s offered: BTCUSDT's real futures trades with ETHUSDT's real closed klines among them (see
   `latency_feed`), after both symbols were warmed up on klines;
-- sink: batched multi-row inserts against row-by-row inserts into the real database;
+- sink: batched multi-row inserts against row-by-row inserts into the real database; the same into a
+  hypertable against a plain table, and the API's 30-day performance query from the continuous aggregate
+  against the raw rows (`bench/timescale_bench.py`);
 - inference per model at batch 1 and 64, one risk decision, the worker's RSS.
 """
 
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from bench.timescale_bench import performance_query_aggregate_vs_raw, sink_hypertable_vs_plain
 from streams.config import REPO_ROOT, Settings
 from streams.kafka_security import client_options
 from streams.probe import metric, wait_ready
@@ -289,6 +292,19 @@ async def latency_run(settings: Settings, env: dict[str, str], feed: list[tuple[
     return report
 
 
+# a signal as the worker emits it: the sink benches write copies of it
+SIGNAL_TEMPLATE: dict[str, Any] = {
+    "schema_version": 1, "symbol": "BTCUSDT", "signal_type": "hold", "signal_strength": "hold",
+    "confidence_score": 0.1, "ml_confidence": 0.2, "ml_prediction": "flat", "risk_level": "low",
+    "market_regime": "ranging", "entry_price": 60000.0, "recommended_leverage": None,
+    "position_size_usdt": None, "quantity": None, "stop_loss_price": None, "take_profit_price": None,
+    "risk_reward_ratio": None, "liquidation_price": None, "risk_score": 20.0, "liquidation_risk": 0.0,
+    "portfolio_impact": 0.0, "volatility_score": 0.2, "liquidity_score": 0.8,
+    "model_contributions": {"lightgbm": {"p_up": 0.5, "weight": 1.0}}, "model_version": "bench",
+    "latency_ms": 1.0, "metadata": {"p_up": 0.5},
+}
+
+
 @contextlib.contextmanager
 def scratch_schema(url: str) -> Iterator[str]:
     """A schema holding an empty copy of actionable_trade_signals (its indexes and keys included), dropped
@@ -314,20 +330,9 @@ def sink_bench(url: str, rows: int) -> dict[str, float]:
     the same empty table."""
     from streams.sink import SINK_BATCH, Sink, insert_sql, signal_row
 
-    template = {
-        "schema_version": 1, "symbol": "BTCUSDT", "signal_type": "hold", "signal_strength": "hold",
-        "confidence_score": 0.1, "ml_confidence": 0.2, "ml_prediction": "flat", "risk_level": "low",
-        "market_regime": "ranging", "entry_price": 60000.0, "recommended_leverage": None,
-        "position_size_usdt": None, "quantity": None, "stop_loss_price": None, "take_profit_price": None,
-        "risk_reward_ratio": None, "liquidation_price": None, "risk_score": 20.0, "liquidation_risk": 0.0,
-        "portfolio_impact": 0.0, "volatility_score": 0.2, "liquidity_score": 0.8,
-        "model_contributions": {"lightgbm": {"p_up": 0.5, "weight": 1.0}}, "model_version": "bench",
-        "latency_ms": 1.0, "metadata": {"p_up": 0.5},
-    }
-
     def signals(n: int) -> list[dict]:
         base = 1_700_000_000_000
-        return [{**template, "signal_id": str(uuid.uuid4()), "bar_close_time": base + i * 60_000,
+        return [{**SIGNAL_TEMPLATE, "signal_id": str(uuid.uuid4()), "bar_close_time": base + i * 60_000,
                  "timestamp": time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime((base + i * 60_000) / 1000))}
                 for i in range(n)]
 
@@ -383,7 +388,7 @@ def warmed_worker(settings: Settings, model_dir: Path, home: Path, trades: list[
 
 def ensure_models(model_dir: Path) -> Path:
     if not (model_dir / "CURRENT").exists():
-        from models.train import train_cli
+        from models.training.train import train_cli
 
         train_cli(DATA, "BTCUSDT", model_dir, quick=True, progress=False)
     return model_dir
@@ -437,6 +442,10 @@ def run(events: int, out: Path) -> dict[str, Any]:
 
     report["sink_rows_per_s"] = sink_bench(url, 20_000)
     print(f"  sink {report['sink_rows_per_s']}")
+    report["sink_hypertable_vs_plain_rows_per_s"] = sink_hypertable_vs_plain(url, SIGNAL_TEMPLATE, 20_000)
+    print(f"  sink on a hypertable vs plain {report['sink_hypertable_vs_plain_rows_per_s']}")
+    report["performance_query_30d_ms"] = performance_query_aggregate_vs_raw(url)
+    print(f"  performance query over 30 days {report['performance_query_30d_ms']}")
     bundle = load_bundle(model_dir)
     report["inference_us_per_row"] = bench_inference(bundle)
     report["risk_us_per_decision"] = bench_decide_us()
@@ -470,6 +479,14 @@ def _table(report: dict[str, Any]) -> None:
     sink = report["sink_rows_per_s"]
     table.add_row("sink batched / row by row, rows/s", f"{sink['batched']:,.0f} / {sink['row_by_row']:,.0f}",
                   f"{sink['ratio']:.1f}x")
+    hyper = report["sink_hypertable_vs_plain_rows_per_s"]
+    for way in ("batched", "row_by_row"):
+        table.add_row(f"sink on a hypertable / plain, {way.replace('_', ' ')}, rows/s",
+                      f"{hyper[f'hypertable_{way}']:,.0f} / {hyper[f'plain_{way}']:,.0f}",
+                      f"{hyper[f'{way}_ratio']:.2f}x")
+    query = report["performance_query_30d_ms"]
+    table.add_row(f"performance query, 30 days ({query['rows']:,.0f} signals): aggregate / raw, ms",
+                  f"{query['aggregate_ms']:.1f} / {query['raw_ms']:.1f}", f"{query['speedup']:.1f}x faster")
     for name, figures in report["inference_us_per_row"].items():
         table.add_row(f"{name} µs/row, batch 1 / 64", f"{figures['batch_1']:.0f} / {figures['batch_64']:.1f}",
                       f"{figures['batch_1'] / figures['batch_64']:.1f}x")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import Iterator
+
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from streams import pgserver
 from streams.config import REPO_ROOT, Settings
@@ -35,3 +40,18 @@ def init_schema(url: str, retention_days: int = 365, compress_after_days: int = 
         conn.execute(sql)  # noqa: S608
         row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
     return None if row is None else str(row[0])
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str) -> Iterator[str]:
+    """A fresh database on the same server (its URL), dropped afterwards: for tests and benchmarks that need a
+    whole database to themselves, or one without TimescaleDB next to one with it."""
+    name = f"mlrisk_scratch_{uuid.uuid4().hex[:12]}"
+    admin = make_conninfo(server_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_conninfo(server_url, dbname=name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

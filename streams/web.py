@@ -41,16 +41,28 @@ SCORING_THREADS = 1  # scoring given bars runs here, off the event loop that als
 MAX_SCORING_IN_FLIGHT = 4  # running or waiting for the thread; more is answered 429
 SCORING_TIMEOUT_S = 15.0  # a maximal request scores in about a second
 PERFORMANCE_WINDOW = timedelta(days=30)
-RAW_WINDOW = timedelta(days=1)  # the newest part of it, read from the raw rows rather than the hourly aggregate
+# the window's newest hour is read from the raw rows, the rest from the hourly aggregate: rows written late (a
+# replay's) below what the aggregate has materialised count before its next refresh (every 10 minutes) has seen them
+RAW_WINDOW = timedelta(hours=1)
+# per signal type: count, mean confidence, mean risk score; parameters: start, split, split, end
+PERFORMANCE_SQL = (
+    "SELECT signal_type, sum(n)::BIGINT, sum(confidence) / sum(n), sum(risk) / NULLIF(sum(risk_n), 0) "
+    "FROM (SELECT signal_type, signals AS n, confidence_sum AS confidence, risk_score_sum AS risk, "
+    "risk_scored AS risk_n FROM signals_hourly WHERE bucket >= %s AND bucket < %s "
+    "UNION ALL SELECT signal_type, 1, confidence_score, risk_score, (risk_score IS NOT NULL)::INT "
+    "FROM actionable_trade_signals WHERE timestamp >= %s AND timestamp < %s) AS window_rows "
+    "GROUP BY signal_type ORDER BY signal_type")
 
 
-def performance_window(signals: Iterable[dict[str, Any]], now: datetime | None = None) -> tuple[datetime, datetime]:
-    """The signal counts' window: the 30 days up to the stream's clock (the newest bar this worker turned into a
-    signal, so that a replay of past days reports on them; the wall clock before any), from an hour boundary, so
-    that the hourly aggregate answers it whole."""
+def performance_window(signals: Iterable[dict[str, Any]],
+                       now: datetime | None = None) -> tuple[datetime, datetime, datetime]:
+    """The signal counts' window as (start, split, end): the 30 days up to the stream's clock (the newest bar this
+    worker turned into a signal, so that a replay of past days reports on them; the wall clock before any), from
+    an hour boundary; the hourly aggregate answers [start, split), the raw rows [split, end)."""
     closes = [s["bar_close_time"] for s in signals]
     end = datetime.fromtimestamp((max(closes) + 1) / 1000, UTC) if closes else (now or datetime.now(UTC))
-    return end.replace(minute=0, second=0, microsecond=0) - PERFORMANCE_WINDOW, end
+    hour = end.replace(minute=0, second=0, microsecond=0)
+    return hour - PERFORMANCE_WINDOW, hour - RAW_WINDOW, end
 
 
 class BadRequest(Exception):
@@ -271,18 +283,8 @@ def register_api(runtime: Runtime) -> None:
                 stage = services.get("stage")
                 broker = services["broker"]
                 account = broker.account
-                start, end = performance_window(stage.last_signals.values() if stage else ())
-                # the hourly aggregate up to the last day, the last day from the raw rows: a replay's or a late
-                # writer's newest rows count before the aggregate's next refresh has seen them
-                split = end.replace(minute=0, second=0, microsecond=0) - RAW_WINDOW
-                rows = await services["database"].query(
-                    "SELECT signal_type, sum(n)::BIGINT, sum(confidence) / sum(n), sum(risk) / NULLIF(sum(risk_n), 0) "
-                    "FROM (SELECT signal_type, signals AS n, confidence_sum AS confidence, risk_score_sum AS risk, "
-                    "risk_scored AS risk_n FROM signals_hourly WHERE bucket >= %s AND bucket < %s "
-                    "UNION ALL SELECT signal_type, 1, confidence_score, risk_score, (risk_score IS NOT NULL)::INT "
-                    "FROM actionable_trade_signals WHERE timestamp >= %s AND timestamp < %s) AS window_rows "
-                    "GROUP BY signal_type ORDER BY signal_type",
-                    (start, split, split, end))
+                start, split, end = performance_window(stage.last_signals.values() if stage else ())
+                rows = await services["database"].query(PERFORMANCE_SQL, (start, split, split, end))
                 books = [b.book for b in account.books.values()]
                 trades = sum(b.trades for b in books)
                 return 200, {

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from streams.config import REPO_ROOT
-from tests.integration.conftest import scratch_database
+from streams.db import scratch_database
 
 EXPECTED: dict[str, dict[str, tuple[str, Any]]] = {
     "actionable_trade_signals": {

@@ -26,10 +26,9 @@ from models.engine import SignalEngine
 from models.registry import load_bundle
 from models.simulate import FillCosts
 from risk.config import RiskConfig
-from streams.db import init_schema
+from streams.db import init_schema, scratch_database
 from streams.execution import PaperAccount, PaperBroker
 from streams.sink import SINK_BATCH, Sink, metrics_row
-from tests.integration.conftest import scratch_database
 
 TIMESCALEDB_VERSION = "2.29.2"  # the version ops/timescaledb/build.sh builds into the embedded server
 HYPERTABLES = {"actionable_trade_signals": 1, "risk_adjusted_positions": 1, "signal_execution_logs": 7,
