@@ -18,7 +18,7 @@ from rich.table import Table
 
 from models.bars import DAY_MS, MINUTE_MS, parse_iso_ms
 from models.data import load_bars
-from models.train import TrainConfig, build_dataset, make_fold, train_fold
+from models.training.train import TrainConfig, build_dataset, make_fold, train_fold
 
 REPO = Path(__file__).resolve().parents[1]
 QUARTERS = [

@@ -18,7 +18,7 @@ import orjson
 from models.bars import DAY_MS, MINUTE_MS, parse_iso_ms
 from models.data import BarFrame, load_bars
 from models.engine import SignalEngine
-from models.evaluate import drawdown, expected_calibration_error, plot_report, spearman
+from models.evaluate import drawdown, expected_calibration_error, spearman
 from models.features import WARMUP_BARS
 from models.registry import ModelBundle, load_bundle
 from models.signal import invariant_violations, iso_utc
@@ -192,6 +192,8 @@ def backtest_cli(
     )
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    from models.training.plots import plot_report  # matplotlib: only the command that writes files needs it
+
     plots = plot_report(
         out_path.with_suffix(""),
         series["p_up"],

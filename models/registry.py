@@ -58,8 +58,8 @@ def code_version() -> str:
     """Package version plus a hash of the models package's source: the code that trained a version."""
     root = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for path in sorted(root.glob("*.py")):
-        digest.update(path.name.encode())
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     try:
         from importlib.metadata import version

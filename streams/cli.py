@@ -1,4 +1,4 @@
-"""The `mlrisk` command: worker, replay, feed, db, train, retrain, rollback, backtest, bench."""
+"""The `mlrisk` command: worker, replay, feed, db, train, retrain, rollback, backtest, state, bench."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from models.train import train_cli
+    from models.training.train import train_cli
 
     train_cli(Path(args.data), args.symbol.upper(), Path(args.out), quick=args.quick, horizon=args.horizon)
     return 0
@@ -118,7 +118,7 @@ def _lifecycle_settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from models.lifecycle import DEFAULT_MARGIN
+    from models.training.lifecycle import DEFAULT_MARGIN
     from streams.retrainer import retrain_once, watch
 
     settings = _lifecycle_settings(args)
@@ -197,7 +197,28 @@ def cmd_feed(args: argparse.Namespace) -> int:
         print(f"mlrisk feed: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run_feed(settings, venue, symbols, kinds, args.bind))
+    asyncio.run(run_feed(settings, venue, symbols, kinds))
+    return 0
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    import orjson
+
+    from streams import state_admin
+    from streams.config import parse_symbol
+
+    settings = _settings()
+    symbol = parse_symbol(args.symbol)
+    if symbol is None:
+        print(f"mlrisk state: not a symbol: {args.symbol!r}", file=sys.stderr)
+        return 2
+    records = asyncio.run(state_admin.find(settings, symbol))
+    print(orjson.dumps({"symbol": symbol, "state": state_admin.describe(records)},
+                       option=orjson.OPT_INDENT_2).decode())
+    if args.action == "reset" and records:
+        asyncio.run(state_admin.reset(settings, records))
+        print(f"mlrisk state: {symbol} reset in {len(records)} topic(s); the next worker to own it starts it afresh",
+              file=sys.stderr)
     return 0
 
 
@@ -289,8 +310,12 @@ def parser() -> argparse.ArgumentParser:
     feed.add_argument("--symbols", required=True, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
     feed.add_argument("--streams", default="trade,bookTicker,depth",
                       help="comma-separated: trade, aggTrade, bookTicker, depth, markPrice (USD-M), kline_1m")
-    feed.add_argument("--bind", default="127.0.0.1", help="address of /health and /metrics (port MLRISK_FEED_PORT)")
     feed.set_defaults(func=cmd_feed)
+
+    state = sub.add_parser("state", help="show or reset one symbol's stream state (stop the workers to reset)")
+    state.add_argument("action", choices=("show", "reset"))
+    state.add_argument("symbol", help="e.g. BTCUSDT or BTC/USDT")
+    state.set_defaults(func=cmd_state)
 
     bench = sub.add_parser("bench", help="throughput, latency, sink and inference benchmarks")
     bench.add_argument("--out", default="bench.json")

@@ -37,7 +37,7 @@ def ensure_models(data: Path, model_dir: Path) -> None:
         print(f"models: using {model_dir / (model_dir / 'CURRENT').read_text().strip()}")
         return
     print("models: none yet, training quick models on real BTCUSDT bars (about a minute)")
-    from models.train import train_cli
+    from models.training.train import train_cli
 
     train_cli(data, "BTCUSDT", model_dir, quick=True, horizon=15)
 

@@ -1,6 +1,6 @@
 """`mlrisk retrain` and `mlrisk rollback`: the model lifecycle's commands, and the retrainer service's loop.
 
-Retraining itself is `models.lifecycle.retrain` (pure of services); this module records each decision in
+Retraining itself is `models.training.lifecycle.retrain` (pure of services); this module records each decision in
 ml_model_events and, in `--watch` mode, decides when to retrain: on drift or decay events that workers recorded
 since the last decision, or on a schedule. Workers follow the registry's CURRENT pointer and swap on their own.
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 import psycopg
 
-from models.lifecycle import Decision, retrain
 from models.registry import rollback
+from models.training.lifecycle import Decision, retrain
 from streams.config import Settings
 from streams.db import database_url
 from streams.sink import EVENT_COLUMNS, event_row, insert_sql

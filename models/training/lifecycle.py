@@ -20,7 +20,7 @@ from models.bars import DAY_MS, MINUTE_MS
 from models.data import load_bars
 from models.features import WARMUP_BARS
 from models.registry import ModelBundle, current_version, load_bundle, promote
-from models.train import build_dataset, evaluate_members, ready_test_rows, train_cli
+from models.training.train import build_dataset, evaluate_members, ready_test_rows, train_cli
 
 DECISIONS_FILE = "decisions.jsonl"
 DEFAULT_MARGIN = 0.0003  # nats of log-loss per prediction: about one standard error on a week of minutes

@@ -218,9 +218,9 @@ def make_members(config: TrainConfig) -> list[ProbabilityModel]:
     if not config.neural:
         return members
     try:
-        from models.lstm import LSTMModel
-        from models.torch_training import TrainingConfig
-        from models.transformer import TransformerModel
+        from models.training.lstm import LSTMModel
+        from models.training.torch_training import TrainingConfig
+        from models.training.transformer import TransformerModel
     except ImportError:
         return members
     training = TrainingConfig(

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from models.neural_calibration import DEFAULT_CLIP
-from models.torch_training import TorchSequenceModel, TrainingConfig
+from models.training.torch_training import TorchSequenceModel, TrainingConfig
 
 
 class EncoderBlock(nn.Module):

@@ -20,7 +20,7 @@ import orjson
 import psycopg
 
 from models.registry import current_version
-from models.train import train_cli
+from models.training.train import train_cli
 from tests.integration.conftest import REPO_ROOT, read_topic, replay
 
 DAYS = ("2023-03-10", "2023-03-11", "2023-03-12")

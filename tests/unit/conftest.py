@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 KLINES = DATA_DIR / "binance-spot-klines-1m"
 OHLCV = DATA_DIR / "binance-spot-ohlcv-1m"
@@ -29,7 +29,7 @@ def ohlcv_dir() -> Path:
 @pytest.fixture(scope="session")
 def quick_models(klines_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A quick-trained bundle (20 days of BTCUSDT ending 2024-06-01) in a session temp folder."""
-    from models.train import train_cli
+    from models.training.train import train_cli
 
     out = tmp_path_factory.mktemp("models")
     train_cli(

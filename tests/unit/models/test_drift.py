@@ -10,7 +10,7 @@ import numpy as np
 from models.data import load_bars
 from models.drift import PSI_DRIFT, feature_psi, psi
 from models.features import FEATURE_NAMES, batch_features
-from models.train import REFERENCE_QUANTILES, training_reference
+from models.training.train import REFERENCE_QUANTILES, training_reference
 
 
 def _ms(day: str) -> int:

@@ -10,7 +10,7 @@ import numpy as np
 from models.bars import DAY_MS, MINUTE_MS
 from models.data import load_bars
 from models.lightgbm_model import LightGBMParams
-from models.train import TrainConfig, build_dataset, make_fold, period_rows, train_fold
+from models.training.train import TrainConfig, build_dataset, make_fold, period_rows, train_fold
 
 HORIZON = 15
 START = 1714521600000  # 2024-05-01

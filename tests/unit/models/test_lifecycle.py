@@ -13,8 +13,8 @@ from models.bars import MINUTE_MS, parse_iso_ms
 from models.data import load_bars
 from models.engine import SignalEngine
 from models.features import WARMUP_BARS
-from models.lifecycle import DEFAULT_MARGIN, decide, holdout_figures
 from models.registry import METADATA_FILE, current_version, load_bundle, promote, promotion_history, rollback
+from models.training.lifecycle import DEFAULT_MARGIN, decide, holdout_figures
 
 HOLDOUT = (parse_iso_ms("2024-06-01"), parse_iso_ms("2024-06-08"))
 

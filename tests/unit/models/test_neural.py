@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +15,6 @@ from models.bars import MINUTE_MS
 from models.base import ProbabilityModel
 from models.data import BarFrame, load_bars
 from models.features import FEATURE_NAMES, N_FEATURES, batch_features
-from models.lstm import LSTMModel
 from models.neural_calibration import (
     IsotonicCalibrator,
     PlattCalibrator,
@@ -32,8 +29,9 @@ from models.onnx_serving import (
     WindowStandardiser,
     bench_sequence_model,
 )
-from models.torch_training import TorchSequenceModel, TrainingConfig, WeightAverage, log_loss
-from models.transformer import TransformerModel
+from models.training.lstm import LSTMModel
+from models.training.torch_training import TorchSequenceModel, TrainingConfig, WeightAverage, log_loss
+from models.training.transformer import TransformerModel
 
 DATA_DIR = Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 HORIZON_BARS = 15
@@ -200,34 +198,6 @@ def test_batched_scores_equal_row_by_row_scores_bit_for_bit(
             # other batch sizes take other matrix-kernel blockings: equal to float32 rounding; a window
             # that leaked into its neighbours would move them by orders of magnitude more
             np.testing.assert_allclose(batched, single, rtol=0, atol=1e-6, err_msg=f"batch size {batch_size}")
-
-
-def test_serving_process_never_imports_torch(
-    trained: dict[str, tuple[TorchSequenceModel, Split, Path]], tmp_path: Path
-) -> None:
-    windows_files = {}
-    expected = {}
-    for name in MODEL_NAMES:
-        _, split, directory = trained[name]
-        windows_files[name] = tmp_path / f"{name}.npy"
-        np.save(windows_files[name], split.x_val[:50])
-        expected[name] = OnnxSequenceModel.load(directory).predict_proba(split.x_val[:50])
-    script = "\n".join(
-        [
-            "import sys, numpy as np",
-            "from models.onnx_serving import OnnxSequenceModel",
-            *(
-                f"np.save({str(tmp_path / (name + '_p.npy'))!r}, OnnxSequenceModel.load("
-                f"{str(trained[name][2])!r}).predict_proba(np.load({str(windows_files[name])!r})))"
-                for name in MODEL_NAMES
-            ),
-            "assert 'torch' not in sys.modules, 'torch was imported'",
-        ]
-    )
-    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert completed.returncode == 0, completed.stderr
-    for name in MODEL_NAMES:
-        assert np.array_equal(np.load(tmp_path / f"{name}_p.npy"), expected[name])
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

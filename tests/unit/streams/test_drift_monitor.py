@@ -10,7 +10,7 @@ import numpy as np
 from models.bars import parse_iso_ms
 from models.data import load_bars
 from models.features import batch_features
-from models.train import REFERENCE_QUANTILES, training_reference
+from models.training.train import REFERENCE_QUANTILES, training_reference
 from streams.signals import DriftMonitor
 
 
