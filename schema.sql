@@ -183,12 +183,16 @@ BEGIN
     IF retention_days < 0 OR compress_days < 0 THEN
         RAISE EXCEPTION 'mlrisk.retention_days and mlrisk.compress_after_days must be >= 0';
     END IF;
-    -- a database that has the extension keeps it; otherwise it is created where it is installed and preloaded
-    -- (CREATE EXTENSION fails on a server that did not preload it)
-    timescale := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')
-        OR (wanted
-            AND EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
-            AND current_setting('shared_preload_libraries') ~ '(^|[\s,])"?timescaledb"?($|[\s,])');
+    -- a database that has the extension keeps it; otherwise it is created where it is installed and the server
+    -- preloaded its library (CREATE EXTENSION fails otherwise), unless the setting says no. The preloaded library
+    -- shows as its integer setting in pg_settings, which every user may read (shared_preload_libraries is for
+    -- superusers only, as a managed server's users are not).
+    IF wanted AND EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
+       AND EXISTS (SELECT 1 FROM pg_settings WHERE name = 'timescaledb.max_background_workers'
+                   AND vartype = 'integer') THEN
+        CREATE EXTENSION IF NOT EXISTS timescaledb;
+    END IF;
+    timescale := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb');
     IF NOT timescale THEN
         FOR i IN 1 .. array_length(aggregates, 1) LOOP
             IF to_regclass(aggregates[i][1]) IS NULL THEN
@@ -200,7 +204,6 @@ BEGIN
         RETURN;
     END IF;
 
-    CREATE EXTENSION IF NOT EXISTS timescaledb;
     FOR t IN SELECT jsonb_object_keys(chunk_days) LOOP
         PERFORM create_hypertable(t, by_range('timestamp', make_interval(days => (chunk_days->>t)::INT)),
                                   if_not_exists => TRUE, migrate_data => TRUE);

@@ -98,7 +98,7 @@ def cmd_db(args: argparse.Namespace) -> int:
                        else "no compression")
         engine = (f"TimescaleDB {version}: hypertables, {compression}, continuous aggregates" if version
                   else "plain PostgreSQL (no TimescaleDB)")
-        print(f"schema applied to {url.split('@')[-1]} on {engine} (TimescaleDB hypertables: "
+        print(f"schema applied to {url.split('@')[-1].split('?')[0]} on {engine} (TimescaleDB hypertables: "
               f"{'yes' if version else 'no'})")
     return 0
 

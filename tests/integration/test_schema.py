@@ -152,4 +152,4 @@ def test_signal_rows_are_idempotent_on_signal_id(database_url: str) -> None:
 def test_schema_file_creates_hypertables_only_where_timescaledb_exists() -> None:
     sql = (REPO_ROOT / "schema.sql").read_text()
     assert "pg_available_extensions WHERE name = 'timescaledb'" in sql
-    assert sql.count("CREATE TABLE IF NOT EXISTS") == 5
+    assert sql.count("CREATE TABLE IF NOT EXISTS") == 6  # the five of the audit trail and the sink's quarantine
