@@ -212,6 +212,21 @@ def test_mutual_tls_with_a_client_certificate(secure_broker: SecureBroker) -> No
         asyncio.run(topics(base))
 
 
+def test_a_worker_on_mutual_tls_gets_its_partitions(secure_broker: SecureBroker, database_url: str,
+                                                     tmp_path: Path) -> None:
+    tls = secure_broker.home / "tls"
+    env = {**os.environ, "MLRISK_KAFKA_BROKERS": f"localhost:{secure_broker.port + 1}",
+           "MLRISK_KAFKA_SECURITY_PROTOCOL": "SSL", "MLRISK_KAFKA_SSL_CAFILE": str(tls / "ca.pem"),
+           "MLRISK_KAFKA_SSL_CERTFILE": str(tls / "worker.pem"), "MLRISK_KAFKA_SSL_KEYFILE": str(tls / "worker.key"),
+           "MLRISK_TOPIC_PREFIX": secure_broker.prefix, "MLRISK_CREATE_TOPICS": "false",
+           "MLRISK_WEB_PORT": str(free_port()), "MLRISK_HOME": str(tmp_path / "home"), "DATABASE_URL": database_url}
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    try:
+        worker.start()  # ready: Faust's consumer has partitions of the worker's topics
+    finally:
+        worker.stop()
+
+
 def test_missing_topics_stop_start_up_when_topics_are_provisioned(kafka: str, tmp_path: Path) -> None:
     prefix = f"prov{uuid.uuid4().hex[:8]}-"
     env = {**os.environ, "MLRISK_CREATE_TOPICS": "false", "MLRISK_TOPIC_PREFIX": prefix,
