@@ -54,6 +54,9 @@ __all__ = ["RiskConfig", "decide", "expected_edge_fraction", "invariant_violatio
 
 _MEAN_ABS_GAUSSIAN = math.sqrt(2.0 / math.pi)
 _EMPTY: Mapping[str, float] = MappingProxyType({})
+# risk_factors keys of the leverage caps and size bounds, made once rather than per decision
+_CAP_FACTOR = {name: f"leverage_cap_{name}" for name in ("stop_buffer", "bracket", "config", "volatility", "regime")}
+_BOUND_FACTOR = {name: f"size_bound_{name}_usdt" for name in ("base_rule", "risk_budget", "kelly")}
 
 
 def expected_edge_fraction(p_direction: float, sigma_1m: float, horizon_minutes: int) -> float:
@@ -325,7 +328,7 @@ def _consider_entry(context: _Context) -> RiskDecision:
     except ValueError as error:
         return context.hold(f"no bracket for the position: {error}", risk_factors=MappingProxyType(factors))
     for name, cap in choice.caps.items():
-        factors[f"leverage_cap_{name}"] = float(cap)
+        factors[_CAP_FACTOR.get(name) or f"leverage_cap_{name}"] = float(cap)
     if choice.leverage is None:
         return context.hold(choice.reason, risk_factors=MappingProxyType(factors))
     leverage = choice.leverage
@@ -355,14 +358,16 @@ def _consider_entry(context: _Context) -> RiskDecision:
     )
     factors["bracket_win_probability"] = win_probability
     for name, bound in size.bounds.items():
-        factors[f"size_bound_{name}_usdt"] = bound
+        factors[_BOUND_FACTOR.get(name) or f"size_bound_{name}_usdt"] = bound
     if size.size_usdt < config.limits.min_position_usdt:
         return context.hold(
             f"size {size.size_usdt} USDT below the minimum order (bound by {size.binding})",
             parts,
             MappingProxyType(factors),
         )
-    approval = check_candidate(market.symbol, size.size_usdt, leverage, context.portfolio, config.limits)
+    approval = check_candidate(
+        market.symbol, size.size_usdt, leverage, context.portfolio, config.limits, context.state
+    )
     if not approval.approved:
         return context.hold(
             f"refused by the portfolio limit {approval.refused_by}", parts, MappingProxyType(factors)

@@ -92,11 +92,15 @@ def trading_state_for(portfolio: PortfolioState, limits: PortfolioLimits) -> Tra
     return "ACTIVE"
 
 
+_STRICTNESS: Mapping[str, int] = MappingProxyType({state: rank for rank, state in enumerate(TRADING_STATES)})
+
+
 def effective_trading_state(portfolio: PortfolioState, limits: PortfolioLimits) -> TradingState:
     """The stricter of the recorded state and the state the limits derive now (a halt is never lifted
     here)."""
     derived = trading_state_for(portfolio, limits)
-    return max(portfolio.trading_state, derived, key=TRADING_STATES.index)
+    recorded = portfolio.trading_state
+    return recorded if _STRICTNESS[recorded] >= _STRICTNESS[derived] else derived
 
 
 def gross_exposure_usdt(positions: Sequence[OpenPosition]) -> float:
@@ -165,14 +169,16 @@ def check_candidate(
     leverage: int,
     portfolio: PortfolioState,
     limits: PortfolioLimits,
+    trading_state: TradingState | None = None,
 ) -> CandidateApproval:
     """Check a new position against the account's limits and cut it to the largest size they allow.
 
     Refused when the trading state is not ACTIVE, when the symbol already holds a position, when the number
     of open positions is at its limit, or when the largest allowed size is under `min_position_usdt`.
+    `trading_state` is `effective_trading_state(portfolio, limits)` when the caller has it already.
     """
     empty: Mapping[str, float] = MappingProxyType({})
-    state = effective_trading_state(portfolio, limits)
+    state = effective_trading_state(portfolio, limits) if trading_state is None else trading_state
     if state != "ACTIVE":
         return CandidateApproval(False, 0.0, "trading_state", "trading_state", 0.0, empty)
     if any(position.symbol == symbol for position in portfolio.positions):

@@ -45,7 +45,8 @@ SHOCK_SIGMAS = 5.0
 
 
 def _unit(value: float) -> float:
-    return min(max(value, 0.0), 1.0)
+    # min(max(value, 0), 1) without the two calls; NaN passes through as it does there
+    return 0.0 if value < 0.0 else 1.0 if value > 1.0 else value
 
 
 def volatility_score(market: MarketSnapshot) -> float:
@@ -126,7 +127,7 @@ def risk_components(
 
 def risk_score(components: Mapping[str, float]) -> float:
     """The weighted sum of the parts, 0..100."""
-    return min(max(sum(RISK_WEIGHTS[name] * components[name] for name in RISK_WEIGHTS), 0.0), 100.0)
+    return min(max(sum([weight * components[name] for name, weight in RISK_WEIGHTS.items()]), 0.0), 100.0)
 
 
 def risk_level(score: float) -> RiskLevel:
