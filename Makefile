@@ -8,7 +8,7 @@ export MLRISK_HOME ?= $(CURDIR)/.mlrisk
 DATA ?= $(abspath $(CURDIR)/../shared/data)
 
 .PHONY: setup services-up services-down kafka-up kafka-down db-up db-down monitor monitor-down demo up test test-unit \
-        test-integration soak lint bench train backtest clean
+        test-integration soak lint bench train backtest feed clean
 
 $(BIN)/mlrisk: pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
@@ -59,6 +59,12 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	ops/prometheus/prometheus.sh check
+
+VENUE ?= binance-usdm
+SYMBOLS ?= BTCUSDT,ETHUSDT
+STREAMS ?= trade,bookTicker,depth,markPrice
+feed: kafka-up  ## live Binance data to market-data: make feed VENUE=binance-spot SYMBOLS=BTCUSDT STREAMS=trade,depth
+	$(BIN)/mlrisk feed --venue $(VENUE) --symbols $(SYMBOLS) --streams $(STREAMS)
 
 bench: services-up  ## throughput, latency, sink and inference figures against a same-run baseline
 	$(BIN)/mlrisk bench --out bench.json

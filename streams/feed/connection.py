@@ -63,7 +63,8 @@ class StreamConnection:
         self.silence_s = silence_s
         self.rotate_after_s = rotate_after_s
         self.connected = False
-        self.last_message_at = 0.0  # monotonic
+        self.last_message_at = time.monotonic()  # of the last message received on any connection of this group
+        self._opened_at = 0.0
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
 
@@ -109,7 +110,7 @@ class StreamConnection:
                                             timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
                                             receive_timeout=None)
         self.connected = True
-        self.last_message_at = time.monotonic()
+        self._opened_at = time.monotonic()
         metrics.CONNECTS.inc()
         metrics.CONNECTIONS.inc()
         return ws
@@ -131,7 +132,7 @@ class StreamConnection:
                 try:
                     message = await ws.receive(timeout=min(self.silence_s, POLL_S * 5))
                 except TimeoutError:
-                    if time.monotonic() - self.last_message_at >= self.silence_s:
+                    if time.monotonic() - max(self.last_message_at, self._opened_at) >= self.silence_s:
                         return "silent", delivered
                     continue
                 raw = _payload(message)

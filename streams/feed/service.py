@@ -35,6 +35,7 @@ from streams.feed.publisher import Publisher
 from streams.feed.rest import BinanceRest, RestError
 from streams.feed.venues import STREAM_KINDS, Venue
 from streams.kafka_security import client_options
+from streams.web_auth import token_middleware
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,8 @@ class FeedService:
         self._tasks: list[asyncio.Task[None]] = []
         self._web: web.AppRunner | None = None
 
-    async def start(self, web_host: str | None = None) -> None:
+    async def start(self, serve_http: bool = False) -> None:
+        """Create the topics, connect; with `serve_http`, /health and /metrics on MLRISK_WEB_BIND:MLRISK_FEED_PORT."""
         from streams.app import create_missing_topics
 
         await create_missing_topics(self.kafka_options, [
@@ -297,10 +299,10 @@ class FeedService:
         ], create=self.settings.create_topics)
         await self.publisher.start()
         self._tasks = [asyncio.create_task(c.run(), name=c.name) for c in self.connections]
-        if web_host is not None:
+        if serve_http:
             self._web = web.AppRunner(self._web_app())
             await self._web.setup()
-            await web.TCPSite(self._web, web_host, self.settings.feed_port).start()
+            await web.TCPSite(self._web, self.settings.web_bind, self.settings.feed_port).start()
 
     async def stop(self) -> None:
         for connection in self.connections:
@@ -320,8 +322,7 @@ class FeedService:
         """(healthy, details): every connection open and recently active, books synced, Kafka acknowledging."""
         now = time.monotonic()
         connections = {
-            c.name: {"connected": c.connected, "silent_s": round(now - c.last_message_at, 3) if c.connected else None}
-            for c in self.connections
+            c.name: {"connected": c.connected, "silent_s": round(now - c.last_message_at, 3)} for c in self.connections
         }
         books = {s: st.book.synced for s, st in self.router.states.items() if st.book is not None}
         healthy = (
@@ -346,14 +347,15 @@ class FeedService:
         async def metrics_view(_: web.Request) -> web.Response:
             return web.Response(body=process_metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-        app = web.Application()
+        auth = token_middleware(self.settings)  # the worker's rules: /health open, /metrics per setting
+        middlewares: list[Any] = [auth] if auth is not None else []
+        app = web.Application(middlewares=middlewares)
         app.router.add_get("/health", health)
         app.router.add_get("/metrics", metrics_view)
         return app
 
 
-async def run_feed(settings: Settings, venue: Venue, symbols: list[str], kinds: tuple[str, ...],
-                   web_host: str) -> None:
+async def run_feed(settings: Settings, venue: Venue, symbols: list[str], kinds: tuple[str, ...]) -> None:
     """Run until cancelled (SIGINT/SIGTERM), then publish what is buffered and stop."""
     import signal
 
@@ -362,7 +364,7 @@ async def run_feed(settings: Settings, venue: Venue, symbols: list[str], kinds: 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await service.start(web_host)
+    await service.start(serve_http=True)
     log.info("feed: %d symbol(s), %d connection(s) to %s", len(symbols), len(service.connections), service.ws_url)
     try:
         await stop.wait()

@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -298,3 +299,66 @@ def test_feed_holds_back_while_kafka_is_unavailable_for_20_s(
     assert backfilled == delta["mlrisk_feed_backfilled_trades_total"] > 100
     compared, snapshots = check_books(capture, True, depth_events(records, "BTCUSDT"), "BTCUSDT")
     assert snapshots >= 2 and compared >= snapshots + 1
+
+
+def test_feed_command_serves_health_and_metrics_and_stops_cleanly(
+    data_dir: Path, kafka: str, topic_prefix: str
+) -> None:
+    folder = data_dir / "binance-spot-ws"
+    capture = Capture.load([folder / "btcusdt_20240808.gz", folder / "btcusdt_20240809.gz"], futures=False,
+                           start_s=60, duration_s=60)
+    port = free_port()
+
+    async def scenario() -> tuple[int, list[int], str, list[Any]]:
+        import aiohttp
+
+        server = FakeBinance(capture, False, SPEED)
+        address = await server.start()
+        env = {**os.environ, "MLRISK_TOPIC_PREFIX": topic_prefix, "MLRISK_PARTITIONS": "2",
+               "MLRISK_BINANCE_WS_URL": f"ws://{address}", "MLRISK_BINANCE_REST_URL": f"http://{address}",
+               "MLRISK_FEED_PORT": str(port), "MLRISK_FEED_SILENCE_S": "2"}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "streams.cli", "feed", "--venue", "binance-spot", "--symbols", "BTCUSDT",
+            "--streams", "trade,depth", cwd=REPO_ROOT, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        statuses: list[int] = []
+        try:
+            await asyncio.wait_for(server.wait_clients(), 60)
+            server.play()
+            async with aiohttp.ClientSession() as http:
+                async def health() -> int:
+                    async with http.get(f"http://127.0.0.1:{port}/health") as response:
+                        return response.status
+                statuses.append(await health())  # connected and fed
+                await server.finished.wait()
+                await asyncio.sleep(2.5)  # the feed has been silent longer than MLRISK_FEED_SILENCE_S
+                statuses.append(await health())
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    metrics_text = await response.text()
+            process.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(process.wait(), 30)
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await server.stop()
+        trades = sum(1 for line in capture.lines if line.kind == "trade")
+        records = await consume_all(f"{topic_prefix}market-data", None, timeout_s=30, idle_s=3)
+        assert trades > 100
+        return code, statuses, metrics_text, records
+
+    code, statuses, metrics_text, records = asyncio.run(scenario())
+    assert code == 0
+    assert statuses[0] == 200 and statuses[1] == 503
+    assert 'mlrisk_feed_messages_total{stream="trade"}' in metrics_text
+    check_trades(capture, records)
+
+
+def test_feed_command_refuses_bad_settings_and_streams_naming_them() -> None:
+    env = {**os.environ, "MLRISK_FEED_SILENCE_S": "never"}
+    bad_setting = subprocess.run([sys.executable, "-m", "streams.cli", "feed", "--symbols", "BTCUSDT"], env=env,
+                                 cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert bad_setting.returncode == 2 and "MLRISK_FEED_SILENCE_S" in bad_setting.stderr
+    bad_stream = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "feed", "--venue", "binance-spot", "--symbols", "BTCUSDT",
+         "--streams", "trade,markPrice"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert bad_stream.returncode == 2 and "markPrice exists on binance-usdm only" in bad_stream.stderr
