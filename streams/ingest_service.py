@@ -70,7 +70,8 @@ class Outgoing:
     key: bytes | None
     value: bytes | None  # None: a tombstone (a forgotten symbol's state)
     partition: int | None = None
-    fallback: Outgoing | None = None  # sent instead when the broker refuses this for good (too large, invalid)
+    # what to send instead when the broker refuses this for good (too large, invalid); made only then
+    fallback: Callable[[], Outgoing] | None = None
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -265,13 +266,13 @@ class IngestService(Service):
             return None
         if result.dead_letter is not None:
             out.append(Outgoing(settings.dlq_topic, dead_letter_key(message.key), result.dead_letter,
-                                fallback=self.parked(message, BadEvent("dlq_refused", "the dead letter was refused"),
-                                                     received, keep_raw=False)))
+                                fallback=lambda: self.parked(message, BadEvent("dlq_refused", "the dead letter was "
+                                                                               "refused"), received, keep_raw=False)))
             return None
         if result.rekey_symbol is not None:
             out.append(Outgoing(settings.market_data_topic, result.rekey_symbol.encode(), message.value,
-                                fallback=self.parked(message, BadEvent("rekey_refused", "re-keying it was refused"),
-                                                     received)))
+                                fallback=lambda: self.parked(message, BadEvent("rekey_refused", "re-keying it was "
+                                                                               "refused"), received)))
             return None
         symbol = name  # a message that is neither parked nor re-keyed is keyed by its symbol
         assert symbol is not None
@@ -284,8 +285,7 @@ class IngestService(Service):
         record = Outgoing(self.settings.dlq_topic, dead_letter_key(message.key), dead_letter(
             error, message.topic, message.partition, message.offset, message.value, received, keep_raw))
         if keep_raw:
-            record.fallback = Outgoing(record.topic, record.key, dead_letter(
-                error, message.topic, message.partition, message.offset, message.value, received, keep_raw=False))
+            record.fallback = lambda: self.parked(message, error, received, keep_raw=False)
         return record
 
     def publish(self, symbol: str, bars: list[Any], received: int, out: list[Outgoing]) -> None:
@@ -337,7 +337,7 @@ class IngestService(Service):
                 metrics.DLQ_SEND_FAILURES.labels(item.topic).inc()
                 if item.fallback is not None:
                     log.error("the broker refused a message for %s (%r); sending its fallback", item.topic, result)
-                    retry.append(item.fallback)
+                    retry.append(item.fallback())
                 else:
                     metrics.ERRORS.labels("publish").inc()
                     log.error("the broker refused a message for %s (%r); dropped", item.topic, result)
