@@ -130,3 +130,39 @@ def test_hostile_input_through_the_broker_leaves_the_worker_alive_and_the_bars_e
         exposed = resp.read().decode()
     symbols = set(re.findall(r'mlrisk_events_in_total\{[^}]*symbol="([^"]+)"', exposed))
     assert SYMBOL in symbols and len(symbols) <= MAX_SYMBOLS
+
+
+def test_a_record_the_broker_refuses_goes_out_as_its_fallback_and_ingest_goes_on(
+        kafka: str, topic_prefix: str) -> None:
+    """A dead letter above the producer's request limit raised out of the send, and ingest stopped the worker;
+    the restart read the same message again. Here the limit is 2,000 bytes and the dead letter 20,000."""
+    from aiokafka import AIOKafkaProducer
+
+    from streams.bar_builder import BarBuilder
+    from streams.config import Settings
+    from streams.ingest import Ingest
+    from streams.ingest_service import IngestService, Outgoing
+    from tests.integration.conftest import consume_all
+
+    settings = Settings.from_env({"MLRISK_TOPIC_PREFIX": topic_prefix})
+    topic = settings.dlq_topic
+
+    async def crash(error: BaseException) -> None:
+        raise AssertionError(f"ingest would have stopped the worker: {error!r}")
+
+    async def run() -> None:
+        service = IngestService(settings, Ingest(BarBuilder(), {}, 5_000), crash)
+        service.producer = AIOKafkaProducer(bootstrap_servers=kafka, max_request_size=2_000)
+        await service.producer.start()
+        try:
+            items = [
+                Outgoing(topic, b"BTCUSDT", b"x" * 20_000, fallback=lambda: Outgoing(topic, b"BTCUSDT", b"fallback")),
+                Outgoing(topic, b"BTCUSDT", b"y" * 20_000),  # no fallback: dropped with an error, not retried
+                Outgoing(topic, b"BTCUSDT", b"small"),
+            ]
+            await asyncio.wait_for(service.settle(items, [await service.send(item) for item in items]), 30)
+        finally:
+            await service.producer.stop()
+
+    asyncio.run(run())
+    assert sorted(m.value for m in asyncio.run(consume_all(topic, 2, 30))) == [b"fallback", b"small"]
