@@ -15,19 +15,23 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from models.bars import Bar
+from streams.bar_builder import BarBuilder
 from streams.book import OrderBook
 from streams.config import Settings
 from streams.events import DepthSnapshot, DepthUpdate, parse_event
 from streams.feed.service import FeedService
 from streams.feed.venues import VENUES
+from streams.ingest import Ingest
 from streams.metrics import REGISTRY
+from streams.replay import collect, merged
 from tests.integration.conftest import REPO_ROOT, consume_all, free_port
 from tests.integration.fake_binance import Capture, FakeBinance, ServerBook
 
@@ -163,6 +167,37 @@ def check_trades(capture: Capture, records: list[Any]) -> int:
     return backfilled
 
 
+def worker_bars(messages: Iterable[tuple[bytes, bytes]]) -> dict[tuple[str, int], Bar]:
+    """The bars the worker's ingest closes from (key, value) messages in publish order."""
+    ingest = Ingest(BarBuilder(3_000), {}, 3_600_000, book_factory=OrderBook)
+    bars: dict[tuple[str, int], Bar] = {}
+    for key, value in messages:
+        result = ingest.handle(value, key, "market-data", 0, 0, NOW_MS)
+        assert result.dead_letter is None, result.dead_letter
+        bars.update(((bar.symbol, bar.open_time), bar) for bar in result.bars)
+    return bars
+
+
+def check_bars_equal_replay(capture: Capture, folder: Path, records: list[Any]) -> int:
+    """Bars from the fed stream equal those from `mlrisk replay` of the same capture (its minutes inside the
+    window: the window's edges cut the first and last minutes differently in receive and exchange time)."""
+    fed = worker_bars((record.key, record.value) for record in records)
+    trades = [line.data for line in capture.lines if line.kind == "trade"]
+    start_ms, end_ms = min(t["E"] for t in trades), max(t["E"] for t in trades) + 1
+    symbols = sorted(capture.snapshots)
+    replayed = worker_bars((m.symbol.encode(), m.value)
+                           for m in merged(collect(folder, symbols, start_ms, end_ms, "captures")))
+    compared = 0
+    for symbol in symbols:
+        minutes = sorted(minute for s, minute in fed if s == symbol)
+        inner = minutes[1:]  # the first minute starts inside the window
+        assert inner, f"{symbol}: no full minute fed"
+        for minute in inner:
+            assert fed[(symbol, minute)] == replayed[(symbol, minute)], (symbol, minute)
+            compared += 1
+    return compared
+
+
 def depth_events(records: list[Any], symbol: str) -> list[Any]:
     events = []
     for record in records:
@@ -203,6 +238,7 @@ def test_usdm_feed_survives_drops_close_silence_and_a_depth_gap(data_dir: Path, 
     backfilled = check_trades(capture, records)
     assert backfilled == delta["mlrisk_feed_backfilled_trades_total"] > 100
     assert delta["mlrisk_feed_unfilled_gaps_total"] == 0
+    assert check_bars_equal_replay(capture, folder, records) >= 2
     assert delta["closed"] >= 1 and delta["error"] + delta["closed"] >= 4 and delta["silent"] >= 1
     assert delta["mlrisk_feed_rest_limited_total"] >= 2
     for symbol in ("BTCUSDT", "ETHUSDT"):
@@ -234,6 +270,7 @@ def test_spot_feed_rotates_with_overlap_over_split_connections(data_dir: Path, k
     backfilled = check_trades(capture, records)
     assert backfilled == delta["mlrisk_feed_backfilled_trades_total"] > 0
     assert delta["rotate"] >= 4 and delta["mlrisk_feed_duplicates_total"] > 0
+    assert check_bars_equal_replay(capture, folder, records) >= 2
     for symbol in ("BTCUSDT", "ETHUSDT"):
         compared, snapshots = check_books(capture, False, depth_events(records, symbol), symbol)
         assert snapshots >= 2 and compared >= snapshots + 1
