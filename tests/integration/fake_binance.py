@@ -141,6 +141,7 @@ class FakeBinance:
         self.withheld: list[tuple[str, int]] = []
         self.limit_next = 0
         self.slow_dropped = 0  # clients dropped for falling behind
+        self.served_from: dict[str, int] = {}  # symbol → the oldest trade id historicalTrades serves
         self.rest_calls: dict[str, int] = {}
         self.finished = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -207,6 +208,11 @@ class FakeBinance:
         """The open connections stay open and get nothing more."""
         for client in self.clients:
             client.silent = True
+
+    def forget_trades(self, symbol: str) -> None:
+        """historicalTrades no longer serves the trades played so far (as the exchange's retention would)."""
+        rows = self.trades.get(symbol, [])
+        self.served_from[symbol] = rows[-1]["id"] + 1 if rows else 0
 
     def skip_depth(self, symbol: str) -> None:
         """The next depth diff of `symbol` is not sent (the book still changes)."""
@@ -304,6 +310,7 @@ class FakeBinance:
         from_id = int(request.query["fromId"])
         limit = min(int(request.query.get("limit", "500")), 1000)
         rows = self.trades.get(symbol, [])
+        from_id = max(from_id, self.served_from.get(symbol, 0))
         start = self.trade_index.get(symbol, {}).get(from_id)
         if start is None:  # older than the capture, or not traded yet
             start = 0 if rows and from_id < rows[0]["id"] else len(rows)

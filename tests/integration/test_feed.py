@@ -338,7 +338,7 @@ def test_feed_holds_back_while_kafka_is_unavailable_for_20_s(
     assert snapshots >= 2 and compared >= snapshots + 1
 
 
-def test_feed_command_serves_health_and_metrics_and_stops_cleanly(
+def test_feed_command_serves_health_and_metrics_publishes_a_lost_gap_and_stops_cleanly(
     data_dir: Path, kafka: str, topic_prefix: str
 ) -> None:
     folder = data_dir / "binance-spot-ws"
@@ -366,7 +366,13 @@ def test_feed_command_serves_health_and_metrics_and_stops_cleanly(
                 async def health() -> int:
                     async with http.get(f"http://127.0.0.1:{port}/health") as response:
                         return response.status
+                await server.wait_played(0.3)
                 statuses.append(await health())  # connected and fed
+                await server.drop(refuse_s=1.0)
+                lost_from = server.trades["BTCUSDT"][-1]["id"] + 1
+                await asyncio.sleep(0.5)
+                server.forget_trades("BTCUSDT")  # what the cut missed can no longer be fetched
+                lost_to = server.served_from["BTCUSDT"] - 1
                 await server.finished.wait()
                 await asyncio.sleep(2.5)  # the feed has been silent longer than MLRISK_FEED_SILENCE_S
                 statuses.append(await health())
@@ -378,16 +384,23 @@ def test_feed_command_serves_health_and_metrics_and_stops_cleanly(
             if process.returncode is None:
                 process.kill()
             await server.stop()
-        trades = sum(1 for line in capture.lines if line.kind == "trade")
         records = await consume_all(f"{topic_prefix}market-data", None, timeout_s=30, idle_s=3)
-        assert trades > 100
-        return code, statuses, metrics_text, records
+        gaps = await consume_all(f"{topic_prefix}market-data-gaps", 1, timeout_s=30)
+        return code, statuses, metrics_text, records, gaps, (lost_from, lost_to)
 
-    code, statuses, metrics_text, records = asyncio.run(scenario())
+    code, statuses, metrics_text, records, gaps, (lost_from, lost_to) = asyncio.run(scenario())
     assert code == 0
     assert statuses[0] == 200 and statuses[1] == 503
     assert 'mlrisk_feed_messages_total{stream="trade"}' in metrics_text
-    check_trades(capture, records)
+    assert lost_to >= lost_from  # trades were played while the feed was cut off
+    [gap] = [orjson.loads(record.value) for record in gaps]
+    assert (gap["e"], gap["s"], gap["kind"], gap["first_id"], gap["last_id"]) == (
+        "feedGap", "BTCUSDT", "trade", lost_from, lost_to)
+    lost = {line.data["t"] for line in capture.lines
+            if line.kind == "trade" and lost_from <= line.data["t"] <= lost_to}
+    kept = Capture([line for line in capture.lines if line.kind != "trade" or line.data["t"] not in lost],
+                   capture.snapshots)
+    check_trades(kept, records)  # every other trade once, in order
 
 
 def test_feed_command_refuses_bad_settings_and_streams_naming_them() -> None:
