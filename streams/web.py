@@ -187,24 +187,33 @@ def register_api(runtime: Runtime) -> None:
         metrics.API_REJECTED.labels(str(status)).inc()
         return _json(view, {"error": message}, status)
 
-    def score_bars(symbol: str, bars: list[Bar]) -> dict[str, Any] | None:
-        """The signal of the last of `bars` scored alone (in the scoring thread), or None if too few."""
-        engine = services["engine"]
+    def check_capacity() -> None:
+        if in_flight[0] >= MAX_SCORING_IN_FLIGHT:
+            raise BadRequest(429, f"{in_flight[0]} requests are being scored; try again shortly")
+
+    def score_bars(symbol: str, raw_bars: Any, now_ms: int) -> dict[str, Any]:
+        """Validate the given bars and score the last of them alone (in the scoring thread: a day of bars costs
+        the loop nothing this way, neither their checks nor the model)."""
+        bars = _bars_from_body(symbol, raw_bars, now_ms)
+        engine = services.get("engine")
+        if engine is None:
+            raise BadRequest(409, "no trained models are loaded")
         state = engine.new_state(symbol)
         signal = None
         for bar in bars:
             signal = engine.on_bar(state, bar) or signal
         if signal is None or state.last_close_time != bars[-1].close_time or \
                 signal["bar_close_time"] != bars[-1].close_time:
-            return None
+            raise BadRequest(422, f"too few bars for the features: {len(bars)} given, the models need about "
+                                  f"{engine.window + 100} consecutive minutes")
         signal_dict: dict[str, Any] = signal
         return signal_dict
 
-    async def score_off_loop(symbol: str, bars: list[Bar]) -> dict[str, Any] | None:
-        if in_flight[0] >= MAX_SCORING_IN_FLIGHT:
-            raise BadRequest(429, f"{in_flight[0]} requests are being scored; try again shortly")
+    async def score_off_loop(symbol: str, raw_bars: Any) -> dict[str, Any]:
+        check_capacity()
         in_flight[0] += 1
-        job = asyncio.get_running_loop().run_in_executor(scoring, score_bars, symbol, bars)
+        job = asyncio.get_running_loop().run_in_executor(scoring, score_bars, symbol, raw_bars,
+                                                         int(time.time() * 1000))
 
         def done(_: Any) -> None:
             in_flight[0] -= 1
@@ -222,6 +231,7 @@ def register_api(runtime: Runtime) -> None:
                 # the driver's request is aiohttp's; a browser's plain form post cannot send application/json
                 if getattr(request, "content_type", None) != "application/json":
                     raise BadRequest(415, "the body must be JSON, sent as Content-Type: application/json")
+                check_capacity()  # before the body is read: a full queue costs the loop nothing more
                 try:
                     body = orjson.loads(await request.read())
                 except orjson.JSONDecodeError:
@@ -229,16 +239,10 @@ def register_api(runtime: Runtime) -> None:
                 if not isinstance(body, dict):
                     raise BadRequest(400, "the body must be a JSON object")
                 symbol = _symbol(body.get("symbol"))
-                bars = _bars_from_body(symbol, body["bars"], int(time.time() * 1000)) if "bars" in body else None
-                engine = services.get("engine")
-                if engine is None:
+                if "bars" in body:
+                    return 200, await score_off_loop(symbol, body["bars"])
+                if services.get("engine") is None:
                     raise BadRequest(409, "no trained models are loaded")
-                if bars is not None:
-                    signal = await score_off_loop(symbol, bars)
-                    if signal is None:
-                        raise BadRequest(422, f"too few bars for the features: {len(bars)} given, the models need "
-                                              f"about {engine.window + 100} consecutive minutes")
-                    return 200, signal
                 stage = services.get("stage")
                 if stage is None or (symbol not in stage.last_signals and state_of(symbol) is None):
                     raise BadRequest(404, f"unknown symbol {symbol}: no bars seen on this worker")

@@ -24,6 +24,7 @@ from streams.ingest import Ingest
 from tests.integration.conftest import (  # noqa: F401  (the real services and workers, as fixtures)
     database_url,
     kafka,
+    model_dir,
     start_worker,
     topic_prefix,
     worker_env,

@@ -155,3 +155,55 @@ def test_health_answers_from_process_start_and_a_missing_database_is_a_503(
         assert status == 503 and orjson.loads(raw)["error"]
     finally:
         worker.stop(kill=True)
+
+
+def test_twenty_concurrent_maximal_requests_keep_the_event_loop_and_ingest_moving(
+        model_dir: Path, data_dir: Path, start_worker: Any, worker_env: dict[str, str]) -> None:
+    """12,608 bars were scored on the event loop for 10 s, and three such requests stalled it 18.8 s, longer
+    than ingest's session timeout: ingest lost its partitions. Now scoring runs in one thread, four at most."""
+    import asyncio
+    import threading
+
+    from models.bars import parse_iso_ms
+    from models.data import load_bars
+    from streams.probe import metric
+    from tests.integration.conftest import produce
+
+    worker = start_worker(MLRISK_MODEL_DIR=str(model_dir))
+    start = parse_iso_ms("2024-10-14T00:00:00Z")
+    frame = load_bars(data_dir, "BTCUSDT", start, start + 1_440 * 60_000)
+    bars = [{"open_time": b.open_time, "open": b.open, "high": b.high, "low": b.low, "close": b.close,
+             "volume": b.volume} for b in frame.bars()]
+    assert len(bars) == 1_440
+    body = orjson.dumps({"symbol": "BTCUSDT", "bars": bars})
+    prefix = worker_env["MLRISK_TOPIC_PREFIX"]
+    statuses: list[int] = []
+
+    def call() -> None:
+        statuses.append(_request(worker.port, "POST", "/ml-risk/generate-signal", body, "application/json",
+                                 timeout_s=60)[0])
+
+    deadline = time.monotonic() + 15  # start-up (partitions assigned, tables recovered) settles first
+    while metric(worker.port, "mlrisk_event_loop_lag_seconds") >= 0.05 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    events_before = metric(worker.port, "mlrisk_events_in_total")
+    threads = [threading.Thread(target=call) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    lags = []
+    ticks = 0
+    while any(thread.is_alive() for thread in threads):
+        now = int(time.time() * 1000)
+        asyncio.run(produce(prefix + "market-data", [(b"ETHUSDT", orjson.dumps(
+            {"symbol": "ETHUSDT", "ts": now, "price": 2000.5, "qty": 0.1, "id": ticks}))]))
+        ticks += 1
+        lags.append(metric(worker.port, "mlrisk_event_loop_lag_seconds"))
+        time.sleep(0.3)
+    for thread in threads:
+        thread.join()
+    assert sorted(set(statuses)) <= [200, 429] and statuses.count(200) >= 4, statuses
+    assert max(lags) < 0.1, (lags, statuses)
+    deadline = time.monotonic() + 10
+    while metric(worker.port, "mlrisk_events_in_total") < events_before + ticks and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert metric(worker.port, "mlrisk_events_in_total") == events_before + ticks
