@@ -20,7 +20,7 @@ import orjson
 
 from models.bars import DAY_MS, Bar
 from models.ensemble import EnsemblePrediction, EnsembleState, combine, new_state, remember, resolve, weights
-from models.features import N_FEATURES, WARMUP_BARS, FeatureState, MarketFeatures
+from models.features import N_FEATURES, WARMUP_BARS, FeatureState, MarketFeatures, update_many
 from models.registry import ModelBundle
 from models.signal import build_signal, risk_config_key
 from models.simulate import FillCosts, VirtualBook, check_exits, close_position, open_position
@@ -179,14 +179,29 @@ class SignalEngine:
 
     def prepare(self, state: SymbolState, bar: Bar) -> Pending | None:
         """Advance the state with a closed bar; None for a redelivered or halted bar or while warming up."""
-        if state.last_close_time is not None and bar.close_time <= state.last_close_time:
-            return None
-        state.last_close_time = bar.close_time
-        if bar.halted:
-            return None
-        resolve(self.bundle.ensemble, state.ensemble, bar.open_time, bar.close)
-        check_exits(state.book, bar, self.costs)
-        row = state.features.update(bar)
+        return self.prepare_many([state], [bar])[0]
+
+    def prepare_many(self, states: Sequence[SymbolState], bars: Sequence[Bar]) -> list[Pending | None]:
+        """`prepare` for many symbols at once, one bar each (distinct states): the feature windows of all of
+        them go through each kernel together (`update_many`); each result equals `prepare` alone."""
+        moving: list[int] = []
+        for i, (state, bar) in enumerate(zip(states, bars, strict=True)):
+            if state.last_close_time is not None and bar.close_time <= state.last_close_time:
+                continue
+            state.last_close_time = bar.close_time
+            if bar.halted:
+                continue
+            resolve(self.bundle.ensemble, state.ensemble, bar.open_time, bar.close)
+            check_exits(state.book, bar, self.costs)
+            moving.append(i)
+        pendings: list[Pending | None] = [None] * len(states)
+        rows = update_many([states[i].features for i in moving], [bars[i] for i in moving])
+        for i, row in zip(moving, rows, strict=True):
+            pendings[i] = self._pending(states[i], bars[i], row)
+        return pendings
+
+    def _pending(self, state: SymbolState, bar: Bar, row: np.ndarray | None) -> Pending | None:
+        """Push a new feature row into the symbol's window; what must be scored once the window is full."""
         if row is None or state.features.market is None:
             return None
         if state.features.count == WARMUP_BARS:

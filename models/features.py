@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -488,10 +488,6 @@ class _Ring:
         return self.buf[end - k : end]
 
 
-def _one(kernel: Callable[[np.ndarray], np.ndarray], window: np.ndarray) -> float:
-    return float(kernel(window[None, :])[0])
-
-
 _RINGS: dict[str, int] = {
     "close": LONG_WINDOW + 1,
     "high": LONG_WINDOW,
@@ -531,6 +527,11 @@ class FeatureState:
 
         Halted bars and bars not newer than the last one change nothing and return None.
         """
+        return update_many([self], [bar])[0]
+
+    def _advance(self, bar: Bar) -> float | None:
+        """The scalar part of `update`: inputs, recursive indicators and ring buffers (all but rv60); the
+        bar's 1-minute return, or None for a halted or stale bar (which changes nothing)."""
         if bar.halted or (self.last_open_time is not None and bar.open_time <= self.last_open_time):
             return None
         if self.last_open_time is not None and bar.open_time - self.last_open_time > GAP_RESET_MS:
@@ -567,65 +568,7 @@ class FeatureState:
         rings["pv"].push(row[9])
         rings["volume"].push(bar.volume)
         rings["hl"].push(row[10])
-        rv60 = _one(_k_std, rings["r1"].last(VOL_WINDOW))
-        rings["rv60"].push(rv60)
-        if not self.ready or self.recursive is None:
-            self.market = None
-            return None
-        return self._row(bar, row[0], rv60)
-
-    def _row(self, bar: Bar, r1: float, rv60: float) -> np.ndarray:
-        rings = self.rings
-        log_close = np.log(rings["close"].last(LONG_WINDOW + 1))
-        ret = {1: np.array([r1])}
-        for k in (5, 15, 60, 240):
-            ret[k] = np.array([log_close[-1] - log_close[-1 - k]])
-
-        def col(value: float) -> np.ndarray:
-            return np.array([value])
-
-        def win(name: str, k: int, kernel: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-            return col(_one(kernel, rings[name].last(k)))
-
-        out = np.full((1, N_FEATURES), np.nan)
-        vwap60 = _one(_k_sum, rings["pv"].last(VOL_WINDOW)) / _one(_k_sum, rings["volume"].last(VOL_WINDOW))
-        _assemble(
-            out,
-            col(bar.close),
-            ret,
-            win("r1", 15, _k_std),
-            col(rv60),
-            win("rv60", LONG_WINDOW, _k_rank_last),
-            np.array([_recursive_outputs(self.recursive or [])]),
-            win("close", 20, _k_mean),
-            win("close", 20, _k_std),
-            win("logv", LONG_WINDOW, _k_zscore_last),
-            win("logn", LONG_WINDOW, _k_zscore_last),
-            win("imb", LONG_WINDOW, _k_zscore_last),
-            win("imb", LONG_WINDOW, _k_zscore_tail15),
-            col(vwap60),
-            np.array([_time_of_day(bar.open_time)]),
-            win("high", 60, _k_max),
-            win("low", 60, _k_min),
-            win("high", LONG_WINDOW, _k_max),
-            win("low", LONG_WINDOW, _k_min),
-            win("hl", 15, _k_mean),
-        )
-        features = out[0]
-        adx = float(features[15])
-        self.market = MarketFeatures(
-            close_time_ms=bar.close_time,
-            price=bar.close,
-            atr=float(features[11]) * bar.close,
-            sigma_1m=float(features[8]),
-            vol_percentile=float(features[10]),
-            adx=adx,
-            trend=trend_strength(adx, float(features[16])),
-            return_1m=float(features[0]),
-            volume_z=float(features[17]),
-            trades_z=float(features[18]),
-        )
-        return features
+        return row[0]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict that restores the state exactly (arrays as raw float64 bytes)."""
@@ -663,6 +606,92 @@ class FeatureState:
     @classmethod
     def from_bytes(cls, blob: bytes) -> FeatureState:
         return cls.from_dict(orjson.loads(blob))
+
+
+def update_many(states: Sequence[FeatureState], bars: Sequence[Bar]) -> list[np.ndarray | None]:
+    """`FeatureState.update` for many symbols at once, one bar each (distinct states).
+
+    The scalar steps run per symbol; every windowed kernel runs once over the stacked windows of all of them.
+    The kernels reduce each row on its own, so a symbol's row is the same whether it is computed alone or
+    among others (`update` is this function for one symbol).
+    """
+    rows: list[np.ndarray | None] = [None] * len(states)
+    moved = [(i, r1) for i, (state, bar) in enumerate(zip(states, bars, strict=True))
+             if (r1 := state._advance(bar)) is not None]
+    if not moved:
+        return rows
+    rv60 = _k_std(_stack([states[i] for i, _ in moved], "r1", VOL_WINDOW))
+    ready: list[tuple[int, float, float]] = []
+    for (i, r1), sigma in zip(moved, rv60.tolist(), strict=True):
+        state = states[i]
+        state.rings["rv60"].push(sigma)
+        if state.ready and state.recursive is not None:
+            ready.append((i, r1, sigma))
+        else:
+            state.market = None
+    if ready:
+        block = _rows([states[i] for i, _, _ in ready], [bars[i] for i, _, _ in ready],
+                      [r1 for _, r1, _ in ready], [sigma for _, _, sigma in ready])
+        for (i, _, _), features in zip(ready, block, strict=True):
+            states[i].market = _market(bars[i], features)
+            rows[i] = features
+    return rows
+
+
+def _stack(states: Sequence[FeatureState], name: str, k: int) -> np.ndarray:
+    """The newest k values of one ring of every state, as a (states, k) array."""
+    return np.stack([state.rings[name].last(k) for state in states])
+
+
+def _rows(states: Sequence[FeatureState], bars: Sequence[Bar], r1: Sequence[float], rv60: Sequence[float]
+          ) -> np.ndarray:
+    """Feature rows (states, N_FEATURES) of ready states whose bar was just pushed."""
+    log_close = np.log(_stack(states, "close", LONG_WINDOW + 1))
+    ret = {1: np.array(r1)}
+    for k in (5, 15, 60, 240):
+        ret[k] = log_close[:, -1] - log_close[:, -1 - k]
+    out = np.full((len(states), N_FEATURES), np.nan)
+    imbalance = _stack(states, "imb", LONG_WINDOW)
+    close = _stack(states, "close", 20)
+    _assemble(
+        out,
+        np.array([bar.close for bar in bars]),
+        ret,
+        _k_std(_stack(states, "r1", 15)),
+        np.array(rv60),
+        _k_rank_last(_stack(states, "rv60", LONG_WINDOW)),
+        np.array([_recursive_outputs(state.recursive or []) for state in states]),
+        _k_mean(close),
+        _k_std(close),
+        _k_zscore_last(_stack(states, "logv", LONG_WINDOW)),
+        _k_zscore_last(_stack(states, "logn", LONG_WINDOW)),
+        _k_zscore_last(imbalance),
+        _k_zscore_tail15(imbalance),
+        _k_sum(_stack(states, "pv", VOL_WINDOW)) / _k_sum(_stack(states, "volume", VOL_WINDOW)),
+        np.array([_time_of_day(bar.open_time) for bar in bars]),
+        _k_max(_stack(states, "high", 60)),
+        _k_min(_stack(states, "low", 60)),
+        _k_max(_stack(states, "high", LONG_WINDOW)),
+        _k_min(_stack(states, "low", LONG_WINDOW)),
+        _k_mean(_stack(states, "hl", 15)),
+    )
+    return out
+
+
+def _market(bar: Bar, features: np.ndarray) -> MarketFeatures:
+    adx = float(features[15])
+    return MarketFeatures(
+        close_time_ms=bar.close_time,
+        price=bar.close,
+        atr=float(features[11]) * bar.close,
+        sigma_1m=float(features[8]),
+        vol_percentile=float(features[10]),
+        adx=adx,
+        trend=trend_strength(adx, float(features[16])),
+        return_1m=float(features[0]),
+        volume_z=float(features[17]),
+        trades_z=float(features[18]),
+    )
 
 
 def _market_to_list(m: MarketFeatures) -> list[Any]:

@@ -320,6 +320,8 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="throughput, latency, sink and inference benchmarks")
     bench.add_argument("--out", default="bench.json")
     bench.add_argument("--events", type=int, default=100_000)
+    bench.add_argument("--only", default="", help="comma-separated parts: throughput, latency, sink, inference, "
+                       "burst, steady, scale (default: all)")
     bench.set_defaults(func=cmd_bench)
     return top
 

@@ -22,6 +22,16 @@ BARS_CLOSED = Counter("mlrisk_bars_closed_total", "Closed 1-minute bars", ["symb
 SIGNALS_OUT = Counter(
     "mlrisk_signals_total", "Signals decided", ["symbol", "signal_type", "risk_level"], registry=REGISTRY
 )
+SIGNAL_STAGE_SECONDS = Counter(
+    "mlrisk_signal_stage_seconds_total",
+    "Time the signal stage spent on batches of bars (features, models, risk, signals, state), wall clock",
+    registry=REGISTRY,
+)
+SIGNAL_STAGE_CPU_SECONDS = Counter(
+    "mlrisk_signal_stage_cpu_seconds_total",
+    "CPU time of the signal stage's own work on batches of bars (what other tasks and processes take excluded)",
+    registry=REGISTRY,
+)
 LATENCY = Histogram(
     "mlrisk_end_to_end_latency_seconds",
     "Event in (bar-closing event received) to signal out",

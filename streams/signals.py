@@ -21,7 +21,8 @@ import numpy as np
 
 from models.bars import Bar
 from models.drift import PSI_DRIFT, feature_psi, psi
-from models.engine import SignalEngine, SymbolState
+from models.engine import Pending, SignalEngine, SymbolState
+from models.ensemble import EnsemblePrediction
 from models.evaluate import spearman
 from models.features import FEATURE_NAMES
 from streams import metrics
@@ -221,6 +222,15 @@ class SignalStage:
                                                                           None],
                       emit: Callable[[dict[str, Any], list[dict[str, Any]], BarEvent], Awaitable[None]]) -> int:
         """Run the batch in rounds; `persist` stores a symbol's state, `emit` publishes a signal and fills."""
+        stage_started = time.perf_counter()
+        cpu = [0.0, time.thread_time()]  # this thread's CPU seconds outside awaits, and the mark since the last one
+
+        async def emit_outside(signal: dict[str, Any] | None, executions: list[dict[str, Any]], item: BarEvent
+                               ) -> None:
+            cpu[0] += time.thread_time() - cpu[1]
+            await emit(signal, executions, item)  # type: ignore[arg-type]
+            cpu[1] = time.thread_time()
+
         queues: OrderedDict[str, list[BarEvent]] = OrderedDict()
         for item in items:
             queues.setdefault(item.bar.symbol, []).append(item)
@@ -231,8 +241,7 @@ class SignalStage:
             round_items = [queue.pop(0) for queue in queues.values()]
             for symbol in [s for s, q in queues.items() if not q]:
                 del queues[symbol]
-            pendings = []
-            staged = []
+            moving: list[tuple[BarEvent, SymbolState, PaperBook, list[dict[str, Any]]]] = []
             for item in round_items:
                 symbol = item.bar.symbol
                 state = states.get(symbol) or states.setdefault(symbol, self.load_state(symbol))
@@ -241,18 +250,22 @@ class SignalStage:
                 if previous is not None and item.bar.close_time <= previous:
                     old = self.engine.previous_signal(state, item.bar)
                     if old is not None and (old["signal_type"] in ACTIONABLE or self.publish_hold):
-                        await emit(old, [], item)  # redelivery after a crash: same id, the sink keeps one
+                        await emit_outside(old, [], item)  # redelivery after a crash: same id, the sink keeps one
                     continue
-                executions = self.broker.on_bar(item.bar)
-                pending = self.engine.prepare(state, item.bar)
-                staged.append((item, state, paper, pending, executions))
-                if pending is not None:
-                    pendings.append(pending)
-            predictions = []
+                moving.append((item, state, paper, self.broker.on_bar(item.bar)))
+            # the round's bars through the features at once (the paper broker and the engine share no state)
+            prepared = self.engine.prepare_many([m[1] for m in moving], [m[0].bar for m in moving])
+            staged = [(item, state, paper, pending, executions)
+                      for (item, state, paper, executions), pending in zip(moving, prepared, strict=True)]
+            pendings = [pending for pending in prepared if pending is not None]
+            predictions: list[EnsemblePrediction] = []
             if pendings:
                 started = time.perf_counter()
-                predictions = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, self.engine.score, pendings)
+                cpu[0] += time.thread_time() - cpu[1]
+                predictions, score_cpu_s = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self._score, pendings)
+                cpu[0] += score_cpu_s
+                cpu[1] = time.thread_time()
                 metrics.INFERENCE.labels("ensemble").observe(time.perf_counter() - started)
             by_pending = dict(zip([id(p) for p in pendings], predictions, strict=True))
             for item, state, paper, pending, executions in staged:
@@ -277,8 +290,16 @@ class SignalStage:
                     if signal is not None and item.received_ms is not None:
                         signal["latency_ms"] = round(time.time() * 1000 - item.received_ms, 3)
                         metrics.LATENCY.observe(signal["latency_ms"] / 1000)
-                    await emit(signal if publishable else None, executions, item)  # type: ignore[arg-type]
+                    await emit_outside(signal if publishable else None, executions, item)
         account = self.broker.account
         metrics.PAPER_EQUITY.set(account.equity_usdt())
         metrics.DRAWDOWN.set(account.drawdown())
+        metrics.SIGNAL_STAGE_SECONDS.inc(time.perf_counter() - stage_started)
+        metrics.SIGNAL_STAGE_CPU_SECONDS.inc(cpu[0] + time.thread_time() - cpu[1])
         return decided
+
+    def _score(self, pendings: list[Pending]) -> tuple[list[EnsemblePrediction], float]:
+        """`engine.score` and the CPU seconds it took on the thread that ran it."""
+        started = time.thread_time()
+        predictions = self.engine.score(pendings)
+        return predictions, time.thread_time() - started

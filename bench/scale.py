@@ -1,0 +1,467 @@
+"""Scale figures of `mlrisk bench`: many symbols on one worker, measured on real data in the same run.
+
+- passthrough_batched: the fastest copy the client library does on the same broker — `getmany` batches produced
+  as one record batch per partition, not awaiting each message, flushed per batch — the throughput baseline;
+- burst: N symbols close a minute at the same instant; from sending the first closing event to the arrival of
+  the last of the N signals at a subscriber, over many minute boundaries, with the worker's own compute per
+  symbol-bar (its `mlrisk_signal_stage_seconds_total` over the bars decided). Synthetic fan-out of real data:
+  every symbol name replays a copy of BTCUSDT's real 1-minute klines (warmed up on the klines before), so the
+  figures are those of N markets' load, not of N real markets; also with two workers in one group (every
+  signal must arrive exactly once);
+- steady: 50 symbol names, each a copy of one of BTCUSDT's real futures trade captures, thinned to every k-th
+  trade so that together they offer 1,000 events/s; latency from sending the trade that closes a bar to the
+  arrival of its signal;
+- scale: 200 symbol names fed a real trade capture at its real pace for a while: the worker's resident memory,
+  how far its count of accepted events fell behind the sending, and the memory per symbol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from streams.config import Settings
+from streams.kafka_security import client_options
+from streams.probe import metric
+
+BURST_COUNTS = (1, 10, 50, 100, 200)
+BURST_BOUNDARIES = 20
+BURST_KLINES_FROM = "2024-06-10"  # BTCUSDT's real klines from here on feed every symbol name of the burst
+BURST_TIMEOUT_S = 60.0  # a burst whose signals have not all arrived by then counts as lost
+STEADY_SYMBOLS = 50
+STEADY_RATE = 1_000.0  # events/s offered across all symbols
+STEADY_CAPTURES = (("btcusdt_20230404.dat.gz", "btcusdt_20230405.dat.gz"),
+                   ("btcusdt_20240718.gz", "btcusdt_20240719.gz"))  # continuous captures of about 8 minutes
+SCALE_SYMBOLS = 200
+SCALE_CAPTURE = ("btcusdt_20230404.dat.gz", "btcusdt_20230405.dat.gz")
+STAGE_SECONDS = "mlrisk_signal_stage_seconds_total"
+STAGE_CPU_SECONDS = "mlrisk_signal_stage_cpu_seconds_total"
+SIGNALS_TOTAL = "mlrisk_signals_total"
+
+
+def symbol_names(count: int, prefix: str = "X") -> list[str]:
+    """Synthetic symbol names, each the copy of a real stream (never a real market's name)."""
+    return [f"{prefix}{i:03d}USDT" for i in range(count)]
+
+
+async def passthrough_batched(kafka: dict[str, Any], items: list[tuple[bytes, bytes]]) -> float:
+    """Baseline: copy every message between two topics as fast as the client allows; messages per second.
+
+    Each `getmany` batch goes out as one record batch per partition (`create_batch` / `send_batch`), and the
+    copy waits for the batch's deliveries once, not for each message.
+    """
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from bench.run import ensure, produce
+
+    source, sink = f"bench-{uuid.uuid4().hex[:8]}-in", f"bench-{uuid.uuid4().hex[:8]}-out"
+    await ensure(kafka, source, sink)
+    consumer = AIOKafkaConsumer(source, **kafka, group_id=f"bench-{uuid.uuid4().hex[:8]}",
+                                auto_offset_reset="earliest", enable_auto_commit=True)
+    producer = AIOKafkaProducer(**kafka, linger_ms=2, acks=1, max_batch_size=512 * 1024)
+    await consumer.start()
+    await producer.start()
+    try:
+        await asyncio.sleep(2)  # joined and assigned
+        feeder = asyncio.create_task(produce(kafka, source, items))
+        copied, first = 0, None
+        while copied < len(items):
+            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+            deliveries = []
+            for tp, records in batch.items():
+                first = first or time.monotonic()
+                builder = producer.create_batch()
+                for record in records:
+                    if builder.append(key=record.key, value=record.value, timestamp=None) is None:
+                        deliveries.append(await producer.send_batch(builder, sink, partition=tp.partition))
+                        builder = producer.create_batch()
+                        builder.append(key=record.key, value=record.value, timestamp=None)
+                    copied += 1
+                deliveries.append(await producer.send_batch(builder, sink, partition=tp.partition))
+            if deliveries:
+                await asyncio.gather(*deliveries)
+        elapsed = time.monotonic() - (first or time.monotonic())
+        await feeder
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return len(items) / elapsed
+
+
+class Subscriber:
+    """A consumer of the signals topic from its end: (arrival wall time, symbol, bar close) of each signal."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.settings, self.topic = settings, topic
+        self.received: list[tuple[float, str, int]] = []
+        self.signals: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        self.consumer = AIOKafkaConsumer(self.topic, **client_options(self.settings), group_id=None,
+                                         auto_offset_reset="latest")
+        await self.consumer.start()
+        self._task = asyncio.create_task(self._listen())
+        await asyncio.sleep(1)
+
+    async def _listen(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=50)
+            now = time.time()
+            for records in batch.values():
+                for record in records:
+                    signal = orjson.loads(record.value)
+                    self.received.append((now, signal["symbol"], signal["bar_close_time"]))
+                    self.signals.append(signal)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with _suppress_cancel():
+                await self._task
+        await self.consumer.stop()
+
+
+class _suppress_cancel:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
+        return kind is asyncio.CancelledError
+
+
+def _percentiles(values_ms: Sequence[float]) -> dict[str, float | None]:
+    if not values_ms:
+        return {"p50_ms": None, "p99_ms": None}
+    arr = np.asarray(values_ms)
+    return {"p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99))}
+
+
+class KlineFanOut:
+    """Real BTCUSDT klines as the closed-kline messages of many symbol names, each name on its own cursor."""
+
+    def __init__(self, minutes: int) -> None:
+        from bench.run import DATA
+        from models.bars import parse_iso_ms
+        from models.data import load_bars
+
+        start = parse_iso_ms(BURST_KLINES_FROM)
+        self.frame = load_bars(DATA, "BTCUSDT", start, start + minutes * 60_000)
+        self.template = [orjson.loads(_kline(self.frame, i)) for i in range(len(self.frame))]
+        self.cursor: dict[str, int] = {}
+
+    def next(self, symbol: str) -> tuple[bytes, bytes, int]:
+        """(key, message, bar close time) of the symbol's next minute."""
+        i = self.cursor.get(symbol, 0)
+        self.cursor[symbol] = i + 1
+        message = self.template[i]
+        message = {**message, "s": symbol, "k": {**message["k"], "s": symbol}}
+        return symbol.encode(), orjson.dumps(message), int(message["k"]["T"])
+
+
+def _kline(frame: Any, i: int) -> bytes:
+    from streams.replay import kline_message
+
+    return kline_message(frame, i)
+
+
+async def _send_now(producer: Any, topic: str, items: list[tuple[bytes, bytes]]) -> float:
+    """Hand every message to the producer at once; the wall time the first one was handed over."""
+    started = time.time()
+    for key, value in items:
+        await producer.send(topic, value, key=key)
+    return started
+
+
+async def _bursts(settings: Settings, env: dict[str, str], feed: KlineFanOut, symbols: list[str],
+                  boundaries: int, workers: list[Any]) -> dict[str, Any]:
+    """`boundaries` minute boundaries of all `symbols` at once; latency of each burst's last signal."""
+    from aiokafka import AIOKafkaProducer
+
+    prefix = env["MLRISK_TOPIC_PREFIX"]
+    subscriber = Subscriber(settings, prefix + "signals")
+    await subscriber.start()
+    producer = AIOKafkaProducer(**client_options(settings), linger_ms=1, acks=1)
+    await producer.start()
+    before = [_stage_figures(w.port) for w in workers]
+    latencies: list[float] = []
+    expected: set[tuple[str, int]] = set()
+    try:
+        for _ in range(boundaries):
+            burst = [feed.next(s) for s in symbols]
+            wanted = {(s, close) for s, (_, _, close) in zip(symbols, burst, strict=True)}
+            expected |= wanted
+            seen = len(subscriber.received)
+            sent_at = await _send_now(producer, prefix + "market-data", [(k, v) for k, v, _ in burst])
+            deadline = time.time() + BURST_TIMEOUT_S
+            last = None
+            while wanted and time.time() < deadline:
+                await asyncio.sleep(0.002)
+                for at, symbol, close in subscriber.received[seen:]:
+                    if (symbol, close) in wanted:
+                        wanted.discard((symbol, close))
+                        last = at
+                seen = len(subscriber.received)
+            if not wanted and last is not None:
+                latencies.append((last - sent_at) * 1000)
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(3)  # late duplicates, if any, arrive
+    finally:
+        await producer.stop()
+        await subscriber.stop()
+    after = [_stage_figures(w.port) for w in workers]
+    wall_s, cpu_s, decided = (sum(a[i] - b[i] for a, b in zip(after, before, strict=True)) for i in range(3))
+    counts: dict[tuple[str, int], int] = {}
+    for _, symbol, close in subscriber.received:
+        if (symbol, close) in expected:
+            counts[(symbol, close)] = counts.get((symbol, close), 0) + 1
+    return {"symbols": len(symbols), **_percentiles(latencies), "boundaries": len(latencies),
+            "compute_us_per_symbol_bar": cpu_s / decided * 1e6 if decided else None,
+            "stage_wall_us_per_symbol_bar": wall_s / decided * 1e6 if decided else None,
+            "signals_expected": len(expected), "signals_missing": len(expected) - len(counts),
+            "signals_duplicated": sum(n - 1 for n in counts.values())}
+
+
+def _stage_figures(port: int) -> tuple[float, float, float]:
+    """The signal stage's wall seconds, CPU seconds and bars decided so far."""
+    return metric(port, STAGE_SECONDS), metric(port, STAGE_CPU_SECONDS), metric(port, SIGNALS_TOTAL)
+
+
+def _warm(settings: Settings, env: dict[str, str], feed: KlineFanOut, symbols: list[str], minutes: int,
+          workers: list[Any]) -> None:
+    """Every symbol through `minutes` real klines, interleaved minute by minute; back when the worker is idle."""
+    from bench.run import produce
+
+    items = [(k, v) for _ in range(minutes) for k, v, _ in (feed.next(s) for s in symbols)]
+    closed = sum(metric(w.port, "mlrisk_bars_closed_total") for w in workers)
+    asyncio.run(produce(client_options(settings), env["MLRISK_TOPIC_PREFIX"] + "market-data", items))
+    while sum(metric(w.port, "mlrisk_bars_closed_total") for w in workers) < closed + len(items):
+        time.sleep(0.2)
+    settled, decided = 0, -1.0
+    while settled < 10:  # the signal stage is through the warm-up: its count holds still for 2 s
+        time.sleep(0.2)
+        now = sum(metric(w.port, SIGNALS_TOTAL) for w in workers)
+        settled, decided = (settled + 1, now) if now == decided else (0, now)
+
+
+def burst(settings: Settings, model_dir: Path, home: Path, counts: Sequence[int] = BURST_COUNTS,
+          boundaries: int = BURST_BOUNDARIES, two_workers: bool = True) -> dict[str, Any]:
+    """The minute-boundary burst for each N in `counts` on one worker, then the largest N on two workers."""
+    from bench.run import Worker, free_port, worker_env
+    from models.features import WARMUP_BARS
+    from models.registry import load_bundle
+
+    largest = max(counts)
+    symbols = symbol_names(largest)
+    warm_minutes = WARMUP_BARS + load_bundle(model_dir).window + 5
+    minutes_needed = warm_minutes + boundaries * (len(counts) + (1 if two_workers else 0)) + 5
+    feed = KlineFanOut(minutes_needed)
+    env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home / "burst")
+    env["MLRISK_MAX_SYMBOLS"] = str(max(largest, 300))
+    first = Worker(env, home / "burst")
+    workers = [first]
+    report: dict[str, Any] = {"fan_out_of": "BTCUSDT 1-minute klines", "runs": []}
+    try:
+        started = time.monotonic()
+        _warm(settings, env, feed, symbols, warm_minutes, workers)
+        report["warm_up_s"] = time.monotonic() - started
+        report["warm_up_bars"] = warm_minutes * largest
+        for n in counts:
+            run = asyncio.run(_bursts(settings, env, feed, symbols[:n], boundaries, workers))
+            report["runs"].append(run)
+            print(f"  burst N={n}: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, "
+                  f"{run['compute_us_per_symbol_bar']} µs/symbol-bar")
+        report["rss_mb"] = first.rss_mb()
+        if two_workers:
+            second_env = {**env, "MLRISK_WEB_PORT": str(free_port()), "MLRISK_HOME": str(home / "burst-2")}
+            workers.append(Worker(second_env, home / "burst-2"))
+            time.sleep(15)  # the group rebalances and the second worker restores its share of the tables
+            run = asyncio.run(_bursts(settings, env, feed, symbols, boundaries, workers))
+            report["two_workers"] = run
+            print(f"  burst N={largest}, two workers: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, "
+                  f"missing {run['signals_missing']}, duplicated {run['signals_duplicated']}")
+    finally:
+        for worker in workers:
+            worker.stop()
+    return report
+
+
+def _capture_trades(names: Sequence[str]) -> list[tuple[bytes, int, int]]:
+    """(raw trade message, event ms, trade ms) of one continuous real capture, in event-time order."""
+    from bench.run import DATA
+
+    rows = []
+    for name in names:
+        with gzip.open(DATA / "binance-futures-ws" / name, "rb") as handle:
+            for line in handle:
+                payload = line.split(b" ", 1)[1].strip()
+                if b'"e":"trade"' not in payload:
+                    continue
+                data = orjson.loads(payload)["data"]
+                rows.append((payload, int(data["E"]), int(data["T"])))
+    rows.sort(key=lambda r: r[1])
+    return rows
+
+
+def _renamed(payload: bytes, symbol: str) -> bytes:
+    message = orjson.loads(payload)
+    data = message["data"]
+    data["s"] = symbol
+    message["stream"] = symbol.lower() + "@trade"
+    return orjson.dumps(message)
+
+
+def _warm_klines(symbol: str, before_ms: int, minutes: int) -> list[tuple[bytes, bytes]]:
+    from bench.run import DATA
+    from models.data import load_bars
+
+    frame = load_bars(DATA, "BTCUSDT", before_ms - minutes * 60_000, before_ms)
+    out = []
+    for i in range(len(frame)):
+        message = orjson.loads(_kline(frame, i))
+        message["s"] = symbol
+        message["k"]["s"] = symbol
+        out.append((symbol.encode(), orjson.dumps(message)))
+    return out
+
+
+def steady(settings: Settings, model_dir: Path, home: Path, symbols: int = STEADY_SYMBOLS,
+           rate: float = STEADY_RATE, seconds: float = 120.0) -> dict[str, Any]:
+    """Latency of trade-closed bars on a mixed real feed of `symbols` names at `rate` events/s."""
+    from bench.run import Worker, produce, worker_env
+    from models.features import WARMUP_BARS
+    from models.registry import load_bundle
+
+    captures = [_capture_trades(names) for names in STEADY_CAPTURES]
+    names = symbol_names(symbols, "S")
+    per_symbol = int(rate * seconds / symbols)
+    warm_minutes = WARMUP_BARS + load_bundle(model_dir).window + 5
+    lateness = settings.allowed_lateness_ms
+    streams: list[list[tuple[bytes, bytes, int]]] = []
+    warm: list[tuple[bytes, bytes]] = []
+    thinning: list[int] = []
+    for i, symbol in enumerate(names):
+        capture = captures[i % len(captures)]
+        step = max(1, math.ceil(len(capture) / per_symbol))  # every step-th real trade: the capture fits the run
+        thinning.append(step)
+        offset = (i // len(captures)) % step  # copies of one capture keep different real trades
+        trades = capture[offset::step]
+        streams.append([(symbol.encode(), _renamed(p, symbol), event_ms) for p, event_ms, _ in trades])
+        first_minute = trades[0][2] - trades[0][2] % 60_000
+        warm += _warm_klines(symbol, first_minute, warm_minutes)
+    # one feed, in event-time order within each symbol, each symbol's stream spread evenly over the run
+    placed = [((k + 0.5) / len(stream), key, value, names[j], event_ms)
+              for j, stream in enumerate(streams) for k, (key, value, event_ms) in enumerate(stream)]
+    placed.sort(key=lambda item: item[0])
+    feed = [(key, value, symbol, event_ms) for _, key, value, symbol, event_ms in placed]
+    env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home / "steady")
+    worker = Worker(env, home / "steady")
+    try:
+        asyncio.run(produce(client_options(settings), env["MLRISK_TOPIC_PREFIX"] + "market-data", warm))
+        while metric(worker.port, "mlrisk_bars_closed_total") < len(warm):
+            time.sleep(0.2)
+        result = asyncio.run(_steady_run(settings, env, feed, rate, lateness))
+        result["rss_mb"] = worker.rss_mb()
+    finally:
+        worker.stop()
+    result.update(symbols=symbols, at_events_per_s=rate, trades_thinned_to_every=sorted(set(thinning)),
+                  captures=[list(c) for c in STEADY_CAPTURES])
+    return result
+
+
+async def _steady_run(settings: Settings, env: dict[str, str], feed: list[tuple[bytes, bytes, str, int]],
+                      rate: float, lateness: int) -> dict[str, Any]:
+    from bench.run import produce
+
+    prefix = env["MLRISK_TOPIC_PREFIX"]
+    subscriber = Subscriber(settings, prefix + "signals")
+    await subscriber.start()
+    sent_at = await produce(client_options(settings), prefix + "market-data", [(k, v) for k, v, _, _ in feed],
+                            rate)
+    await asyncio.sleep(15)  # the last minutes close on the quiet-symbol flush
+    await subscriber.stop()
+    by_symbol: dict[str, list[tuple[int, float]]] = {}
+    for (_, _, symbol, event_ms), at in zip(feed, sent_at, strict=True):
+        by_symbol.setdefault(symbol, []).append((event_ms, at))
+    first_ms = {symbol: events[0][0] for symbol, events in by_symbol.items()}
+    latencies = []
+    for got_at, symbol, close_ms in subscriber.received:
+        events = by_symbol.get(symbol)
+        if not events or close_ms < first_ms[symbol]:  # a warm-up bar
+            continue
+        closing = next((at for event_ms, at in events if event_ms >= close_ms + 1 + lateness), None)
+        if closing is not None:  # else the quiet-symbol flush closed it, not a trade
+            latencies.append((got_at - closing) * 1000)
+    if not latencies:
+        return {"p50": None, "p99": None, "samples": 0}
+    arr = np.asarray(latencies)
+    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)), "samples": len(arr)}
+
+
+def scale(settings: Settings, model_dir: Path, home: Path, symbols: int = SCALE_SYMBOLS,
+          seconds: float = 60.0) -> dict[str, Any]:
+    """`symbols` names, each a copy of a real trade capture at its real pace: RSS, lag and memory per symbol."""
+    from bench.run import Worker, produce, worker_env
+    from models.features import WARMUP_BARS
+    from models.registry import load_bundle
+
+    capture = _capture_trades(SCALE_CAPTURE)
+    names = symbol_names(symbols, "R")
+    warm_minutes = WARMUP_BARS + load_bundle(model_dir).window + 5
+    start_ms = capture[0][1]
+    in_window = [t for t in capture if t[1] < start_ms + seconds * 1000]
+    first_minute = capture[0][2] - capture[0][2] % 60_000
+    rate = len(in_window) / seconds * symbols
+    feed = [(s.encode(), _renamed(p, s)) for p, _, _ in in_window for s in names]
+    env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home / "scale")
+    env["MLRISK_MAX_SYMBOLS"] = str(max(symbols, 300))
+    worker = Worker(env, home / "scale")
+    try:
+        idle_mb = worker.rss_mb()
+        warm = [item for s in names for item in _warm_klines(s, first_minute, warm_minutes)]
+        asyncio.run(produce(client_options(settings), env["MLRISK_TOPIC_PREFIX"] + "market-data", warm))
+        while metric(worker.port, "mlrisk_bars_closed_total") < len(warm):
+            time.sleep(0.5)
+        accepted_before = metric(worker.port, "mlrisk_events_in_total")
+        lag = asyncio.run(_lag_run(settings, env, worker, feed, rate, accepted_before))
+        rss = worker.rss_mb()
+    finally:
+        worker.stop()
+    return {"rss_mb": rss, "max_lag_s": lag, "mb_per_symbol": (rss - idle_mb) / symbols, "idle_rss_mb": idle_mb,
+            "symbols": symbols, "seconds": seconds, "events_per_s": rate, "capture": list(SCALE_CAPTURE)}
+
+
+async def _lag_run(settings: Settings, env: dict[str, str], worker: Any, feed: list[tuple[bytes, bytes]],
+                   rate: float, accepted_before: float) -> float:
+    """Offer the feed at `rate`; the largest delay between sending a message and the worker accepting it."""
+    from bench.run import produce
+
+    sender = asyncio.create_task(produce(client_options(settings), env["MLRISK_TOPIC_PREFIX"] + "market-data",
+                                         feed, rate))
+    started = time.time()
+    worst = 0.0
+    while True:
+        await asyncio.sleep(1.0)
+        accepted = int(await asyncio.to_thread(metric, worker.port, "mlrisk_events_in_total") - accepted_before)
+        now = time.time()
+        offered = min(len(feed), int((now - started) * rate))
+        if accepted < offered:  # the oldest message not yet accepted was sent at started + accepted / rate
+            worst = max(worst, now - (started + accepted / rate))
+        if sender.done() and accepted >= len(feed):
+            break
+        if sender.done() and now - started > len(feed) / rate + 120:
+            worst = max(worst, now - (started + accepted / rate))
+            break
+    await sender
+    return worst
