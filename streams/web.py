@@ -403,7 +403,7 @@ OPENAPI: dict[str, Any] = {
                 "type": "object", "required": ["symbol"],
                 "properties": {"symbol": {"type": "string", "example": "BTCUSDT"},
                                "bars": {"type": "array", "items": {"$ref": "#/components/schemas/Bar"}}}}}}},
-            "responses": {"200": {"description": "ActionableTradeSignal"}, **_error_responses(400, 404, 409, 422)}}},
+            "responses": {"200": {"description": "ActionableTradeSignal"}, **_error_responses(400, 404, 409, 415, 422, 429, 503)}}},
         "/ml-risk/signals/{symbol}": {"get": {
             "summary": "Recent signals from the database, newest first",
             "parameters": [
