@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,11 +27,13 @@ from models.engine import SignalEngine
 from models.registry import load_bundle
 from models.simulate import FillCosts
 from risk.config import RiskConfig
+from streams.config import REPO_ROOT
 from streams.db import init_schema, scratch_database
 from streams.execution import PaperAccount, PaperBroker
 from streams.sink import SINK_BATCH, Sink, metrics_row
 
-TIMESCALEDB_VERSION = "2.29.2"  # the version ops/timescaledb/build.sh builds into the embedded server
+# the version ops/timescaledb/build.sh builds into the embedded server
+BUILT = re.search(r'^version="([0-9.]+)"$', (REPO_ROOT / "ops" / "timescaledb" / "build.sh").read_text(), re.M)
 HYPERTABLES = {"actionable_trade_signals": 1, "risk_adjusted_positions": 1, "signal_execution_logs": 7,
                "ml_risk_integration_metrics": 30, "ml_model_events": 90}  # chunk interval, days
 COMPRESSED = ("actionable_trade_signals", "risk_adjusted_positions", "signal_execution_logs",
@@ -47,7 +50,7 @@ def test_the_embedded_server_runs_timescaledb_with_hypertables_and_jobs(database
         version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
         assert version is not None, "no TimescaleDB: did `make setup` (ops/timescaledb/build.sh) build it?"
         if not os.environ.get("DATABASE_URL"):
-            assert version[0] == TIMESCALEDB_VERSION
+            assert BUILT is not None and version[0] == BUILT.group(1)
             assert conn.execute("SHOW timescaledb.telemetry_level").fetchone() == ("off",)
         intervals: dict[str, timedelta] = dict(conn.execute(
             "SELECT hypertable_name, time_interval FROM timescaledb_information.dimensions "
