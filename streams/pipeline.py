@@ -164,6 +164,21 @@ def attach_pipeline(runtime: Runtime) -> None:
             kept.append(event)
         return kept
 
+    allowed = frozenset(settings.symbols)
+
+    def admit_to_stage(symbol: str, batch: list[BarEvent]) -> None:
+        """Ingest's symbol limits again, for what reaches `bars` by other ways: each symbol here costs an engine
+        state (about 44 KB, in memory and in the changelog) and a paper book."""
+        if allowed and symbol not in allowed:
+            raise InvalidMessage("symbol_not_allowed", f"{symbol} is not in MLRISK_SYMBOLS")
+        states = tables["engine_state"]
+        if allowed or symbol in states or any(item.bar.symbol == symbol for item in batch):
+            return
+        fresh = {item.bar.symbol for item in batch if item.bar.symbol not in states}
+        if len(states) + len(fresh) >= settings.max_symbols:
+            raise InvalidMessage("too_many_symbols", f"{symbol} would be symbol {len(states) + len(fresh) + 1} "
+                                                     f"of at most {settings.max_symbols} (MLRISK_MAX_SYMBOLS)")
+
     @app.agent(topics["bars"], name="signals")
     async def signal_agent(stream: Any) -> None:
         async for events in batches(stream, 64, 0.003):  # a bar waits at most 3 ms for company
@@ -176,10 +191,11 @@ def attach_pipeline(runtime: Runtime) -> None:
                 await ack_all(stream, events)
                 decisions.moved()
                 continue
-            items = []
+            items: list[BarEvent] = []
             for event in events:
                 try:
                     bar = decode_bar(event.value)
+                    admit_to_stage(bar.symbol, items)
                 except InvalidMessage as error:
                     await park("bars", event, error)
                     continue

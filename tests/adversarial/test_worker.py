@@ -166,3 +166,21 @@ def test_a_record_the_broker_refuses_goes_out_as_its_fallback_and_ingest_goes_on
 
     asyncio.run(run())
     assert sorted(m.value for m in asyncio.run(consume_all(topic, 2, 30))) == [b"fallback", b"small"]
+
+
+def test_the_signal_stage_parks_garbage_bars_and_symbols_outside_the_allow_list(
+        model_dir: Path, start_worker: Any, worker_env: dict[str, str]) -> None:
+    """A bad message on `bars` was decoded outside the agent's error handling: Faust restarted the agent in place
+    and the rest of its batch was lost; a bar of any symbol made an engine state of 44 KB."""
+    worker = start_worker(MLRISK_MODEL_DIR=str(model_dir), MLRISK_SYMBOLS="BTCUSDT")
+    prefix = worker_env["MLRISK_TOPIC_PREFIX"]
+    bar = {"symbol": "BTCUSDT", "open_time": 1_723_161_240_000, "open": 61800.3, "high": 61839.8, "low": 61800.0,
+           "close": 61807.8, "volume": 125.966, "received_ms": 1_723_161_300_123, "market": {}}
+    sent = [(b"BTCUSDT", raw) for _, raw in BAD_BARS if raw]
+    sent += [(b"ETHUSDT", orjson.dumps({**bar, "symbol": "ETHUSDT"})), (b"BTCUSDT", orjson.dumps(bar))]
+    asyncio.run(produce(prefix + "bars", sent))
+    parked = [orjson.loads(m.value) for m in read_topic(prefix + "internal-dlq", len(sent) - 1, timeout_s=60)]
+    assert sorted(p["reason"] for p in parked).count("symbol_not_allowed") == 1
+    assert len(parked) == len(sent) - 1  # every one but the genuine BTCUSDT bar
+    assert {p["topic"] for p in parked} == {prefix + "bars"}
+    assert worker.proc.poll() is None
