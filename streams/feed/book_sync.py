@@ -14,12 +14,16 @@ A snapshot older than the first buffered diff cannot be bridged: fetch another.
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 MAX_BUFFERED_DIFFS = 5_000  # a snapshot takes under a second to fetch; 5,000 diffs is minutes of @depth@100ms
+MAX_LEVELS_PER_SIDE = 5_000  # Binance's deepest snapshot; levels beyond are far from any price that matters
+TRIM_SLACK = 500  # trimmed back once over the cap by this much, not on every diff
 
 
 class Outcome(Enum):
@@ -34,24 +38,33 @@ class Diff:
     first_id: int  # U
     last_id: int  # u
     previous_id: int | None  # pu (USD-M only)
-    bids: tuple[tuple[str, str], ...]
-    asks: tuple[tuple[str, str], ...]
+    bids: tuple[tuple[float, float], ...]
+    asks: tuple[tuple[float, float], ...]
 
     @classmethod
     def from_message(cls, data: dict[str, Any]) -> Diff:
-        """A `depthUpdate` payload; raises ValueError when its ids are missing or not integers."""
+        """A `depthUpdate` payload; raises ValueError when its ids or levels are not what Binance sends."""
         first_id, last_id, previous_id = data.get("U"), data.get("u"), data.get("pu")
         if not isinstance(first_id, int) or not isinstance(last_id, int) or first_id > last_id:
             raise ValueError("depthUpdate without integer U <= u")
         if previous_id is not None and not isinstance(previous_id, int):
             raise ValueError("depthUpdate with a non-integer pu")
-        return cls(first_id, last_id, previous_id, _levels(data.get("b")), _levels(data.get("a")))
+        return cls(first_id, last_id, previous_id, levels(data.get("b", [])), levels(data.get("a", [])))
 
 
-def _levels(raw: Any) -> tuple[tuple[str, str], ...]:
+def levels(raw: Any) -> tuple[tuple[float, float], ...]:
+    """[[price, quantity], ...] as decimal strings → floats; ValueError unless positive prices, quantities >= 0."""
     if not isinstance(raw, list):
-        return ()
-    return tuple((str(level[0]), str(level[1])) for level in raw if isinstance(level, list) and len(level) >= 2)
+        raise ValueError("price levels must be a list")
+    parsed = []
+    for level in raw:
+        if not isinstance(level, list) or len(level) < 2:
+            raise ValueError("a price level must be [price, quantity]")
+        price, quantity = float(level[0]), float(level[1])
+        if not (math.isfinite(price) and math.isfinite(quantity) and price > 0 and quantity >= 0):
+            raise ValueError(f"price level out of range: {level[:2]!r}")
+        parsed.append((price, quantity))
+    return tuple(parsed)
 
 
 @dataclass(slots=True)
@@ -85,9 +98,12 @@ class DepthSync:
         return Outcome.APPLIED
 
     def on_snapshot(self, last_update_id: int, bids: list[Any], asks: list[Any]) -> bool:
-        """Take a REST snapshot; False when it is older than the buffered diffs and another is needed."""
-        self.bids = _book_side(bids)
-        self.asks = _book_side(asks)
+        """Take a REST snapshot; False when it is older than the buffered diffs and another is needed.
+        Raises ValueError (and changes nothing) when its levels are not what Binance sends."""
+        new_bids, new_asks = levels(bids), levels(asks)
+        self.bids = {price: quantity for price, quantity in new_bids if quantity > 0}
+        self.asks = {price: quantity for price, quantity in new_asks if quantity > 0}
+        self._trim()
         self.snapshot_id = last_update_id
         self.synced = False
         self.last_update_id = None
@@ -117,20 +133,18 @@ class DepthSync:
         self.buffered.append(diff)
 
     def _apply(self, diff: Diff) -> None:
-        for side, levels in ((self.bids, diff.bids), (self.asks, diff.asks)):
-            for price_text, quantity_text in levels:
-                price, quantity = float(price_text), float(quantity_text)
+        for side, updates in ((self.bids, diff.bids), (self.asks, diff.asks)):
+            for price, quantity in updates:
                 if quantity == 0:
                     side.pop(price, None)
                 else:
                     side[price] = quantity
         self.last_update_id = diff.last_id
+        self._trim()
 
-
-def _book_side(levels: list[Any]) -> dict[float, float]:
-    side: dict[float, float] = {}
-    for level in levels:
-        price, quantity = float(level[0]), float(level[1])
-        if quantity > 0:
-            side[price] = quantity
-    return side
+    def _trim(self) -> None:
+        """At most MAX_LEVELS_PER_SIDE levels a side, the nearest to the touch (a diff may add any number)."""
+        if len(self.bids) > MAX_LEVELS_PER_SIDE + TRIM_SLACK:
+            self.bids = {p: self.bids[p] for p in heapq.nlargest(MAX_LEVELS_PER_SIDE, self.bids)}
+        if len(self.asks) > MAX_LEVELS_PER_SIDE + TRIM_SLACK:
+            self.asks = {p: self.asks[p] for p in heapq.nsmallest(MAX_LEVELS_PER_SIDE, self.asks)}

@@ -146,6 +146,9 @@ class StreamConnection:
             return "overflow", delivered
         except aiohttp.ClientError:
             return "error", delivered
+        except Exception:  # a bug must cost a reconnection (counted), never the connection's task
+            log.exception("%s: handling a message failed", self.name)
+            return "error", delivered
         finally:
             with contextlib.suppress(Exception):
                 await ws.close()

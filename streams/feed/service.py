@@ -6,8 +6,8 @@ overlap and is dropped. A trade id above the last one plus one is a gap: the mis
 REST and published first, in order. After a reconnection the trades since the last published one are fetched
 before anything else is handled. A trade gap that cannot be filled is published on `market-data-gaps` and counted.
 Depth diffs go through Binance's local-order-book procedure; when it needs a snapshot, one is fetched and, once
-a diff bridges it, published right after that diff as `{"e": "depthSnapshot", "s": SYMBOL, ...the REST body}`,
-which the worker's book takes as well.
+a diff bridges it, the book as of that diff is published right after it as `{"e": "depthSnapshot", "s": SYMBOL,
+"lastUpdateId", "bids", "asks"}` (and the REST snapshot's `E`, `T`), which the worker's book takes as well.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from streams import metrics as process_metrics
 from streams.config import Settings
 from streams.feed import metrics
 from streams.feed.backfill import missed
-from streams.feed.book_sync import DepthSync, Diff, Outcome
+from streams.feed.book_sync import MAX_LEVELS_PER_SIDE, DepthSync, Diff, Outcome
 from streams.feed.connection import MAX_URL_CHARS, Overflow, StreamConnection, stream_url
 from streams.feed.publisher import Publisher
 from streams.feed.rest import BinanceRest, RestError
@@ -56,7 +56,8 @@ class SymbolState:
     book: DepthSync | None
     last_ids: dict[str, int] = field(default_factory=dict)  # stream kind → last published id (or event time)
     snapshot_task: asyncio.Task[None] | None = None
-    pending_snapshot: bytes | None = None  # fetched, published once the diff that bridges it has been
+    snapshot_pending: bool = False  # a snapshot taken, to be published once a diff bridges it
+    snapshot_meta: dict[str, Any] = field(default_factory=dict)  # its E and T (USD-M)
 
 
 class FeedRouter:
@@ -122,9 +123,8 @@ class FeedRouter:
             metrics.EXCHANGE_LAG.observe(max(0.0, time.time() - event_time / 1000.0))
         if kind == "depth" and state.book is not None:
             self._on_diff(state, data)
-            if state.pending_snapshot is not None and state.book.synced:
-                snapshot, state.pending_snapshot = state.pending_snapshot, None
-                await self._publish_snapshot(state, snapshot)
+            if state.snapshot_pending and state.book.synced:
+                await self._publish_snapshot(state)
 
     async def reconnected(self, streams: list[str]) -> None:
         """Before a new connection's messages: publish the trades published nowhere since the last one."""
@@ -182,7 +182,7 @@ class FeedRouter:
             return
         outcome = state.book.on_diff(diff)
         if outcome is Outcome.GAP:
-            state.pending_snapshot = None  # it cannot be bridged: a consumer must not take it
+            state.snapshot_pending = False  # it cannot be bridged: a consumer must not take it
             metrics.GAPS.labels(kind="depth", symbol=state.symbol).inc()
             log.warning("%s: depth diff out of sequence (U=%d u=%d pu=%s); resyncing", state.symbol,
                         diff.first_id, diff.last_id, diff.previous_id)
@@ -202,22 +202,36 @@ class FeedRouter:
                 log.error("%s: depth snapshot failed: %s", state.symbol, error)
                 await asyncio.sleep(SNAPSHOT_RETRY_S)
                 continue
-            message = orjson.dumps({"e": "depthSnapshot", "s": state.symbol, **body})
             log.info("%s: snapshot %d fetched", state.symbol, body["lastUpdateId"])
-            state.book.on_snapshot(body["lastUpdateId"], body["bids"], body["asks"])
+            try:
+                state.book.on_snapshot(body["lastUpdateId"], body["bids"], body["asks"])
+            except ValueError as error:
+                log.error("%s: unusable depth snapshot: %s", state.symbol, error)
+                await asyncio.sleep(SNAPSHOT_RETRY_S)
+                continue
+            state.snapshot_meta = {k: body[k] for k in ("E", "T") if isinstance(body.get(k), int)}
+            state.snapshot_pending = True
             if state.book.synced:
-                await self._publish_snapshot(state, message)  # right after the buffered diff that bridged it
+                await self._publish_snapshot(state)  # bridged by a buffered diff
                 return
             if state.book.snapshot_id is not None:
-                state.pending_snapshot = message  # published after the diff that will bridge it
-                return
+                return  # published by `handle` after the diff that bridges it
             log.warning("%s: snapshot %d older than the buffered diffs; fetching another", state.symbol,
                         body["lastUpdateId"])
             await asyncio.sleep(SNAPSHOT_RETRY_S)
 
-    async def _publish_snapshot(self, state: SymbolState, message: bytes) -> None:
-        """A snapshot goes out only once a diff bridges it, after that diff: a consumer that buffers the diffs it
-        cannot apply (as the worker's book does) then finds the bridging one among them."""
+    async def _publish_snapshot(self, state: SymbolState) -> None:
+        """Publish the book as of the last diff published: the REST snapshot with the diffs that bridged it
+        applied, `lastUpdateId` that diff's `u`. A consumer takes it and chains the next diff on it, without
+        having to hold on to the diffs published while the snapshot was being fetched (the worker's book keeps
+        a bounded number of them)."""
+        book = state.book
+        assert book is not None and book.last_update_id is not None
+        state.snapshot_pending = False
+        bids = sorted(book.bids.items(), reverse=True)[:MAX_LEVELS_PER_SIDE]
+        asks = sorted(book.asks.items())[:MAX_LEVELS_PER_SIDE]
+        message = orjson.dumps({"e": "depthSnapshot", "s": state.symbol, "lastUpdateId": book.last_update_id,
+                                **state.snapshot_meta, "bids": bids, "asks": asks})
         metrics.RESYNCS.labels(symbol=state.symbol).inc()
         self.snapshots_published += 1
         # waits for room but never overflows: the book already counts on this snapshot being published
@@ -313,7 +327,10 @@ class FeedService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.router.close()
-        await self.publisher.stop()
+        try:  # what Kafka acknowledges within the stop timeout; a broker that is away must not hold the stop
+            await asyncio.wait_for(self.publisher.stop(), self.settings.stop_timeout_s)
+        except TimeoutError:
+            log.error("Kafka did not acknowledge everything within %.0f s of the stop", self.settings.stop_timeout_s)
         await self.rest.close()
         if self._web is not None:
             await self._web.cleanup()
