@@ -578,7 +578,8 @@ class FeatureState:
             "count": self.count,
             "prev": pack_floats(np.array(self.prev)),
             "recursive": None if self.recursive is None else pack_floats(np.array(self.recursive)),
-            "rings": {name: [pack_floats(r.buf), r.pos] for name, r in self.rings.items()},
+            # every ring's newest values, oldest first, in `_RINGS` order: one packed string per state
+            "rings": pack_floats(np.concatenate([r.buf[r.pos : r.pos + r.size] for r in self.rings.values()])),
             "market": None if self.market is None else _market_to_list(self.market),
         }
 
@@ -593,10 +594,20 @@ class FeatureState:
         state.recursive = (
             None if data["recursive"] is None else [float(v) for v in unpack_floats(data["recursive"])]
         )
-        for name, (buf, pos) in data["rings"].items():
-            ring = state.rings[name]
-            ring.buf = unpack_floats(buf)
-            ring.pos = int(pos)
+        rings = data["rings"]
+        if isinstance(rings, str):
+            values = unpack_floats(rings)
+            start = 0
+            for ring in state.rings.values():
+                newest = values[start : start + ring.size]
+                ring.buf = np.concatenate([newest, newest])
+                ring.pos = 0
+                start += ring.size
+        else:  # the earlier layout: each ring's doubled buffer and position
+            for name, (buf, pos) in rings.items():
+                ring = state.rings[name]
+                ring.buf = unpack_floats(buf)
+                ring.pos = int(pos)
         state.market = None if data["market"] is None else _market_from_list(data["market"])
         return state
 
@@ -695,24 +706,9 @@ def _market(bar: Bar, features: np.ndarray) -> MarketFeatures:
 
 
 def _market_to_list(m: MarketFeatures) -> list[Any]:
-    # orjson writes NaN as null; the list keeps field order for MarketFeatures(*values)
-    return [
-        m.close_time_ms,
-        *(
-            pack_floats(np.array([v]))
-            for v in (
-                m.price,
-                m.atr,
-                m.sigma_1m,
-                m.vol_percentile,
-                m.adx,
-                m.trend,
-                m.return_1m,
-                m.volume_z,
-                m.trades_z,
-            )
-        ),
-    ]
+    # orjson writes NaN as null, so the floats go packed, in field order for MarketFeatures(close, *values)
+    values = (m.price, m.atr, m.sigma_1m, m.vol_percentile, m.adx, m.trend, m.return_1m, m.volume_z, m.trades_z)
+    return [m.close_time_ms, pack_floats(np.array(values))]
 
 
 def pack_floats(values: np.ndarray) -> str:
@@ -725,4 +721,6 @@ def unpack_floats(text: str) -> np.ndarray:
 
 
 def _market_from_list(values: list[Any]) -> MarketFeatures:
-    return MarketFeatures(int(values[0]), *(float(unpack_floats(v)[0]) for v in values[1:]))
+    if len(values) == 2:
+        return MarketFeatures(int(values[0]), *unpack_floats(values[1]).tolist())
+    return MarketFeatures(int(values[0]), *(float(unpack_floats(v)[0]) for v in values[1:]))  # one per field

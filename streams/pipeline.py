@@ -32,6 +32,7 @@ from streams.sink import SINK_BATCH, Sink, event_row, metrics_row
 
 log = logging.getLogger("mlrisk.pipeline")
 LOOP_PROBE_S = 0.5  # the event-loop lag probe's sleep
+SIGNAL_BATCH = 256  # bars per signal-stage batch: a minute boundary of a few hundred symbols is one or two batches
 
 
 @dataclass(slots=True)
@@ -181,7 +182,7 @@ def attach_pipeline(runtime: Runtime) -> None:
 
     @app.agent(topics["bars"], name="signals")
     async def signal_agent(stream: Any) -> None:
-        async for events in batches(stream, 64, 0.003):  # a bar waits at most 3 ms for company
+        async for events in batches(stream, SIGNAL_BATCH, 0.003):  # a bar waits at most 3 ms for company
             decisions.begin()
             loaded = switch.take_loaded()
             if loaded is not None:  # between batches: every signal of a batch comes from one whole version

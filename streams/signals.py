@@ -60,6 +60,10 @@ class PerformanceTracker:
         self.every = every
         self.pending: dict[str, OrderedDict[int, tuple[float, dict[str, float]]]] = {}
         self.resolved: list[tuple[float, dict[str, float]]] = []  # (forward return, p_up per model)
+        # the same outcomes as rows of floats (return, then p_up in `names` order), for a report in a few array
+        # operations; `names` is None once outcomes with different models were mixed
+        self.names: tuple[str, ...] | None = None
+        self.rows: list[tuple[float, ...]] = []
         self.outcomes = 0
         self.decayed = False
         self.events: list[dict[str, Any]] = []
@@ -90,8 +94,16 @@ class PerformanceTracker:
         for open_time in list(queue):
             if open_time + due == bar.open_time:
                 close, probs = queue.pop(open_time)
-                self.resolved.append((float(np.log(bar.close / close)), probs))
+                forward = float(np.log(bar.close / close))
+                self.resolved.append((forward, probs))
+                if not self.rows:
+                    self.names = tuple(probs)
+                if self.names is not None and tuple(probs) == self.names:
+                    self.rows.append((forward, *probs.values()))
+                else:
+                    self.names = None
                 del self.resolved[: max(0, len(self.resolved) - self.window)]
+                del self.rows[: max(0, len(self.rows) - self.window)]
                 self.outcomes += 1
                 if self.outcomes % self.every == 0:
                     self._measure()
@@ -104,10 +116,15 @@ class PerformanceTracker:
     def report(self) -> dict[str, Any]:
         if len(self.resolved) < 10:
             return {"resolved": len(self.resolved)}
-        returns = np.array([r for r, _ in self.resolved])
         out: dict[str, Any] = {"resolved": len(self.resolved)}
-        for name in self.resolved[-1][1]:
-            scores = np.array([p.get(name, np.nan) for _, p in self.resolved])
+        if self.names is not None and len(self.rows) == len(self.resolved):
+            table = np.array(self.rows)
+            returns, columns = table[:, 0], dict(zip(self.names, table[:, 1:].T, strict=True))
+        else:
+            returns = np.array([r for r, _ in self.resolved])
+            columns = {name: np.array([p.get(name, np.nan) for _, p in self.resolved])
+                       for name in self.resolved[-1][1]}
+        for name, scores in columns.items():
             ok = np.isfinite(scores) & (returns != 0)
             hits = float(np.mean((scores[ok] > 0.5) == (returns[ok] > 0))) if ok.any() else None
             rank_ic = spearman(scores[ok], returns[ok]) if ok.sum() > 2 else float("nan")
