@@ -32,14 +32,14 @@ pkglib="$("$pg_config" --pkglibdir)"
 stamp="$extension_dir/.mlrisk-timescaledb.stamp"
 
 archive="$vendor/$archive_name"
-[[ -f "$archive" ]] || plain "no source archive at $archive (set MLRISK_VENDOR_DIR)"
 expected="$(awk -v f="$archive_name" '$2 == f || $2 == "*" f {print $1}' "$vendor/SHA256SUMS" 2>/dev/null || true)"
-[[ -n "$expected" ]] || plain "no checksum for $archive_name in $vendor/SHA256SUMS"
-
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$expected" && -f "$pkglib/timescaledb.so" \
-      && -f "$extension_dir/timescaledb.control" ]]; then
+# built before from this archive (or from one no longer at hand): nothing to do
+if [[ -f "$stamp" && -f "$pkglib/timescaledb.so" && -f "$extension_dir/timescaledb.control" ]] \
+   && [[ -z "$expected" || "$(cat "$stamp")" == "$expected" ]]; then
   exit 0
 fi
+[[ -f "$archive" ]] || plain "no source archive at $archive (set MLRISK_VENDOR_DIR)"
+[[ -n "$expected" ]] || plain "no checksum for $archive_name in $vendor/SHA256SUMS"
 
 actual="$(sha256sum "$archive" | awk '{print $1}')"
 [[ "$actual" == "$expected" ]] || plain "checksum mismatch for $archive: $actual, SHA256SUMS says $expected"
