@@ -215,11 +215,23 @@ def _symbol(message: dict[str, Any], key: str) -> str:
 
 
 def _number(message: dict[str, Any], key: str) -> float:
-    value = _field(message, key)
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+    return _as_number(_field(message, key), key)
+
+
+def _price(message: dict[str, Any], key: str) -> float:
+    return _as_price(_field(message, key), key)
+
+
+def _quantity(message: dict[str, Any], key: str) -> float:
+    return _as_quantity(_field(message, key), key)
+
+
+def _as_number(value: Any, key: str) -> float:
+    if type(value) is str:  # Binance's decimals: the common case first
+        if len(value) > MAX_NUMBER_CHARS or not value.isascii():
+            raise BadEvent("bad_type", f"{key!r} is not a decimal number: {shown(value)}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadEvent("bad_type", f"{key!r} must be a number or a decimal string")
-    if isinstance(value, str) and (len(value) > MAX_NUMBER_CHARS or not value.isascii()):
-        raise BadEvent("bad_type", f"{key!r} is not a decimal number: {shown(value)}")
     try:
         number = float(value)
     except (ValueError, OverflowError):
@@ -229,20 +241,20 @@ def _number(message: dict[str, Any], key: str) -> float:
     return number
 
 
-def _price(message: dict[str, Any], key: str) -> float:
-    price = _number(message, key)
-    if price <= 0:
-        raise BadEvent("non_positive_price", f"{key!r} must be positive, got {price}")
-    if price >= MAX_PRICE:
+def _as_price(value: Any, key: str) -> float:
+    price = _as_number(value, key)
+    if not 0 < price < MAX_PRICE:
+        if price <= 0:
+            raise BadEvent("non_positive_price", f"{key!r} must be positive, got {price}")
         raise BadEvent("out_of_range", f"{key!r} must be below {MAX_PRICE:g}, got {price:g}")
     return price
 
 
-def _quantity(message: dict[str, Any], key: str) -> float:
-    quantity = _number(message, key)
-    if quantity < 0:
-        raise BadEvent("negative_quantity", f"{key!r} must not be negative, got {quantity}")
-    if quantity > MAX_QUANTITY:
+def _as_quantity(value: Any, key: str) -> float:
+    quantity = _as_number(value, key)
+    if not 0 <= quantity <= MAX_QUANTITY:
+        if quantity < 0:
+            raise BadEvent("negative_quantity", f"{key!r} must not be negative, got {quantity}")
         raise BadEvent("out_of_range", f"{key!r} must be at most {MAX_QUANTITY:g}, got {quantity:g}")
     return quantity
 
@@ -368,10 +380,9 @@ def _levels(message: dict[str, Any], key: str) -> tuple[tuple[float, float], ...
         raise BadEvent("too_many_levels", f"{key!r} holds {len(raw)} levels, more than {MAX_LEVELS}")
     levels = []
     for level in raw:
-        if not isinstance(level, list) or len(level) < 2:
+        if type(level) is not list or len(level) < 2:
             raise BadEvent("bad_type", f"{key!r} must be a list of [price, quantity]")
-        pair = {"price": level[0], "quantity": level[1]}
-        levels.append((_price(pair, "price"), _quantity(pair, "quantity")))
+        levels.append((_as_price(level[0], key), _as_quantity(level[1], key)))
     return tuple(levels)
 
 
