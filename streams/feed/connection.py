@@ -28,6 +28,7 @@ OVERLAP_LIMIT_S = 10.0
 MAX_OVERLAP_MESSAGES = 100_000
 BACKOFF_BASE_S = 0.25
 BACKOFF_MAX_S = 60.0
+CONNECT_TIMEOUT_S = 15.0
 POLL_S = 0.2  # how often a reader blocked on an idle socket checks whether it should stop
 
 
@@ -83,10 +84,8 @@ class StreamConnection:
                     log.warning("%s: connecting failed (%s); retrying in %.1f s", self.name, error, delay_s)
                     await asyncio.sleep(delay_s)
                     continue
-                if not first:
-                    await self.handler.reconnected(self.streams)
+                cause, delivered = await self._read(ws, reconnected=not first)
                 first = False
-                cause, delivered = await self._read(ws)
                 self.connected = False
                 metrics.CONNECTIONS.dec()
                 if self._stopping:
@@ -106,20 +105,24 @@ class StreamConnection:
 
     async def _connect(self) -> aiohttp.ClientWebSocketResponse:
         assert self._session is not None
-        ws = await self._session.ws_connect(self.url, autoping=True, max_msg_size=MAX_MESSAGE_BYTES,
-                                            timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-                                            receive_timeout=None)
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            ws = await self._session.ws_connect(self.url, autoping=True, max_msg_size=MAX_MESSAGE_BYTES,
+                                                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                                                receive_timeout=None)
         self.connected = True
         self._opened_at = time.monotonic()
         metrics.CONNECTS.inc()
         metrics.CONNECTIONS.inc()
         return ws
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> tuple[str, bool]:
-        """Read until the connection must be replaced; (cause, whether it delivered anything)."""
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse, reconnected: bool) -> tuple[str, bool]:
+        """Read until the connection must be replaced; (cause, whether it delivered anything). After a
+        reconnection the handler first catches up on what the gap missed."""
         opened_at = time.monotonic()
         delivered = False
         try:
+            if reconnected:
+                await self.handler.reconnected(self.streams)
             while not self._stopping:
                 if time.monotonic() - opened_at >= self.rotate_after_s:
                     rotated = await self._rotate(ws)

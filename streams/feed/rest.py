@@ -82,12 +82,14 @@ class BinanceRest:
                         continue
                     if response.status >= 500:
                         raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
-                    body = await response.content.read(MAX_RESPONSE_BYTES + 1)
-                    if len(body) > MAX_RESPONSE_BYTES:
-                        raise RestError(f"REST {path} answered more than {MAX_RESPONSE_BYTES} bytes")
+                    body = bytearray()
+                    async for chunk in response.content.iter_chunked(64 * 1024):
+                        body += chunk
+                        if len(body) > MAX_RESPONSE_BYTES:
+                            raise RestError(f"REST {path} answered more than {MAX_RESPONSE_BYTES} bytes")
                     if response.status != 200:
                         raise RestError(f"REST {path} answered {response.status}: {body[:200]!r}")
-                    return orjson.loads(body)
+                    return orjson.loads(bytes(body))
             except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as error:
                 metrics.REST_ERRORS.inc()
                 delay_s = min(30.0, 0.5 * 2**attempt) * (0.5 + random.random())

@@ -127,10 +127,11 @@ async def run_scenario(
                       for s in symbols}
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(
-            service.router.states[s].last_ids.get("trade") != last_trade[s] for s in symbols
+            service.router.states[s].last_ids.get("trade") != last_trade[s]
+            or (service.router.states[s].book is not None and not service.router.states[s].book.synced)
+            for s in symbols
         ):
             await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)  # a resync under way finishes
     finally:
         await service.stop()
         await server.stop()
