@@ -456,7 +456,7 @@ def run(events: int, out: Path, parts: tuple[str, ...] = PARTS) -> dict[str, Any
     if "sink" in parts:
         report["sink_rows_per_s"] = sink_bench(url, 20_000)
         print(f"  sink {report['sink_rows_per_s']}")
-        report["sink_hypertable_vs_plain_rows_per_s"] = sink_hypertable_vs_plain(url, SIGNAL_TEMPLATE, 20_000)
+        report["sink_hypertable_vs_plain_rows_per_s"] = sink_hypertable_vs_plain(url, SIGNAL_TEMPLATE, 40_000)
         print(f"  sink on a hypertable vs plain {report['sink_hypertable_vs_plain_rows_per_s']}")
         report["performance_query_30d_ms"] = performance_query_aggregate_vs_raw(url)
         print(f"  performance query over 30 days {report['performance_query_30d_ms']}")
