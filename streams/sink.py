@@ -147,7 +147,9 @@ class Sink:
 
     def __init__(self, url: str, max_retry_delay_s: float = 5.0) -> None:
         self.url = url
-        self.pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False, timeout=10.0,
+        # reconnect_timeout: a reconnection attempt gives up after 10 s and the next request starts a fresh one;
+        # the pool's default backs off to minutes, which a worker then waited after the database came back
+        self.pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False, timeout=10.0, reconnect_timeout=10.0,
                                         kwargs={"autocommit": True, "connect_timeout": 3})
         # the API reads through its own connections, so that its queries never wait behind the sink's writes
         self.read_pool = AsyncConnectionPool(url, min_size=0, max_size=2, open=False, timeout=5.0,
