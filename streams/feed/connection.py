@@ -42,7 +42,8 @@ class MessageHandler(Protocol):
     def published(self, raw: bytes) -> tuple[str, bool] | None:
         """(stream, whether this message was already published), or None for a message without a stream."""
 
-    async def reconnected(self, streams: list[str]) -> None: ...
+    async def catch_up(self, streams: list[str]) -> None:
+        """Before a new connection's messages: what was missed since the last message published."""
 
     async def wait_drained(self) -> None:
         """Until the publish buffer has room again (after an Overflow)."""
@@ -73,7 +74,6 @@ class StreamConnection:
         """Connect, read, reconnect, until stopped."""
         self._session = aiohttp.ClientSession()
         failures = 0
-        first = True
         try:
             while not self._stopping:
                 try:
@@ -84,8 +84,7 @@ class StreamConnection:
                     log.warning("%s: connecting failed (%s); retrying in %.1f s", self.name, error, delay_s)
                     await asyncio.sleep(delay_s)
                     continue
-                cause, delivered = await self._read(ws, reconnected=not first)
-                first = False
+                cause, delivered = await self._read(ws)
                 self.connected = False
                 metrics.CONNECTIONS.dec()
                 if self._stopping:
@@ -115,14 +114,13 @@ class StreamConnection:
         metrics.CONNECTIONS.inc()
         return ws
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse, reconnected: bool) -> tuple[str, bool]:
-        """Read until the connection must be replaced; (cause, whether it delivered anything). After a
-        reconnection the handler first catches up on what the gap missed."""
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> tuple[str, bool]:
+        """Read until the connection must be replaced; (cause, whether it delivered anything). The handler
+        first catches up on what was missed before the connection (a reconnection, a restart)."""
         opened_at = time.monotonic()
         delivered = False
         try:
-            if reconnected:
-                await self.handler.reconnected(self.streams)
+            await self.handler.catch_up(self.streams)
             while not self._stopping:
                 if time.monotonic() - opened_at >= self.rotate_after_s:
                     rotated = await self._rotate(ws)

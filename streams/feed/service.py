@@ -3,8 +3,9 @@
 Every message is published unchanged, keyed by its symbol, once: a message whose id (trade `t`, aggregate
 trade `a`, book update `u`, else event time `E`) is not above the last one published on its stream is an
 overlap and is dropped. A trade id above the last one plus one is a gap: the missing trades are fetched from
-REST and published first, in order. After a reconnection the trades since the last published one are fetched
-before anything else is handled. A trade gap that cannot be filled is published on `market-data-gaps` and counted.
+REST and published first, in order. On every connection the trades since the last published one are fetched
+before anything else is handled; a restarted feed reads its last trade ids back from `market-data`. A trade gap
+that cannot be filled is published on `market-data-gaps` and counted.
 Depth diffs go through Binance's local-order-book procedure; when it needs a snapshot, one is fetched and, once
 a diff bridges it, the book as of that diff is published right after it as `{"e": "depthSnapshot", "s": SYMBOL,
 "lastUpdateId", "bids", "asks"}` (and the REST snapshot's `E`, `T`), which the worker's book takes as well.
@@ -33,6 +34,7 @@ from streams.feed.book_sync import MAX_LEVELS_PER_SIDE, DepthSync, Diff, Outcome
 from streams.feed.connection import MAX_URL_CHARS, Overflow, StreamConnection, stream_url
 from streams.feed.publisher import Publisher
 from streams.feed.rest import BinanceRest, RestError
+from streams.feed.resume import last_trade_ids
 from streams.feed.venues import STREAM_KINDS, Venue
 from streams.kafka_security import client_options
 from streams.web_auth import token_middleware
@@ -126,9 +128,9 @@ class FeedRouter:
             if state.snapshot_pending and state.book.synced:
                 await self._publish_snapshot(state)
 
-    async def reconnected(self, streams: list[str]) -> None:
-        """Before a new connection's messages: publish the trades published nowhere since the last one."""
-        log.info("reconnected: back-filling %s", streams)
+    async def catch_up(self, streams: list[str]) -> None:
+        """Before a new connection's messages: publish the trades since the last one published (none known on a
+        first start without earlier output)."""
         for stream in streams:
             kind = stream_kind(stream)
             state = self.states.get(stream.split("@", 1)[0].upper())
@@ -312,6 +314,10 @@ class FeedService:
             for name in (self.settings.market_data_topic, self.settings.topic("market-data-gaps"))
         ], create=self.settings.create_topics)
         await self.publisher.start()
+        for (symbol, kind), trade_id in (await last_trade_ids(
+                self.kafka_options, self.settings.market_data_topic, set(self.symbols))).items():
+            if kind in self.kinds:
+                self.router.states[symbol].last_ids[kind] = trade_id  # a restart back-fills from there
         self._tasks = [asyncio.create_task(c.run(), name=c.name) for c in self.connections]
         if serve_http:
             self._web = web.AppRunner(self._web_app())

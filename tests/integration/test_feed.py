@@ -339,15 +339,15 @@ def test_feed_holds_back_while_kafka_is_unavailable_for_20_s(
     assert snapshots >= 2 and compared >= snapshots + 1
 
 
-def test_feed_command_serves_health_and_metrics_publishes_a_lost_gap_and_stops_cleanly(
+def test_feed_command_resumes_after_a_restart_publishes_a_lost_gap_and_serves_health(
     data_dir: Path, kafka: str, topic_prefix: str
 ) -> None:
     folder = data_dir / "binance-spot-ws"
     capture = Capture.load([folder / "btcusdt_20240808.gz", folder / "btcusdt_20240809.gz"], futures=False,
-                           start_s=60, duration_s=60)
+                           start_s=60, duration_s=120)
     port = free_port()
 
-    async def scenario() -> tuple[int, list[int], str, list[Any]]:
+    async def scenario() -> tuple[list[int], list[int], str, list[Any], list[Any], tuple[int, int]]:
         import aiohttp
 
         server = FakeBinance(capture, False, SPEED)
@@ -355,42 +355,56 @@ def test_feed_command_serves_health_and_metrics_publishes_a_lost_gap_and_stops_c
         env = {**os.environ, "MLRISK_TOPIC_PREFIX": topic_prefix, "MLRISK_PARTITIONS": "2",
                "MLRISK_BINANCE_WS_URL": f"ws://{address}", "MLRISK_BINANCE_REST_URL": f"http://{address}",
                "MLRISK_FEED_PORT": str(port), "MLRISK_FEED_SILENCE_S": "2"}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "streams.cli", "feed", "--venue", "binance-spot", "--symbols", "BTCUSDT",
-            "--streams", "trade,depth", cwd=REPO_ROOT, env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+        async def start_feed() -> asyncio.subprocess.Process:
+            clients = len(server.clients)
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "streams.cli", "feed", "--venue", "binance-spot", "--symbols", "BTCUSDT",
+                "--streams", "trade,depth", cwd=REPO_ROOT, env=env,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            await asyncio.wait_for(server.wait_clients(clients + 1), 60)
+            return process
+
+        async def stop_feed(process: asyncio.subprocess.Process) -> int:
+            process.send_signal(signal.SIGTERM)
+            return await asyncio.wait_for(process.wait(), 30)
+
         statuses: list[int] = []
+        codes: list[int] = []
+        process = await start_feed()
         try:
-            await asyncio.wait_for(server.wait_clients(), 60)
             server.play()
             async with aiohttp.ClientSession() as http:
                 async def health() -> int:
                     async with http.get(f"http://127.0.0.1:{port}/health") as response:
                         return response.status
-                await server.wait_played(0.3)
+                await server.wait_played(0.2)
                 statuses.append(await health())  # connected and fed
                 await server.drop(refuse_s=1.0)
                 lost_from = server.trades["BTCUSDT"][-1]["id"] + 1
                 await asyncio.sleep(0.5)
                 server.forget_trades("BTCUSDT")  # what the cut missed can no longer be fetched
                 lost_to = server.served_from["BTCUSDT"] - 1
+                await server.wait_played(0.4)
+                codes.append(await stop_feed(process))  # a restart: the next run resumes after its last trade
+                await asyncio.sleep(0.5)
+                process = await start_feed()
                 await server.finished.wait()
                 await asyncio.sleep(2.5)  # the feed has been silent longer than MLRISK_FEED_SILENCE_S
                 statuses.append(await health())
                 async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
                     metrics_text = await response.text()
-            process.send_signal(signal.SIGTERM)
-            code = await asyncio.wait_for(process.wait(), 30)
+            codes.append(await stop_feed(process))
         finally:
             if process.returncode is None:
                 process.kill()
             await server.stop()
         records = await consume_all(f"{topic_prefix}market-data", None, timeout_s=30, idle_s=3)
         gaps = await consume_all(f"{topic_prefix}market-data-gaps", 1, timeout_s=30)
-        return code, statuses, metrics_text, records, gaps, (lost_from, lost_to)
+        return codes, statuses, metrics_text, records, gaps, (lost_from, lost_to)
 
-    code, statuses, metrics_text, records, gaps, (lost_from, lost_to) = asyncio.run(scenario())
-    assert code == 0
+    codes, statuses, metrics_text, records, gaps, (lost_from, lost_to) = asyncio.run(scenario())
+    assert codes == [0, 0]
     assert statuses[0] == 200 and statuses[1] == 503
     assert 'mlrisk_feed_messages_total{stream="trade"}' in metrics_text
     assert lost_to >= lost_from  # trades were played while the feed was cut off
@@ -401,7 +415,7 @@ def test_feed_command_serves_health_and_metrics_publishes_a_lost_gap_and_stops_c
             if line.kind == "trade" and lost_from <= line.data["t"] <= lost_to}
     kept = Capture([line for line in capture.lines if line.kind != "trade" or line.data["t"] not in lost],
                    capture.snapshots)
-    check_trades(kept, records)  # every other trade once, in order
+    check_trades(kept, records)  # every other trade once, in order, across the restart too
 
 
 def test_feed_command_refuses_bad_settings_and_streams_naming_them() -> None:
