@@ -27,6 +27,8 @@ TRIM_SLACK = 500  # trimmed back once over the cap by this much, not on every di
 
 
 class Outcome(Enum):
+    """What became of one diff."""
+
     APPLIED = "applied"  # in sequence, applied to the book
     BUFFERED = "buffered"  # waiting for a snapshot
     STALE = "stale"  # older than the book: ignored
@@ -35,6 +37,8 @@ class Outcome(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Diff:
+    """One `depthUpdate`: its update-id range and the levels it sets (quantity 0 removes a level)."""
+
     first_id: int  # U
     last_id: int  # u
     previous_id: int | None  # pu (USD-M only)
@@ -80,6 +84,7 @@ class DepthSync:
     snapshot_id: int | None = None  # a snapshot taken, waiting for the diff that bridges it
 
     def on_diff(self, diff: Diff) -> Outcome:
+        """Apply, buffer or refuse one diff by the venue's rules."""
         if not self.synced:
             if self.snapshot_id is not None:
                 return self._bridge(diff)

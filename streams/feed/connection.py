@@ -37,7 +37,10 @@ class Overflow(RuntimeError):
 
 
 class MessageHandler(Protocol):
-    async def handle(self, raw: bytes) -> None: ...
+    """What a connection hands its messages to (the feed's router)."""
+
+    async def handle(self, raw: bytes) -> None:
+        """One message, in the order received."""
 
     def published(self, raw: bytes) -> tuple[str, bool] | None:
         """(stream, whether this message was already published), or None for a message without a stream."""
@@ -46,10 +49,11 @@ class MessageHandler(Protocol):
         """Before a new connection's messages: what was missed since the last message published."""
 
     async def wait_drained(self) -> None:
-        """Until the publish buffer has room again (after an Overflow)."""
+        """Until Kafka has acknowledged what was handed over (after an Overflow)."""
 
 
 def stream_url(base_url: str, streams: list[str]) -> str:
+    """Binance's combined-stream URL for these stream names."""
     return f"{base_url}/stream?streams={'/'.join(streams)}"
 
 
@@ -100,6 +104,7 @@ class StreamConnection:
             await self._session.close()
 
     async def stop(self) -> None:
+        """Stop after the message in hand (the run loop checks between messages)."""
         self._stopping = True
 
     async def _connect(self) -> aiohttp.ClientWebSocketResponse:

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 
 class Publisher:
+    """One idempotent producer for the feed's messages, with at most `capacity` awaiting acknowledgement."""
+
     def __init__(self, client_options: dict[str, Any], topic: str, capacity: int,
                  delivery_timeout_s: float = 120.0) -> None:
         """`client_options`: the brokers and security settings (`streams.kafka_security.client_options`)."""
@@ -35,18 +37,18 @@ class Publisher:
         self.last_error: str | None = None
 
     async def start(self) -> None:
+        """Connect to the brokers."""
         await self._producer.start()
 
     async def stop(self) -> None:
+        """Wait for every acknowledgement, then disconnect."""
         await self.flush()
         await self._producer.stop()
 
     @property
     def fill(self) -> float:
+        """The share of the buffer holding unacknowledged messages."""
         return self._in_flight / self.capacity
-
-    def full(self) -> bool:
-        return self._in_flight >= self.capacity
 
     async def publish(self, key: str, value: bytes, topic: str | None = None) -> None:
         """Hand one message to Kafka (`topic`, else the feed's), waiting while the buffer is full; order per key

@@ -43,6 +43,7 @@ class BinanceRest:
         self._blocked_until = 0.0  # monotonic time before which no request may be sent (429/418)
 
     async def close(self) -> None:
+        """Close the HTTP session."""
         await self._session.close()
 
     async def depth_snapshot(self, symbol: str) -> dict[str, Any]:

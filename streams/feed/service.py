@@ -54,6 +54,8 @@ def stream_kind(stream: str) -> str:
 
 @dataclass(slots=True)
 class SymbolState:
+    """What the feed keeps per symbol: its book, the last id published per stream kind, a resync under way."""
+
     symbol: str
     book: DepthSync | None
     last_ids: dict[str, int] = field(default_factory=dict)  # stream kind → last published id (or event time)
@@ -76,7 +78,6 @@ class FeedRouter:
         self.states = {
             s: SymbolState(s, DepthSync(futures=venue.futures) if "depth" in self.kinds else None) for s in symbols
         }
-        self.snapshots_published = 0
 
     def _parse(self, raw: bytes) -> tuple[SymbolState, str, dict[str, Any], int | None] | None:
         try:
@@ -95,6 +96,7 @@ class FeedRouter:
         return state, kind, data, key if isinstance(key, int) and not isinstance(key, bool) else None
 
     def published(self, raw: bytes) -> tuple[str, bool] | None:
+        """(stream, whether this message was already published), or None for a message without a stream."""
         parsed = self._parse(raw)
         if parsed is None:
             return None
@@ -103,6 +105,7 @@ class FeedRouter:
         return f"{state.symbol}@{kind}", key is not None and last is not None and key <= last
 
     async def handle(self, raw: bytes) -> None:
+        """Publish one websocket message unless it is a repeat, after any trades it shows were missed."""
         parsed = self._parse(raw)
         if parsed is None:
             metrics.MESSAGES.labels(stream="other").inc()
@@ -138,6 +141,7 @@ class FeedRouter:
                 await self._backfill(state, kind, until_id=None)
 
     async def wait_drained(self) -> None:
+        """Until Kafka has acknowledged every message handed over."""
         await self.publisher.flush()  # every message acknowledged: Kafka is back
 
     async def _backfill(self, state: SymbolState, kind: str, until_id: int | None) -> None:
@@ -235,11 +239,11 @@ class FeedRouter:
         message = orjson.dumps({"e": "depthSnapshot", "s": state.symbol, "lastUpdateId": book.last_update_id,
                                 **state.snapshot_meta, "bids": bids, "asks": asks})
         metrics.RESYNCS.labels(symbol=state.symbol).inc()
-        self.snapshots_published += 1
         # waits for room but never overflows: the book already counts on this snapshot being published
         await self.publisher.publish(state.symbol, message)
 
     async def close(self) -> None:
+        """Cancel the snapshot fetches under way."""
         for state in self.states.values():
             if state.snapshot_task is not None:
                 state.snapshot_task.cancel()
@@ -325,6 +329,7 @@ class FeedService:
             await web.TCPSite(self._web, self.settings.web_bind, self.settings.feed_port).start()
 
     async def stop(self) -> None:
+        """Close the connections, publish what is buffered (within MLRISK_STOP_TIMEOUT_S) and disconnect."""
         for connection in self.connections:
             await connection.stop()
         for task in self._tasks:

@@ -11,6 +11,8 @@ DEFAULT_STREAMS = ("trade", "bookTicker", "depth")
 
 @dataclass(frozen=True, slots=True)
 class Venue:
+    """One Binance market's endpoints, REST paths and weights, and limits."""
+
     name: str
     futures: bool
     ws_url: str  # documented production endpoints
