@@ -10,7 +10,10 @@
 - sink: batched multi-row inserts against row-by-row inserts into the real database; the same into a
   hypertable against a plain table, and the API's 30-day performance query from the continuous aggregate
   against the raw rows (`bench/timescale_bench.py`);
-- inference per model at batch 1 and 64, one risk decision, the worker's RSS.
+- inference per model at batch 1 and 64, one risk decision, the worker's RSS;
+- scale (`bench/scale.py`): a batched passthrough (the throughput baseline that is a real limit), minute-boundary
+  bursts of 1 to 200 symbols (one worker, then two in one group), steady latency over 50 symbols, and memory
+  and lag at 200 symbols. `--only` runs some parts (`PARTS`).
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ async def produce(kafka: dict[str, Any], topic: str, items: list[tuple[bytes, by
 async def ensure(kafka: dict[str, Any], *topics: str, partitions: int = 4) -> None:
     from aiokafka.admin import NewTopic
 
-    from streams.app import create_missing_topics
+    from streams.topics import create_missing_topics
 
     await create_missing_topics(kafka, [NewTopic(t, partitions, 1) for t in topics])
 

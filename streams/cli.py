@@ -28,9 +28,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
     from aiokafka.errors import KafkaError
 
-    from streams.app import TopicCreationError, build_app, ensure_topics
+    from streams.app import build_app
     from streams.kafka_security import connection_failure
     from streams.shutdown import EXIT_CONFIGURATION, EXIT_CRASH, EXIT_OK, BoundedStopWorker
+    from streams.topics import TopicCreationError, ensure_topics
 
     try:
         asyncio.run(ensure_topics(settings))
@@ -55,9 +56,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = _settings()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from streams.app import ensure_topics
     from streams.kafka_security import client_options
     from streams.replay import collect, merged, publish
+    from streams.topics import ensure_topics
 
     symbols = [s.strip() for s in args.symbols.split(",")] if args.symbols else None
     streams = collect(Path(args.data), symbols, parse_iso_ms(args.start), parse_iso_ms(args.end), args.source)

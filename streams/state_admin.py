@@ -17,10 +17,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.app import TABLE_NAMES
 from streams.config import Settings
 from streams.ingest_service import state_topic
 from streams.kafka_security import client_options
+from streams.topics import TABLE_NAMES
 
 
 @dataclass(slots=True)

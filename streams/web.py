@@ -10,11 +10,11 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import orjson
@@ -23,12 +23,12 @@ from aiohttp import web as aiohttp_web
 from faust import web
 
 from models.bars import Bar
-from models.engine import SymbolState
+from models.engine import SignalEngine, SymbolState
 from risk.portfolio import historical_var, parametric_var
 from streams import metrics
-from streams.app import Runtime
 from streams.config import parse_symbol
 from streams.events import EARLIEST_MS, MAX_PRICE, MAX_QUANTITY, NANOSECONDS_FROM
+from streams.runtime import Runtime, Serving
 from streams.signals import DECAY_IC, DECAY_MIN_RESOLVED
 
 log = logging.getLogger("mlrisk.api")
@@ -156,19 +156,26 @@ def _bars_from_body(symbol: str, raw: Any, now_ms: int) -> list[Bar]:
     return bars
 
 
-def register_api(runtime: Runtime) -> None:
-    app = runtime.app
-    services = runtime.services
+class Api:
+    """The API's answers over the worker's runtime: each handler returns (status, body) or raises BadRequest."""
 
-    def state_of(symbol: str) -> SymbolState | None:
-        blob = runtime.tables["engine_state"].get(symbol)
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.scoring = ThreadPoolExecutor(max_workers=SCORING_THREADS, thread_name_prefix="api-scoring")
+        self.in_flight = 0  # scoring jobs handed to the thread and not yet finished (a timed-out one still counts)
+
+    @property
+    def serving(self) -> Serving:
+        if self.runtime.serving is None:
+            raise BadRequest(503, "the worker is starting; try again")
+        return self.runtime.serving
+
+    def state_of(self, symbol: str) -> SymbolState | None:
+        blob = self.runtime.tables["engine_state"].get(symbol)
         return None if blob is None else SymbolState.from_bytes(blob.encode())
 
-    scoring = ThreadPoolExecutor(max_workers=SCORING_THREADS, thread_name_prefix="api-scoring")
-    in_flight = [0]  # scoring jobs handed to the thread and not yet finished (a timed-out one still counts)
-
-    async def guarded(view: web.View, handler: Any) -> web.Response:
-        """Run a view; every error is a JSON answer: 4xx for what the client sent, 503 for what is away or
+    async def answer(self, view: web.View, handler: Callable[[], Awaitable[tuple[int, Any]]]) -> web.Response:
+        """Run a handler; every error is a JSON answer: 4xx for what the client sent, 503 for what is away or
         failed here (logged), never a 500."""
         try:
             status, body = await handler()
@@ -187,17 +194,14 @@ def register_api(runtime: Runtime) -> None:
         metrics.API_REJECTED.labels(str(status)).inc()
         return _json(view, {"error": message}, status)
 
-    def check_capacity() -> None:
-        if in_flight[0] >= MAX_SCORING_IN_FLIGHT:
-            raise BadRequest(429, f"{in_flight[0]} requests are being scored; try again shortly")
+    def check_capacity(self) -> None:
+        if self.in_flight >= MAX_SCORING_IN_FLIGHT:
+            raise BadRequest(429, f"{self.in_flight} requests are being scored; try again shortly")
 
-    def score_bars(symbol: str, raw_bars: Any, now_ms: int) -> dict[str, Any]:
+    def score_bars(self, engine: SignalEngine, symbol: str, raw_bars: Any, now_ms: int) -> dict[str, Any]:
         """Validate the given bars and score the last of them alone (in the scoring thread: a day of bars costs
         the loop nothing this way, neither their checks nor the model)."""
         bars = _bars_from_body(symbol, raw_bars, now_ms)
-        engine = services.get("engine")
-        if engine is None:
-            raise BadRequest(409, "no trained models are loaded")
         state = engine.new_state(symbol)
         signal = None
         for bar in bars:
@@ -209,14 +213,17 @@ def register_api(runtime: Runtime) -> None:
         signal_dict: dict[str, Any] = signal
         return signal_dict
 
-    async def score_off_loop(symbol: str, raw_bars: Any) -> dict[str, Any]:
-        check_capacity()
-        in_flight[0] += 1
-        job = asyncio.get_running_loop().run_in_executor(scoring, score_bars, symbol, raw_bars,
+    async def score_off_loop(self, symbol: str, raw_bars: Any) -> dict[str, Any]:
+        engine = self.serving.engine
+        if engine is None:
+            raise BadRequest(409, "no trained models are loaded")
+        self.check_capacity()
+        self.in_flight += 1
+        job = asyncio.get_running_loop().run_in_executor(self.scoring, self.score_bars, engine, symbol, raw_bars,
                                                          int(time.time() * 1000))
 
         def done(_: Any) -> None:
-            in_flight[0] -= 1
+            self.in_flight -= 1
 
         job.add_done_callback(done)
         try:
@@ -224,168 +231,194 @@ def register_api(runtime: Runtime) -> None:
         except TimeoutError:
             raise BadRequest(503, f"scoring took longer than {SCORING_TIMEOUT_S:g} s; try again") from None
 
-    @app.page("/ml-risk/generate-signal")
-    class GenerateSignal(web.View):
-        async def post(self, request: web.Request) -> web.Response:
-            async def handle() -> tuple[int, Any]:
-                # the driver's request is aiohttp's; a browser's plain form post cannot send application/json
-                if getattr(request, "content_type", None) != "application/json":
-                    raise BadRequest(415, "the body must be JSON, sent as Content-Type: application/json")
-                check_capacity()  # before the body is read: a full queue costs the loop nothing more
-                try:
-                    body = orjson.loads(await request.read())
-                except orjson.JSONDecodeError:
-                    raise BadRequest(400, "the body must be JSON") from None
-                if not isinstance(body, dict):
-                    raise BadRequest(400, "the body must be a JSON object")
-                symbol = _symbol(body.get("symbol"))
-                if "bars" in body:
-                    return 200, await score_off_loop(symbol, body["bars"])
-                if services.get("engine") is None:
-                    raise BadRequest(409, "no trained models are loaded")
-                stage = services.get("stage")
-                if stage is None or (symbol not in stage.last_signals and state_of(symbol) is None):
-                    raise BadRequest(404, f"unknown symbol {symbol}: no bars seen on this worker")
-                signal = stage.last_signals.get(symbol) or (state_of(symbol).recent or [None])[-1]  # type: ignore
-                if signal is None:
-                    raise BadRequest(409, f"{symbol} is not warmed up yet")
-                return 200, signal
+    async def generate_signal(self, request: web.Request) -> tuple[int, Any]:
+        # the driver's request is aiohttp's; a browser's plain form post cannot send application/json
+        if getattr(request, "content_type", None) != "application/json":
+            raise BadRequest(415, "the body must be JSON, sent as Content-Type: application/json")
+        self.check_capacity()  # before the body is read: a full queue costs the loop nothing more
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            raise BadRequest(400, "the body must be JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest(400, "the body must be a JSON object")
+        symbol = _symbol(body.get("symbol"))
+        if "bars" in body:
+            return 200, await self.score_off_loop(symbol, body["bars"])
+        serving = self.serving
+        if serving.engine is None or serving.stage is None:
+            raise BadRequest(409, "no trained models are loaded")
+        signal = serving.stage.last_signals.get(symbol)
+        if signal is None:
+            state = self.state_of(symbol)
+            if state is None:
+                raise BadRequest(404, f"unknown symbol {symbol}: no bars seen on this worker")
+            signal = state.recent[-1] if state.recent else None
+        if signal is None:
+            raise BadRequest(409, f"{symbol} is not warmed up yet")
+        return 200, signal
 
-            return await guarded(self, handle)
+    async def signals(self, request: web.Request, symbol: str) -> tuple[int, Any]:
+        name = _symbol(symbol)
+        raw_limit = request.query.get("limit", "50")
+        if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:  # ASCII: "²" is a digit
+            raise BadRequest(400, f"'limit' must be an integer in 1..{MAX_LIMIT}")
+        since = request.query.get("since")
+        since_at = None
+        if since is not None:
+            try:
+                since_at = datetime.fromisoformat(since[:64].replace("Z", "+00:00"))
+            except ValueError:
+                raise BadRequest(400, "'since' must be an ISO 8601 time") from None
+            if since_at.tzinfo is None:  # read as UTC, not in the database session's time zone
+                since_at = since_at.replace(tzinfo=UTC)
+        rows = await self.serving.sink.query(
+            "SELECT to_jsonb(s) FROM actionable_trade_signals s WHERE symbol = %s "
+            "AND (%s::timestamptz IS NULL OR timestamp >= %s::timestamptz) "
+            "ORDER BY timestamp DESC, id DESC LIMIT %s",
+            (name, since_at, since_at, int(raw_limit)),
+        )
+        return 200, {"symbol": name, "signals": [r[0] for r in rows]}
 
-    @app.page("/ml-risk/signals/{symbol}")
-    class Signals(web.View):
-        async def get(self, request: web.Request, symbol: str) -> web.Response:
-            async def handle() -> tuple[int, Any]:
-                name = _symbol(symbol)
-                raw_limit = request.query.get("limit", "50")
-                if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:  # ASCII: "²" is a digit
-                    raise BadRequest(400, f"'limit' must be an integer in 1..{MAX_LIMIT}")
-                since = request.query.get("since")
-                since_at = None
-                if since is not None:
-                    try:
-                        since_at = datetime.fromisoformat(since[:64].replace("Z", "+00:00"))
-                    except ValueError:
-                        raise BadRequest(400, "'since' must be an ISO 8601 time") from None
-                    if since_at.tzinfo is None:  # read as UTC, not in the database session's time zone
-                        since_at = since_at.replace(tzinfo=UTC)
-                rows = await services["database"].query(
-                    "SELECT to_jsonb(s) FROM actionable_trade_signals s WHERE symbol = %s "
-                    "AND (%s::timestamptz IS NULL OR timestamp >= %s::timestamptz) "
-                    "ORDER BY timestamp DESC, id DESC LIMIT %s",
-                    (name, since_at, since_at, int(raw_limit)),
-                )
-                return 200, {"symbol": name, "signals": [r[0] for r in rows]}
+    async def performance(self) -> tuple[int, Any]:
+        serving = self.serving
+        stage, account = serving.stage, serving.broker.account
+        start, split, end = performance_window(stage.last_signals.values() if stage else ())
+        rows = await serving.sink.query(PERFORMANCE_SQL, (start, split, split, end))
+        books = [b.book for b in account.books.values()]
+        trades = sum(b.trades for b in books)
+        return 200, {
+            "models": stage.tracker.report() if stage else {},
+            "drift": stage.drift.report() if stage else None,
+            "decay": {"decayed": stage.tracker.decayed, "threshold_ic": DECAY_IC,
+                      "min_outcomes": DECAY_MIN_RESOLVED} if stage else None,
+            "model_version": serving.bundle.version if serving.bundle else None,
+            "paper": {
+                "equity_usdt": account.equity_usdt(),
+                "pnl_usdt": account.equity_usdt() - account.initial_equity_usdt,
+                "drawdown": account.drawdown(),
+                "trades": trades,
+                "win_rate": sum(b.wins for b in books) / trades if trades else None,
+                "fees_usdt": sum(b.fees_paid_usdt for b in books),
+                "liquidations": sum(b.liquidations for b in books),
+            },
+            "signals_by_type": {t: n for t, n, _, _ in rows},
+            "signals": {"from": start, "to": end, "by_type": {
+                t: {"count": n, "mean_confidence": confidence, "mean_risk_score": risk}
+                for t, n, confidence, risk in rows}},
+        }
 
-            return await guarded(self, handle)
+    def symbol_risk(self, symbol: str, signal: dict[str, Any]) -> dict[str, Any]:
+        """A symbol's risk score and level, its paper position and that position's distance to liquidation."""
+        book = self.serving.broker.account.books.get(symbol)
+        price = book.last_price if book else signal["entry_price"]
+        position = book.book.position if book else None
+        distance = None
+        if position is not None and position.liquidation_price > 0 and price > 0:
+            distance = abs(price - position.liquidation_price) / price
+        return {"risk_score": signal["risk_score"], "risk_level": signal["risk_level"],
+                "liquidation_distance": distance, "position": None if position is None else
+                {"side": position.side, "notional_usdt": position.notional_usdt, "leverage": position.leverage,
+                 "liquidation_price": position.liquidation_price}}
 
-    @app.page("/ml-risk/performance")
-    class Performance(web.View):
-        async def get(self, request: web.Request) -> web.Response:
-            async def handle() -> tuple[int, Any]:
-                stage = services.get("stage")
-                broker = services["broker"]
-                account = broker.account
-                start, split, end = performance_window(stage.last_signals.values() if stage else ())
-                rows = await services["database"].query(PERFORMANCE_SQL, (start, split, split, end))
-                books = [b.book for b in account.books.values()]
-                trades = sum(b.trades for b in books)
-                return 200, {
-                    "models": stage.tracker.report() if stage else {},
-                    "drift": stage.drift.report() if stage else None,
-                    "decay": {"decayed": stage.tracker.decayed, "threshold_ic": DECAY_IC,
-                              "min_outcomes": DECAY_MIN_RESOLVED} if stage else None,
-                    "model_version": services["bundle"].version if services.get("bundle") else None,
-                    "paper": {
-                        "equity_usdt": account.equity_usdt(),
-                        "pnl_usdt": account.equity_usdt() - account.initial_equity_usdt,
-                        "drawdown": account.drawdown(),
-                        "trades": trades,
-                        "win_rate": sum(b.wins for b in books) / trades if trades else None,
-                        "fees_usdt": sum(b.fees_paid_usdt for b in books),
-                        "liquidations": sum(b.liquidations for b in books),
-                    },
-                    "signals_by_type": {t: n for t, n, _, _ in rows},
-                    "signals": {"from": start, "to": end, "by_type": {
-                        t: {"count": n, "mean_confidence": confidence, "mean_risk_score": risk}
-                        for t, n, confidence, risk in rows}},
-                }
+    async def risk_analysis(self) -> tuple[int, Any]:
+        serving = self.serving
+        account, stage = serving.broker.account, serving.stage
+        equity = account.equity_usdt()
+        positions = account.positions()
+        exposure = sum(p.notional_usdt for p in positions)
+        margin = sum(p.margin_usdt for p in positions)
+        last = stage.last_signals if stage else {}
+        sigmas = [s["metadata"]["regime_indicators"].get("sigma_1m") for s in last.values()]
+        sigma = float(np.mean([s for s in sigmas if s])) if any(sigmas) else None
+        pnl = [b.book.realised_pnl_usdt for b in account.books.values()]
+        pnl_returns = (np.diff(pnl) / equity).tolist() if len(pnl) > 20 else []
+        return 200, {
+            "equity_usdt": equity,
+            "gross_exposure_usdt": exposure,
+            "margin_used_usdt": margin,
+            "margin_use": margin / equity if equity > 0 else None,
+            "drawdown": account.drawdown(),
+            "var_95_usdt": {
+                "parametric_1h": parametric_var(sigma * math.sqrt(60), 1.0, 0.95) * exposure if sigma else 0.0,
+                "historical": historical_var(pnl_returns, 0.95) * equity if pnl_returns else None,
+            },
+            "trading_state": account.portfolio(int(datetime.now().timestamp() * 1000)).trading_state,
+            "symbols": {symbol: self.symbol_risk(symbol, signal) for symbol, signal in last.items()},
+        }
 
-            return await guarded(self, handle)
+    async def market_regime(self, request: web.Request) -> tuple[int, Any]:
+        symbol = _symbol(request.query.get("symbol"))
+        stage = self.serving.stage
+        signal = stage.last_signals.get(symbol) if stage else None
+        state = self.state_of(symbol)
+        if signal is None and state is not None and state.recent:
+            signal = state.recent[-1]
+        if signal is None:
+            raise BadRequest(404, f"unknown symbol {symbol}: no decision yet on this worker")
+        regime = state.regime if state is not None else None
+        return 200, {
+            "symbol": symbol,
+            "market_regime": signal["market_regime"],
+            "as_of": signal["timestamp"],
+            "indicators": signal["metadata"]["regime_indicators"],
+            "hysteresis": None if regime is None else {"candidate": regime.candidate, "count": regime.count},
+        }
 
-    @app.page("/ml-risk/risk-analysis")
-    class RiskAnalysis(web.View):
-        async def get(self, request: web.Request) -> web.Response:
-            async def handle() -> tuple[int, Any]:
-                account = services["broker"].account
-                stage = services.get("stage")
-                equity = account.equity_usdt()
-                positions = account.positions()
-                exposure = sum(p.notional_usdt for p in positions)
-                margin = sum(p.margin_usdt for p in positions)
-                symbols: dict[str, Any] = {}
-                sigmas = []
-                for symbol, signal in (stage.last_signals.items() if stage else []):
-                    book = account.books.get(symbol)
-                    price = book.last_price if book else signal["entry_price"]
-                    position = book.book.position if book else None
-                    distance = None
-                    if position is not None and position.liquidation_price > 0 and price > 0:
-                        distance = abs(price - position.liquidation_price) / price
-                    sigma = signal["metadata"]["regime_indicators"].get("sigma_1m")
-                    if sigma:
-                        sigmas.append(sigma)
-                    symbols[symbol] = {"risk_score": signal["risk_score"], "risk_level": signal["risk_level"],
-                                       "liquidation_distance": distance, "position": None if position is None else
-                                       {"side": position.side, "notional_usdt": position.notional_usdt,
-                                        "leverage": position.leverage,
-                                        "liquidation_price": position.liquidation_price}}
-                pnl = [b.book.realised_pnl_usdt for b in account.books.values()]
-                sigma = float(np.mean(sigmas)) if sigmas else None
-                return 200, {
-                    "equity_usdt": equity,
-                    "gross_exposure_usdt": exposure,
-                    "margin_used_usdt": margin,
-                    "margin_use": margin / equity if equity > 0 else None,
-                    "drawdown": account.drawdown(),
-                    "var_95_usdt": {
-                        "parametric_1h": parametric_var(sigma * math.sqrt(60), 1.0, 0.95) * exposure if sigma else 0.0,
-                        "historical": historical_var(np.diff(pnl) / equity, 0.95) * equity if len(pnl) > 20 else None,
-                    },
-                    "trading_state": account.portfolio(int(datetime.now().timestamp() * 1000)).trading_state,
-                    "symbols": symbols,
-                }
 
-            return await guarded(self, handle)
+class ApiView(web.View):
+    """A view of the API; `register_api` gives the class its `Api`."""
 
-    @app.page("/ml-risk/market-regime")
-    class MarketRegime(web.View):
-        async def get(self, request: web.Request) -> web.Response:
-            async def handle() -> tuple[int, Any]:
-                symbol = _symbol(request.query.get("symbol"))
-                stage = services.get("stage")
-                signal = stage.last_signals.get(symbol) if stage else None
-                state = state_of(symbol)
-                if signal is None and state is not None and state.recent:
-                    signal = state.recent[-1]
-                if signal is None:
-                    raise BadRequest(404, f"unknown symbol {symbol}: no decision yet on this worker")
-                regime = state.regime if state is not None else None
-                return 200, {
-                    "symbol": symbol,
-                    "market_regime": signal["market_regime"],
-                    "as_of": signal["timestamp"],
-                    "indicators": signal["metadata"]["regime_indicators"],
-                    "hysteresis": None if regime is None else {"candidate": regime.candidate, "count": regime.count},
-                }
+    api: ClassVar[Api]
 
-            return await guarded(self, handle)
 
-    @app.page("/openapi.json")
-    class OpenApi(web.View):
-        async def get(self, request: web.Request) -> web.Response:
-            return _json(self, OPENAPI)
+class GenerateSignal(ApiView):
+    async def post(self, request: web.Request) -> web.Response:
+        return await self.api.answer(self, lambda: self.api.generate_signal(request))
+
+
+class Signals(ApiView):
+    async def get(self, request: web.Request, symbol: str) -> web.Response:
+        return await self.api.answer(self, lambda: self.api.signals(request, symbol))
+
+
+class Performance(ApiView):
+    async def get(self, request: web.Request) -> web.Response:
+        return await self.api.answer(self, self.api.performance)
+
+
+class RiskAnalysis(ApiView):
+    async def get(self, request: web.Request) -> web.Response:
+        return await self.api.answer(self, self.api.risk_analysis)
+
+
+class MarketRegime(ApiView):
+    async def get(self, request: web.Request) -> web.Response:
+        return await self.api.answer(self, lambda: self.api.market_regime(request))
+
+
+class OpenApi(ApiView):
+    async def get(self, request: web.Request) -> web.Response:
+        return _json(self, OPENAPI)
+
+
+ROUTES: tuple[tuple[str, type[ApiView]], ...] = (
+    ("/ml-risk/generate-signal", GenerateSignal),
+    ("/ml-risk/signals/{symbol}", Signals),
+    ("/ml-risk/performance", Performance),
+    ("/ml-risk/risk-analysis", RiskAnalysis),
+    ("/ml-risk/market-regime", MarketRegime),
+    ("/openapi.json", OpenApi),
+)
+
+
+def register_api(runtime: Runtime) -> Api:
+    """Serve the API's routes from the runtime's app."""
+    api = Api(runtime)
+    ApiView.api = api
+    for path, view in ROUTES:
+        runtime.app.page(path)(view)
+    return api
 
 
 def _error_responses(*codes: int) -> dict[str, Any]:
@@ -403,7 +436,8 @@ OPENAPI: dict[str, Any] = {
                 "type": "object", "required": ["symbol"],
                 "properties": {"symbol": {"type": "string", "example": "BTCUSDT"},
                                "bars": {"type": "array", "items": {"$ref": "#/components/schemas/Bar"}}}}}}},
-            "responses": {"200": {"description": "ActionableTradeSignal"}, **_error_responses(400, 404, 409, 415, 422, 429, 503)}}},
+            "responses": {"200": {"description": "ActionableTradeSignal"},
+                          **_error_responses(400, 404, 409, 415, 422, 429, 503)}}},
         "/ml-risk/signals/{symbol}": {"get": {
             "summary": "Recent signals from the database, newest first",
             "parameters": [

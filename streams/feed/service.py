@@ -311,7 +311,7 @@ class FeedService:
 
     async def start(self, serve_http: bool = False) -> None:
         """Create the topics, connect; with `serve_http`, /health and /metrics on MLRISK_WEB_BIND:MLRISK_FEED_PORT."""
-        from streams.app import create_missing_topics
+        from streams.topics import create_missing_topics
 
         await create_missing_topics(self.kafka_options, [
             NewTopic(name, self.settings.partitions, self.settings.kafka_replication_factor)

@@ -27,9 +27,9 @@ from models.data import load_bars
 from models.engine import SignalEngine
 from models.registry import load_bundle
 from risk.config import RiskConfig
-from streams.app import ensure_topics
 from streams.config import Settings
 from streams.kafka_security import client_options
+from streams.topics import ensure_topics
 from tests.integration.conftest import REPO_ROOT, WorkerProcess, free_port, listening_addresses, replay
 
 START, END = "2024-10-14T00:00:00", "2024-10-14T09:00:00"
