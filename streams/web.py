@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import orjson
 import psycopg
+from aiohttp import ClientTimeout
 from aiohttp import web as aiohttp_web
 from faust import web
 
@@ -156,8 +157,16 @@ def _bars_from_body(symbol: str, raw: Any, now_ms: int) -> list[Bar]:
     return bars
 
 
+ROUTED_HEADER = "X-Mlrisk-Routed"  # set on a request one worker passes to another: it is answered, never passed on
+ROUTE_TIMEOUT_S = 10.0
+
+
 class Api:
-    """The API's answers over the worker's runtime: each handler returns (status, body) or raises BadRequest."""
+    """The API's answers over the worker's runtime: each handler returns (status, body) or raises BadRequest.
+
+    A symbol's live state lives on the worker of the group that owns its partition; a request for a symbol this
+    worker does not keep is passed to that worker (as Faust's table routing does) and its answer returned.
+    """
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -193,6 +202,28 @@ class Api:
             status, message = 503, "the request could not be answered; the error is logged"
         metrics.API_REJECTED.labels(str(status)).inc()
         return _json(view, {"error": message}, status)
+
+    async def from_owner(self, request: web.Request, symbol: str, body: bytes | None) -> tuple[int, Any] | None:
+        """The answer of the worker that keeps `symbol`'s state, when that is another one; None when it is this
+        worker, when the request was passed here already, or while partitions are not assigned."""
+        if request.headers.get(ROUTED_HEADER):
+            return None
+        app = self.runtime.app
+        changelog = self.runtime.tables["engine_state"].changelog_topic.get_topic_name()
+        try:  # the state's partition is the bars' partition of the symbol: the raw key's
+            owner = app.assignor.key_store(changelog, symbol.encode())
+        except (KeyError, AttributeError):
+            return None
+        here = app.conf.canonical_url
+        if (owner.host, owner.port) == (here.host, here.port) or not owner.host:
+            return None
+        headers = {name: request.headers[name] for name in ("Authorization", "Content-Type")
+                   if name in request.headers}
+        headers[ROUTED_HEADER] = "1"
+        url = request.url.with_host(owner.host).with_port(owner.port)
+        async with app.http_client.request(request.method, url, headers=headers, data=body,
+                                           timeout=ClientTimeout(total=ROUTE_TIMEOUT_S)) as response:
+            return response.status, orjson.loads(await response.read())
 
     def check_capacity(self) -> None:
         if self.in_flight >= MAX_SCORING_IN_FLIGHT:
@@ -236,8 +267,9 @@ class Api:
         if getattr(request, "content_type", None) != "application/json":
             raise BadRequest(415, "the body must be JSON, sent as Content-Type: application/json")
         self.check_capacity()  # before the body is read: a full queue costs the loop nothing more
+        raw = await request.read()
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise BadRequest(400, "the body must be JSON") from None
         if not isinstance(body, dict):
@@ -252,7 +284,10 @@ class Api:
         if signal is None:
             state = self.state_of(symbol)
             if state is None:
-                raise BadRequest(404, f"unknown symbol {symbol}: no bars seen on this worker")
+                routed = await self.from_owner(request, symbol, raw)
+                if routed is not None:
+                    return routed
+                raise BadRequest(404, f"unknown symbol {symbol}: no bars seen")
             signal = state.recent[-1] if state.recent else None
         if signal is None:
             raise BadRequest(409, f"{symbol} is not warmed up yet")
@@ -354,8 +389,12 @@ class Api:
         state = self.state_of(symbol)
         if signal is None and state is not None and state.recent:
             signal = state.recent[-1]
+        if signal is None and state is None:
+            routed = await self.from_owner(request, symbol, None)
+            if routed is not None:
+                return routed
         if signal is None:
-            raise BadRequest(404, f"unknown symbol {symbol}: no decision yet on this worker")
+            raise BadRequest(404, f"unknown symbol {symbol}: no decision yet")
         regime = state.regime if state is not None else None
         return 200, {
             "symbol": symbol,

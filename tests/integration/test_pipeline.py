@@ -353,3 +353,17 @@ def test_two_workers_in_one_group_produce_the_signals_of_one(
     for signal_id, signal in expected.items():
         _same_decision(by_id[signal_id], signal)
     assert first.proc is not None and first.proc.poll() is None
+    # each symbol's state lives on one worker; either worker answers for it (the other passes the request on)
+    last = {}
+    for signal in expected.values():
+        if signal["bar_close_time"] > last.get(signal["symbol"], {}).get("bar_close_time", 0):
+            last[signal["symbol"]] = signal
+    for symbol, newest in last.items():
+        answers = [_get(worker.port, f"/ml-risk/market-regime?symbol={symbol}") for worker in (first, second)]
+        assert [status for status, _ in answers] == [200, 200], answers
+        assert answers[0][1] == answers[1][1]
+        assert answers[0][1]["market_regime"] == newest["market_regime"]
+        posted = [_get(worker.port, "/ml-risk/generate-signal", orjson.dumps({"symbol": symbol}))
+                  for worker in (first, second)]
+        assert [status for status, _ in posted] == [200, 200], posted
+        assert posted[0][1]["signal_id"] == posted[1][1]["signal_id"] == newest["signal_id"]
