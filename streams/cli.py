@@ -101,6 +101,9 @@ def cmd_db(args: argparse.Namespace) -> int:
                   else "plain PostgreSQL (no TimescaleDB)")
         print(f"schema applied to {url.split('@')[-1].split('?')[0]} on {engine} (TimescaleDB hypertables: "
               f"{'yes' if version else 'no'})")
+        if version is None and not args.plain and not settings.database_url and pgserver.timescaledb_installed():
+            print("TimescaleDB is installed, but the running embedded server was started without it: "
+                  "`mlrisk db stop`, then `mlrisk db init`")
     return 0
 
 
