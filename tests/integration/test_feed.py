@@ -406,7 +406,8 @@ def test_feed_command_resumes_after_a_restart_publishes_a_lost_gap_and_serves_he
     codes, statuses, metrics_text, records, gaps, (lost_from, lost_to) = asyncio.run(scenario())
     assert codes == [0, 0]
     assert statuses[0] == 200 and statuses[1] == 503
-    assert 'mlrisk_feed_messages_total{stream="trade"}' in metrics_text
+    # the restarted feed's own metrics: it back-filled what was traded while it was down
+    assert 'mlrisk_feed_backfilled_trades_total{kind="trade",symbol="BTCUSDT"}' in metrics_text
     assert lost_to >= lost_from  # trades were played while the feed was cut off
     [gap] = [orjson.loads(record.value) for record in gaps]
     assert (gap["e"], gap["s"], gap["kind"], gap["first_id"], gap["last_id"]) == (
