@@ -77,17 +77,19 @@ class StreamConnection:
     async def run(self) -> None:
         """Connect, read, reconnect, until stopped."""
         self._session = aiohttp.ClientSession()
-        failures = 0
+        failures = 0  # consecutive failed attempts to connect
+        empty = 0  # consecutive connections that ended without delivering a message
         try:
             while not self._stopping:
                 try:
                     ws = await self._connect()
                 except (aiohttp.ClientError, TimeoutError, OSError) as error:
                     failures += 1
-                    delay_s = backoff_s(failures)
+                    delay_s = backoff_s(failures + empty)
                     log.warning("%s: connecting failed (%s); retrying in %.1f s", self.name, error, delay_s)
                     await asyncio.sleep(delay_s)
                     continue
+                failures = 0
                 cause, delivered = await self._read(ws)
                 self.connected = False
                 metrics.CONNECTIONS.dec()
@@ -96,8 +98,10 @@ class StreamConnection:
                 metrics.RECONNECTS.labels(cause=cause).inc()
                 if cause == "overflow":
                     await self.handler.wait_drained()  # reconnecting before Kafka is back would only overflow again
-                failures = 0 if delivered else failures + 1
-                delay_s = backoff_s(failures) if failures else 0.0
+                # a connection that delivered reconnects at once; one closed before delivering backs off more each
+                # time (Binance may ban an IP it keeps disconnecting)
+                empty = 0 if delivered else empty + 1
+                delay_s = backoff_s(empty) if empty else 0.0
                 log.warning("%s: connection ended (%s); reconnecting in %.1f s", self.name, cause, delay_s)
                 await asyncio.sleep(delay_s)
         finally:

@@ -244,12 +244,13 @@ def test_usdm_feed_survives_drops_close_silence_and_a_depth_gap(data_dir: Path, 
     assert delta["mlrisk_feed_rest_limited_total"] >= 2
     for symbol in ("BTCUSDT", "ETHUSDT"):
         compared, snapshots = check_books(capture, True, depth_events(records, symbol), symbol)
-        assert snapshots >= 1 + 4 and compared >= snapshots + 1  # the first book, then a resync after each cut
+        # the first book, then at least the long cut's resync (a short cut may lose no diff of a symbol)
+        assert snapshots >= 2 and compared >= snapshots + 1
         book = service.router.states[symbol].book
         assert book is not None and book.synced and book.last_update_id is not None
         expected = offline_book(capture, symbol, True, book.last_update_id)
         assert (book.bids, book.asks) == (expected["bids"], expected["asks"])
-    assert delta["mlrisk_feed_resyncs_total"] >= 2 + 4  # the first books, the gap, and the cuts
+    assert delta["mlrisk_feed_resyncs_total"] >= 2 + 1 + 2  # the first books, the withheld diff, the long cut
 
 
 def test_spot_feed_rotates_with_overlap_over_split_connections(data_dir: Path, kafka: str, topic_prefix: str) -> None:
