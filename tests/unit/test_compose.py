@@ -114,7 +114,7 @@ def test_dashboard_queries_name_metrics_the_worker_exports() -> None:
     names = set()
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
-            names.update(re.findall(r"mlrisk_[a-z_]+", target["expr"]))
+            names.update(re.findall(r"mlrisk_[a-z_]+", target.get("expr", "")))  # SQL panels have rawSql
     base = {re.sub(r"_(bucket|total|count|sum)$", "", n) for n in names}
     assert base <= exported, base - exported
     for wanted in ("mlrisk_signals", "mlrisk_end_to_end_latency_seconds", "mlrisk_consumer_lag_messages",
