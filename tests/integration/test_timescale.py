@@ -258,3 +258,44 @@ def test_continuous_aggregates_equal_the_aggregation_of_the_raw_rows(
                 assert got and got == expected, view
         by_type = conn.execute("SELECT signal_type, sum(signals) FROM signals_hourly GROUP BY 1").fetchall()
         assert sum(n for _, n in by_type) == len(signals)
+
+
+def _grafana_sql(sql: str, range_s: int, timescale: bool) -> str:
+    """A dashboard query as Grafana's PostgreSQL source sends it, its macros expanded (time_bucket with the
+    source's TimescaleDB option, epoch arithmetic without), for a range of `range_s` seconds ending on
+    2024-10-16 12:00 and two symbols."""
+    def group(match: re.Match[str]) -> str:
+        seconds = 3600 if match.group(2) == "1h" else 86400
+        if timescale:
+            return f"time_bucket('{seconds}s', {match.group(1)}) AS \"time\""
+        return f"floor(extract(epoch from {match.group(1)})/{seconds})*{seconds} AS \"time\""
+
+    end = datetime(2024, 10, 16, 12, tzinfo=UTC)
+    sql = re.sub(r"\$__timeGroupAlias\(([^,]+), (1h|1d)\)", group, sql)
+    sql = re.sub(r"\$__timeFilter\(([^)]+)\)",
+                 rf"\1 BETWEEN '{(end - timedelta(seconds=range_s)).isoformat()}' AND '{end.isoformat()}'", sql)
+    sql = sql.replace("$__range_s", str(range_s)).replace("$symbol", "'BTCUSDT', 'ETHUSDT'")
+    assert "$" not in sql, sql
+    return sql
+
+
+@pytest.mark.parametrize("timescale", [True, False], ids=["timescaledb", "plain"])
+def test_the_dashboard_reads_the_aggregates_beyond_a_day_and_its_queries_run(database_url: str,
+                                                                             timescale: bool) -> None:
+    dashboard = json.loads((REPO_ROOT / "ops" / "grafana" / "dashboards" / "mlrisk.json").read_text())
+    queries = {p["title"]: t["rawSql"] for p in dashboard["panels"] for t in p["targets"] if "rawSql" in t}
+    long_range = [q.split("UNION ALL")[0] for q in queries.values() if "$__range_s > 86400" in q]
+    assert any("FROM signals_hourly" in q for q in long_range)
+    assert any("FROM executions_daily" in q for q in long_range)
+    assert any("FROM service_metrics_hourly" in q for q in queries.values())
+    with scratch_database(database_url) as url:
+        assert (init_schema(url, timescaledb=timescale) is not None) == timescale
+        with psycopg.connect(url) as conn:
+            conn.execute("INSERT INTO actionable_trade_signals (timestamp, signal_id, symbol, signal_type, "
+                         "signal_strength, confidence_score, risk_level, market_regime) VALUES "
+                         "('2024-10-16T10:05:00Z', gen_random_uuid(), 'BTCUSDT', 'long', 'buy', 0.7, 'low', 'ranging')")
+            for title, sql in queries.items():
+                for range_s in (6 * 3600, 7 * 86400):
+                    rows = conn.execute(_grafana_sql(sql, range_s, timescale)).fetchall()  # noqa: S608
+                    if title.startswith("Signals by type"):
+                        assert [(r[1], r[2]) for r in rows] == [("long", 1)], (title, range_s)
