@@ -225,7 +225,8 @@ async def _bursts(settings: Settings, env: dict[str, str], feed: KlineFanOut, sy
         await producer.stop()
         await subscriber.stop()
     after = [_stage_figures(w.port) for w in workers]
-    wall_s, cpu_s, decided = (sum(a[i] - b[i] for a, b in zip(after, before, strict=True)) for i in range(3))
+    wall_s, cpu_s, decided, calls = (sum(a[i] - b[i] for a, b in zip(after, before, strict=True))
+                                     for i in range(4))
     counts: dict[tuple[str, int], int] = {}
     for _, symbol, close in subscriber.received:
         if (symbol, close) in expected:
@@ -233,6 +234,7 @@ async def _bursts(settings: Settings, env: dict[str, str], feed: KlineFanOut, sy
     return {"symbols": len(symbols), **_percentiles(latencies), "boundaries": len(latencies),
             "compute_us_per_symbol_bar": cpu_s / decided * 1e6 if decided else None,
             "stage_wall_us_per_symbol_bar": wall_s / decided * 1e6 if decided else None,
+            "inference_calls_per_burst": calls / (settle + boundaries),
             "signals_expected": len(expected), "signals_missing": len(expected) - len(counts),
             "signals_duplicated": sum(n - 1 for n in counts.values())}
 
@@ -248,9 +250,10 @@ def _settle_group(settings: Settings, env: dict[str, str], feed: KlineFanOut, sy
             return
 
 
-def _stage_figures(port: int) -> tuple[float, float, float]:
-    """The signal stage's wall seconds, CPU seconds and bars decided so far."""
-    return metric(port, STAGE_SECONDS), metric(port, STAGE_CPU_SECONDS), metric(port, SIGNALS_TOTAL)
+def _stage_figures(port: int) -> tuple[float, float, float, float]:
+    """The signal stage's wall seconds, CPU seconds, bars decided and inference calls so far."""
+    return (metric(port, STAGE_SECONDS), metric(port, STAGE_CPU_SECONDS), metric(port, SIGNALS_TOTAL),
+            metric(port, "mlrisk_inference_seconds_count"))
 
 
 def _warm(settings: Settings, env: dict[str, str], feed: KlineFanOut, symbols: list[str], minutes: int,
@@ -264,16 +267,17 @@ def _warm(settings: Settings, env: dict[str, str], feed: KlineFanOut, symbols: l
 
 
 def _wait_idle(workers: list[Any], bars: int) -> None:
-    """Back once the workers closed `bars` more bars and their signal stage is through them (its count of
-    bars decided holds still for 2 s)."""
+    """Back once the workers closed `bars` more bars and their signal stage is through them (its time spent
+    and its count of bars decided hold still for 2 s: warm-up bars decide nothing but still take time)."""
     closed = "mlrisk_bars_closed_total"
     while sum(metric(w.port, closed) for w in workers) < bars:
         time.sleep(0.2)
-    settled, decided = 0, -1.0
+    settled, last = 0, (-1.0, -1.0)
     while settled < 10:
         time.sleep(0.2)
-        now = sum(metric(w.port, SIGNALS_TOTAL) for w in workers)
-        settled, decided = (settled + 1, now) if now == decided else (0, now)
+        now = (sum(metric(w.port, SIGNALS_TOTAL) for w in workers),
+               sum(metric(w.port, STAGE_SECONDS) for w in workers))
+        settled, last = (settled + 1, now) if now == last else (0, now)
 
 
 def burst(settings: Settings, model_dir: Path, home: Path, counts: Sequence[int] = BURST_COUNTS,
