@@ -35,6 +35,9 @@ class BoundedStopWorker(Worker):
 
     def __init__(self, app: Any, *, stop_timeout_s: float, **options: Any) -> None:
         super().__init__(app, **options)
+        # no terminal spinner: to spin on every log record it turns the root logger to DEBUG, and every debug
+        # record of the Kafka clients (one per message produced) is then built and handled for nothing
+        self.spinner = None
         self.stop_timeout_s = stop_timeout_s
         self._deadline: threading.Timer | None = None
 
