@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 import psutil
 import psycopg
+import pytest
 
 from models.bars import parse_iso_ms
 from models.data import load_bars
@@ -133,6 +134,7 @@ def _decisions(url: str) -> list[tuple[Any, ...]]:
         ).fetchall()
 
 
+@pytest.mark.timeout(int(DURATION_S) + 1800)  # the run, then the drain and the backtest of what it replayed
 def test_soak_with_random_faults_keeps_every_decision_exactly_once(model_dir: Path, tmp_path: Path) -> None:
     rng = random.Random(SEED)
     messages = _messages(int(RATE * DURATION_S))
