@@ -229,10 +229,12 @@ class Api:
         if self.in_flight >= MAX_SCORING_IN_FLIGHT:
             raise BadRequest(429, f"{self.in_flight} requests are being scored; try again shortly")
 
-    def score_bars(self, engine: SignalEngine, symbol: str, raw_bars: Any, now_ms: int) -> dict[str, Any]:
+    def score_bars(self, engine: SignalEngine | None, symbol: str, raw_bars: Any, now_ms: int) -> dict[str, Any]:
         """Validate the given bars and score the last of them alone (in the scoring thread: a day of bars costs
-        the loop nothing this way, neither their checks nor the model)."""
+        the loop nothing this way, neither their checks nor the model). Bad bars are a 422 even without models."""
         bars = _bars_from_body(symbol, raw_bars, now_ms)
+        if engine is None:
+            raise BadRequest(409, "no trained models are loaded")
         state = engine.new_state(symbol)
         signal = None
         for bar in bars:
@@ -246,8 +248,6 @@ class Api:
 
     async def score_off_loop(self, symbol: str, raw_bars: Any) -> dict[str, Any]:
         engine = self.serving.engine
-        if engine is None:
-            raise BadRequest(409, "no trained models are loaded")
         self.check_capacity()
         self.in_flight += 1
         job = asyncio.get_running_loop().run_in_executor(self.scoring, self.score_bars, engine, symbol, raw_bars,
