@@ -220,7 +220,8 @@ def latency_feed(trades: list[tuple[bytes, bytes, int, int]], warm_minutes: int
     btc = [t for t in trades if t[0] == b"BTCUSDT"]
     first_trade_ms = btc[0][3] - btc[0][3] % 60_000
     start = parse_iso_ms(KLINE_START)
-    klines = load_bars(DATA, KLINE_SYMBOL, start, start + (warm_minutes + len(btc) // KLINES_EVERY + 1) * 60_000)
+    # an hour beyond what the feed needs: minutes missing from the data must not leave it short
+    klines = load_bars(DATA, KLINE_SYMBOL, start, start + (warm_minutes + len(btc) // KLINES_EVERY + 61) * 60_000)
     warm = warm_up_klines(warm_minutes, first_trade_ms, ("BTCUSDT",))
     warm += [(KLINE_SYMBOL.encode(), kline_message(klines, i)) for i in range(warm_minutes)]
     feed: list[tuple[bytes, bytes]] = []
