@@ -222,7 +222,7 @@ def test_soak_with_random_faults_keeps_every_decision_exactly_once(model_dir: Pa
         by_bar.setdefault((symbol, close_time), []).append(signal_id)
     twice = {k: v for k, v in by_bar.items() if len(v) > 1}
     missing = set(expected) - set(by_bar)
-    flat = {pid: (round(max(r for _, r, _ in s) - s[0][1], 1), max(f for _, _, f in s) - s[0][2])
+    flat = {str(pid): (round(max(r for _, r, _ in s) - s[0][1], 1), max(f for _, _, f in s) - s[0][2])
             for pid, s in samples.items() if len(s) >= 3}
     print("soak figures", orjson.dumps({
         "duration_s": DURATION_S, "rate": RATE, "published": publisher.sent, "publish_retries": publisher.retries,
