@@ -43,3 +43,16 @@ def quick_models(klines_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         days=20,
     )
     return out
+
+
+def registry_copy(tmp_path: Path, models: Path) -> tuple[Path, str]:
+    """A registry of its own holding a copy of `models`' current version, for tests that damage it."""
+    import shutil
+
+    from models.registry import CURRENT_FILE, current_version
+
+    version = current_version(models)
+    root = tmp_path / "registry"
+    shutil.copytree(models / version, root / version)
+    (root / CURRENT_FILE).write_text(version + "\n")
+    return root, version

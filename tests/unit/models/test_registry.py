@@ -8,14 +8,7 @@ from pathlib import Path
 import pytest
 
 from models.registry import CURRENT_FILE, METADATA_FILE, RegistryError, current_version, load_bundle
-
-
-def _registry_with(tmp_path: Path, quick_models: Path) -> tuple[Path, str]:
-    version = current_version(quick_models)
-    root = tmp_path / "registry"
-    shutil.copytree(quick_models / version, root / version)
-    (root / CURRENT_FILE).write_text(version + "\n")
-    return root, version
+from tests.unit.conftest import registry_copy
 
 
 @pytest.mark.parametrize(
@@ -30,7 +23,7 @@ def test_a_pointer_that_is_not_a_plain_version_name_is_refused(tmp_path: Path, p
 
 
 def test_a_version_that_is_a_link_out_of_the_registry_is_refused(tmp_path: Path, quick_models: Path) -> None:
-    root, version = _registry_with(tmp_path, quick_models)
+    root, version = registry_copy(tmp_path, quick_models)
     (root / "linked").symlink_to(root / version)  # inside: fine
     (root / "escape").symlink_to(quick_models / version)  # a link that leaves the registry
     (root / CURRENT_FILE).write_text("linked")
@@ -49,14 +42,14 @@ def test_a_corrupt_metadata_file_is_one_registry_error_naming_the_version(
     tmp_path: Path, quick_models: Path, damage: bytes
 ) -> None:
     """Before, a corrupt metadata.json raised JSONDecodeError/KeyError out of start-up and the worker died."""
-    root, version = _registry_with(tmp_path, quick_models)
+    root, version = registry_copy(tmp_path, quick_models)
     (root / version / METADATA_FILE).write_bytes(damage)
     with pytest.raises(RegistryError, match=version):
         load_bundle(root)
 
 
 def test_a_version_missing_a_member_is_a_registry_error(tmp_path: Path, quick_models: Path) -> None:
-    root, version = _registry_with(tmp_path, quick_models)
+    root, version = registry_copy(tmp_path, quick_models)
     shutil.rmtree(root / version / "lstm")
     with pytest.raises(RegistryError, match="incomplete|broken"):
         load_bundle(root)

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
-from models.registry import CURRENT_FILE, METADATA_FILE, current_version
+from models.registry import CURRENT_FILE, METADATA_FILE
 from streams.model_switch import ModelSwitch
-
-
-def _registry_with(tmp_path: Path, quick_models: Path) -> tuple[Path, str]:
-    version = current_version(quick_models)
-    root = tmp_path / "registry"
-    shutil.copytree(quick_models / version, root / version)
-    (root / CURRENT_FILE).write_text(version + "\n")
-    return root, version
+from tests.unit.conftest import registry_copy
 
 
 def test_a_corrupt_version_at_start_up_degrades_and_recovers_once_repaired(tmp_path: Path, quick_models: Path) -> None:
     """Before, the corrupt file raised out of start-up: the worker died and its supervisor restarted it into the
     same error; and hot swap never retried a version that had once failed, even after it was repaired."""
-    root, version = _registry_with(tmp_path, quick_models)
+    root, version = registry_copy(tmp_path, quick_models)
     good = (root / version / METADATA_FILE).read_bytes()
     (root / version / METADATA_FILE).write_bytes(b"{truncated")
     switch = ModelSwitch(root)
@@ -38,7 +30,7 @@ def test_a_corrupt_version_at_start_up_degrades_and_recovers_once_repaired(tmp_p
 
 
 def test_a_pointer_out_of_the_registry_keeps_the_version_in_service(tmp_path: Path, quick_models: Path) -> None:
-    root, version = _registry_with(tmp_path, quick_models)
+    root, version = registry_copy(tmp_path, quick_models)
     switch = ModelSwitch(root)
     assert switch.load_initial() is not None and switch.serving == version
     (root / CURRENT_FILE).write_text("../../etc")
