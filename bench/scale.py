@@ -53,48 +53,28 @@ def symbol_names(count: int, prefix: str = "X") -> list[str]:
     return [f"{prefix}{i:03d}USDT" for i in range(count)]
 
 
-async def passthrough_batched(kafka: dict[str, Any], items: list[tuple[bytes, bytes]]) -> float:
-    """Baseline: copy every message between two topics as fast as the client allows; messages per second.
-
-    Each `getmany` batch goes out as one record batch per partition (`create_batch` / `send_batch`), and the
-    copy waits for the batch's deliveries once, not for each message.
-    """
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
-    from bench.run import ensure, produce
-
-    source, sink = f"bench-{uuid.uuid4().hex[:8]}-in", f"bench-{uuid.uuid4().hex[:8]}-out"
-    await ensure(kafka, source, sink)
-    consumer = AIOKafkaConsumer(source, **kafka, group_id=f"bench-{uuid.uuid4().hex[:8]}",
-                                auto_offset_reset="earliest", enable_auto_commit=True)
-    producer = AIOKafkaProducer(**kafka, linger_ms=2, acks=1, max_batch_size=512 * 1024)
-    await consumer.start()
-    await producer.start()
-    try:
-        await asyncio.sleep(2)  # joined and assigned
-        feeder = asyncio.create_task(produce(kafka, source, items))
-        copied, first = 0, None
-        while copied < len(items):
-            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
-            deliveries = []
-            for tp, records in batch.items():
-                first = first or time.monotonic()
-                builder = producer.create_batch()
-                for record in records:
-                    if builder.append(key=record.key, value=record.value, timestamp=None) is None:
-                        deliveries.append(await producer.send_batch(builder, sink, partition=tp.partition))
-                        builder = producer.create_batch()
-                        builder.append(key=record.key, value=record.value, timestamp=None)
-                    copied += 1
+async def copy_batched(producer: Any, batch: dict[Any, list[Any]], sink: str) -> int:
+    """The batched copy: each partition's records go out as record batches (`create_batch` / `send_batch`), and
+    the batch's deliveries are awaited once, not each message's."""
+    deliveries, copied = [], 0
+    for tp, records in batch.items():
+        builder = producer.create_batch()
+        for record in records:
+            if builder.append(key=record.key, value=record.value, timestamp=None) is None:
                 deliveries.append(await producer.send_batch(builder, sink, partition=tp.partition))
-            if deliveries:
-                await asyncio.gather(*deliveries)
-        elapsed = time.monotonic() - (first or time.monotonic())
-        await feeder
-    finally:
-        await consumer.stop()
-        await producer.stop()
-    return len(items) / elapsed
+                builder = producer.create_batch()
+                builder.append(key=record.key, value=record.value, timestamp=None)
+            copied += 1
+        deliveries.append(await producer.send_batch(builder, sink, partition=tp.partition))
+    await asyncio.gather(*deliveries)
+    return copied
+
+
+async def passthrough_batched(kafka: dict[str, Any], items: list[tuple[bytes, bytes]]) -> float:
+    """Baseline: copy every message between two topics as fast as the client allows; messages per second."""
+    from bench.run import timed_copy
+
+    return await timed_copy(kafka, items, copy_batched)
 
 
 class Subscriber:
