@@ -28,6 +28,26 @@ fetch() {
   touch "$libs/.complete"
 }
 
+# The brokers' log configuration: warnings, and the server's start and stop.
+write_log_config() {
+  cat >"$1" <<'CONF'
+Configuration:
+  Appenders:
+    Console:
+      name: STDOUT
+      PatternLayout:
+        Pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: WARN
+      AppenderRef:
+        - ref: STDOUT
+    Logger:
+      - name: kafka.server.KafkaRaftServer
+        level: INFO
+CONF
+}
+
 write_config() {
   mkdir -p "$home"
   cat >"$conf" <<CONF
@@ -53,22 +73,7 @@ auto.create.topics.enable=${MLRISK_KAFKA_AUTO_CREATE_TOPICS:-true}
 log.retention.hours=168
 log.segment.bytes=104857600
 CONF
-  cat >"$home/log4j2.yaml" <<'CONF'
-Configuration:
-  Appenders:
-    Console:
-      name: STDOUT
-      PatternLayout:
-        Pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: WARN
-      AppenderRef:
-        - ref: STDOUT
-    Logger:
-      - name: kafka.server.KafkaRaftServer
-        level: INFO
-CONF
+  write_log_config "$home/log4j2.yaml"
 }
 
 java_run() {
@@ -234,19 +239,7 @@ ssl.truststore.type=PEM
 ssl.truststore.location=${tls}/ca.pem
 CONF
   chmod 600 "$secure_home/admin.properties"
-  cat >"$secure_home/log4j2.yaml" <<'CONF'
-Configuration:
-  Appenders:
-    Console:
-      name: STDOUT
-      PatternLayout:
-        Pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: WARN
-      AppenderRef:
-        - ref: STDOUT
-CONF
+  write_log_config "$secure_home/log4j2.yaml"
 }
 
 secure_start() {
