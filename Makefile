@@ -37,10 +37,10 @@ services-up: kafka-up db-up  ## a real Kafka broker on :9092 and PostgreSQL (emb
 services-down: kafka-down db-down monitor-down
 
 demo: services-up  ## run the whole system on a real day of ../shared/data and print a summary
-	$(BIN)/python -m streams.demo --data $(DATA)
+	$(BIN)/python -m streams.ops.demo --data $(DATA)
 
 up: services-up monitor  ## keep everything running: the worker in the foreground
-	$(BIN)/python -m streams.demo --data $(DATA) --keep-running
+	$(BIN)/python -m streams.ops.demo --data $(DATA) --keep-running
 
 test: services-up  ## every test, against the real broker and database
 	$(BIN)/pytest -q tests

@@ -41,7 +41,7 @@ import orjson
 from bench.timescale_bench import performance_query_aggregate_vs_raw, sink_hypertable_vs_plain
 from streams.config import REPO_ROOT, Settings
 from streams.kafka_security import client_options
-from streams.probe import metric, wait_ready
+from streams.ops.probe import metric, wait_ready
 
 DATA = REPO_ROOT.parent / "shared" / "data"
 CAPTURES = [("binance-futures-ws", "btcusdt_20240808.gz"), ("binance-futures-ws", "ethusdt_20240808.gz"),
@@ -158,7 +158,7 @@ class Worker:
     def __init__(self, env: dict[str, str], home: Path) -> None:
         self.env, self.port = env, int(env["MLRISK_WEB_PORT"])
         home.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--quiet"], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams.ops.cli", "worker", "--quiet"], env=env,
                                      cwd=REPO_ROOT, stdout=open(home / "worker.log", "wb"),  # noqa: SIM115
                                      stderr=subprocess.STDOUT)
         wait_ready(self.port, self.proc, log=f"see {home / 'worker.log'}")
@@ -183,7 +183,7 @@ def worker_env(settings: Settings, prefix: str, model_dir: Path | None, home: Pa
                MLRISK_MODEL_DIR=str(model_dir or home / "no-models"), MLRISK_PUBLISH_HOLD="true",
                MLRISK_PARTITIONS="4")
     if settings.database_url is None:
-        from streams.db import database_url
+        from streams.sink.db import database_url
 
         env["DATABASE_URL"] = database_url(settings)
     return env
@@ -205,7 +205,7 @@ def warm_up_klines(minutes: int, before_ms: int, symbols: tuple[str, ...] = ("BT
                    ) -> list[tuple[bytes, bytes]]:
     """Real klines of the symbols ending at `before_ms`, so that the features are warm when trades begin."""
     from models.data import load_bars
-    from streams.replay import kline_message
+    from streams.ops.replay import kline_message
 
     items = []
     for symbol in symbols:
@@ -232,7 +232,7 @@ def latency_feed(trades: list[tuple[bytes, bytes, int, int]], warm_minutes: int
     """
     from models.bars import parse_iso_ms
     from models.data import load_bars
-    from streams.replay import kline_message
+    from streams.ops.replay import kline_message
 
     btc = [t for t in trades if t[0] == b"BTCUSDT"]
     first_trade_ms = btc[0][3] - btc[0][3] % 60_000
@@ -349,7 +349,7 @@ def sink_bench(url: str, rows: int) -> dict[str, float]:
     """Rows per second into actionable_trade_signals: batched statements against one INSERT per row, in a
     scratch schema (`scratch_schema`): the audit trail never sees the bench's rows, and every run starts from
     the same empty table."""
-    from streams.sink import SINK_BATCH, Sink, insert_sql, signal_row
+    from streams.sink.writer import SINK_BATCH, Sink, insert_sql, signal_row
 
     def signals(n: int) -> list[dict]:
         base = 1_700_000_000_000
@@ -424,7 +424,7 @@ def run(events: int, out: Path, parts: tuple[str, ...] = PARTS) -> dict[str, Any
     from bench.risk_bench import bench_decide_us
     from models.evaluate import bench_inference
     from models.registry import load_bundle
-    from streams.db import database_url, init_schema
+    from streams.sink.db import database_url, init_schema
 
     settings = Settings.from_env()
     url = database_url(settings)

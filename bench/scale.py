@@ -31,7 +31,7 @@ import orjson
 
 from streams.config import Settings
 from streams.kafka_security import client_options
-from streams.probe import metric
+from streams.ops.probe import metric
 
 BURST_COUNTS = (1, 10, 50, 100, 200)
 BURST_BOUNDARIES = 20
@@ -151,7 +151,7 @@ class KlineFanOut:
 
 
 def _kline(frame: Any, i: int) -> bytes:
-    from streams.replay import kline_message
+    from streams.ops.replay import kline_message
 
     return kline_message(frame, i)
 

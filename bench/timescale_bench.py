@@ -76,7 +76,7 @@ def sink_hypertable_vs_plain(url: str, template: dict[str, Any], rows: int) -> d
     """Rows/s through the sink (batched) and one INSERT per row, into a hypertable and into a plain table. The two
     are written in turns (a batch or a row to one, then the same to the other, the first of the pair alternating),
     so that the load of a shared machine falls on both alike; each kind's time is the sum of its own writes."""
-    from streams.sink import SINK_BATCH, Sink, insert_sql, signal_row
+    from streams.sink.writer import SINK_BATCH, Sink, insert_sql, signal_row
 
     async def batched(plain: str, hyper: str, batch: list[dict[str, Any]]) -> tuple[float, float]:
         sinks = (Sink(plain), Sink(hyper))
@@ -125,7 +125,7 @@ def performance_query_aggregate_vs_raw(url: str) -> dict[str, float]:
     """Milliseconds of the 30-day signal counts from the aggregate (the API's query) and from the raw rows, in a
     scratch database holding 30 days of signals with the aggregate refreshed (as its policy keeps it); the median
     of `QUERY_REPEATS` runs after one warm-up each. The two answers are checked equal first."""
-    from streams.db import init_schema, scratch_database
+    from streams.sink.db import init_schema, scratch_database
     from streams.web import PERFORMANCE_SQL, performance_window
 
     end = datetime(2024, 11, 1, tzinfo=UTC)

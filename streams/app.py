@@ -1,7 +1,7 @@
 """The composition root: the Faust app built from one Settings object, with the stages attached in flow order.
 
-market-data → ingest (`streams.ingest_service`) → bars → signals (`streams.pipeline`, `streams.signals`) →
-signals, executions → sink (`streams.sink`); the HTTP API (`streams.web`) and health beside them.
+market-data → ingest (`streams.ingest.service`) → bars → signals (`streams.pipeline`, `streams.signals.stage`) →
+signals, executions → sink (`streams.sink.writer`); the HTTP API (`streams.web`) and health beside them.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Any
 import faust
 
 from streams import faust_fixes, metrics
-from streams.bar_builder import BarBuilder
-from streams.book import OrderBook
 from streams.config import Settings
 from streams.health import HealthReport, Progress, healthy, stalled
-from streams.ingest import Ingest
-from streams.ingest_service import IngestService
+from streams.ingest.bars import BarBuilder
+from streams.ingest.book import OrderBook
+from streams.ingest.rules import Ingest
+from streams.ingest.service import IngestService
 from streams.kafka_security import faust_credentials
 from streams.pipeline import attach_pipeline
 from streams.runtime import Runtime

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from models.bars import MINUTE_MS, Bar
-from streams.events import EARLIEST_MS, MAX_PRICE, MAX_QUANTITY
+from streams.ingest.events import EARLIEST_MS, MAX_PRICE, MAX_QUANTITY
 
 LATEST_MS = 4_102_444_800_000  # 2100-01-01: beyond it a time is a unit error (the clock check is ingest's)
 

@@ -23,17 +23,17 @@ from models.simulate import FillCosts
 from risk.config import RiskConfig
 from streams import metrics
 from streams.config import SettingsError
-from streams.db import database_url
-from streams.events import BadEvent
 from streams.execution import PaperAccount, PaperBook, PaperBroker
 from streams.health import Progress, healthy, stalled
-from streams.ingest import dead_letter, dead_letter_key
+from streams.ingest.events import BadEvent
+from streams.ingest.rules import dead_letter, dead_letter_key
 from streams.messages import InvalidMessage, check_execution, check_signal, decode_bar
-from streams.model_switch import ModelSwitch
 from streams.runtime import Runtime, Serving, ack_all, batches, in_partition_of, stop_on_unexpected
 from streams.serialization import dumps, loads
-from streams.signals import BarEvent, SignalStage
-from streams.sink import SINK_BATCH, Sink, event_row, metrics_row
+from streams.signals.model_switch import ModelSwitch
+from streams.signals.stage import BarEvent, SignalStage
+from streams.sink.db import database_url
+from streams.sink.writer import SINK_BATCH, Sink, event_row, metrics_row
 
 log = logging.getLogger("mlrisk.pipeline")
 LOOP_PROBE_S = 0.5  # the event-loop lag probe's sleep

@@ -18,15 +18,15 @@ from faust.streams import _current_event
 from streams import metrics
 from streams.config import Settings
 from streams.health import HealthReport
-from streams.ingest import Ingest
+from streams.ingest.rules import Ingest
 
 if TYPE_CHECKING:
     from models.engine import SignalEngine
     from models.registry import ModelBundle
     from streams.execution import PaperBroker
-    from streams.model_switch import ModelSwitch
-    from streams.signals import SignalStage
-    from streams.sink import Sink
+    from streams.signals.model_switch import ModelSwitch
+    from streams.signals.stage import SignalStage
+    from streams.sink.writer import Sink
 
 log = logging.getLogger("mlrisk")
 

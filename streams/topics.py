@@ -9,7 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from streams.config import Settings, SettingsError
-from streams.ingest_service import state_topic
+from streams.ingest.service import state_topic
 from streams.kafka_security import client_options
 
 TABLE_NAMES = ("engine-state", "paper-books")

@@ -28,9 +28,9 @@ from models.engine import SignalEngine, SymbolState
 from risk.portfolio import historical_var, parametric_var
 from streams import metrics
 from streams.config import parse_symbol
-from streams.events import EARLIEST_MS, MAX_PRICE, MAX_QUANTITY, NANOSECONDS_FROM
+from streams.ingest.events import EARLIEST_MS, MAX_PRICE, MAX_QUANTITY, NANOSECONDS_FROM
 from streams.runtime import Runtime, Serving
-from streams.signals import DECAY_IC, DECAY_MIN_RESOLVED
+from streams.signals.stage import DECAY_IC, DECAY_MIN_RESOLVED
 
 log = logging.getLogger("mlrisk.api")
 

@@ -18,9 +18,9 @@ import orjson
 import pytest
 
 from models.bars import Bar
-from streams.bar_builder import BarBuilder
-from streams.book import OrderBook
-from streams.ingest import Ingest
+from streams.ingest.bars import BarBuilder
+from streams.ingest.book import OrderBook
+from streams.ingest.rules import Ingest
 from tests.integration.conftest import (  # noqa: F401  (the real services and workers, as fixtures)
     database_url,
     kafka,

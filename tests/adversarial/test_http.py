@@ -166,7 +166,7 @@ def test_twenty_concurrent_maximal_requests_keep_the_event_loop_and_ingest_movin
 
     from models.bars import parse_iso_ms
     from models.data import load_bars
-    from streams.probe import metric
+    from streams.ops.probe import metric
     from tests.integration.conftest import produce
 
     worker = start_worker(MLRISK_MODEL_DIR=str(model_dir))

@@ -19,7 +19,7 @@ import pytest
 
 from streams import metrics
 from streams.messages import InvalidMessage, check_execution, check_signal, decode_bar
-from streams.sink import Sink, execution_row, signal_row
+from streams.sink.writer import Sink, execution_row, signal_row
 
 BAR = {"symbol": "BTCUSDT", "open_time": 1_723_161_240_000, "open": 61800.3, "high": 61839.8, "low": 61800.0,
        "close": 61807.8, "volume": 125.966, "quote_volume": 7_786_000.5, "trades": 252, "taker_buy_base": 60.1,

@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 import pytest
 
-from streams import book as order_book
-from streams.book import OrderBook
-from streams.events import DepthSnapshot, DepthUpdate
+from streams.ingest.book import OrderBook
+from streams.ingest.events import DepthSnapshot, DepthUpdate
+from streams.ingest.rules import book as order_book
 from tests.adversarial.conftest import (
     INJECT_AT,
     SYMBOL,

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from streams.probe import metric
+from streams.ops.probe import metric
 from tests.integration.conftest import produce
 
 JUNK = 100_000

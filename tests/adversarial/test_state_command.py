@@ -26,7 +26,7 @@ YEAR_2100_MS = 4_102_444_800_000
 
 
 def _state(env: dict[str, str], action: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "streams.cli", "state", action, "btc/usdt"], cwd=REPO_ROOT,
+    done = subprocess.run([sys.executable, "-m", "streams.ops.cli", "state", action, "btc/usdt"], cwd=REPO_ROOT,
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     shown: dict[str, Any] = orjson.loads(done.stdout)

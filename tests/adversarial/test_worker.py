@@ -138,10 +138,10 @@ def test_a_record_the_broker_refuses_goes_out_as_its_fallback_and_ingest_goes_on
     the restart read the same message again. Here the limit is 2,000 bytes and the dead letter 20,000."""
     from aiokafka import AIOKafkaProducer
 
-    from streams.bar_builder import BarBuilder
     from streams.config import Settings
-    from streams.ingest import Ingest
-    from streams.ingest_service import IngestService, Outgoing
+    from streams.ingest.bars import BarBuilder
+    from streams.ingest.rules import Ingest
+    from streams.ingest.service import IngestService, Outgoing
     from tests.integration.conftest import consume_all
 
     settings = Settings.from_env({"MLRISK_TOPIC_PREFIX": topic_prefix})

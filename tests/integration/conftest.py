@@ -43,8 +43,8 @@ def kafka() -> str:
 @pytest.fixture(scope="session")
 def database_url() -> str:
     from streams.config import Settings
-    from streams.db import database_url as url_for
-    from streams.db import init_schema
+    from streams.sink.db import database_url as url_for
+    from streams.sink.db import init_schema
 
     url = url_for(Settings.from_env())
     init_schema(url)
@@ -86,7 +86,7 @@ class WorkerProcess:
     def start(self, wait_ready: bool = True) -> WorkerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--quiet"],
+            [sys.executable, "-m", "streams.ops.cli", "worker", "--quiet"],
             cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
         if wait_ready:
@@ -94,7 +94,7 @@ class WorkerProcess:
         return self
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:
-        from streams.probe import wait_ready
+        from streams.ops.probe import wait_ready
 
         assert self.proc is not None
         wait_ready(self.port, self.proc, timeout_s, log=self.log_path.read_text()[-3000:])
@@ -234,7 +234,7 @@ async def produce(topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
 
 def replay(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "streams.cli", "replay", "--quiet", *args],
+        [sys.executable, "-m", "streams.ops.cli", "replay", "--quiet", *args],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True,
     )
 

@@ -23,15 +23,15 @@ import orjson
 import pytest
 
 from models.bars import Bar
-from streams.bar_builder import BarBuilder
-from streams.book import OrderBook
 from streams.config import Settings
-from streams.events import DepthSnapshot, DepthUpdate, parse_event
 from streams.feed.service import FeedService
 from streams.feed.venues import VENUES
-from streams.ingest import Ingest
+from streams.ingest.bars import BarBuilder
+from streams.ingest.book import OrderBook
+from streams.ingest.events import DepthSnapshot, DepthUpdate, parse_event
+from streams.ingest.rules import Ingest
 from streams.metrics import REGISTRY
-from streams.replay import collect, merged
+from streams.ops.replay import collect, merged
 from tests.integration.conftest import REPO_ROOT, consume_all, free_port
 from tests.integration.fake_binance import Capture, FakeBinance, ServerBook
 
@@ -360,7 +360,7 @@ def test_feed_command_resumes_after_a_restart_publishes_a_lost_gap_and_serves_he
         async def start_feed() -> asyncio.subprocess.Process:
             clients = len(server.clients)
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "streams.cli", "feed", "--venue", "binance-spot", "--symbols", "BTCUSDT",
+                sys.executable, "-m", "streams.ops.cli", "feed", "--venue", "binance-spot", "--symbols", "BTCUSDT",
                 "--streams", "trade,depth", cwd=REPO_ROOT, env=env,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
             await asyncio.wait_for(server.wait_clients(clients + 1), 60)
@@ -422,10 +422,10 @@ def test_feed_command_resumes_after_a_restart_publishes_a_lost_gap_and_serves_he
 
 def test_feed_command_refuses_bad_settings_and_streams_naming_them() -> None:
     env = {**os.environ, "MLRISK_FEED_SILENCE_S": "never"}
-    bad_setting = subprocess.run([sys.executable, "-m", "streams.cli", "feed", "--symbols", "BTCUSDT"], env=env,
+    bad_setting = subprocess.run([sys.executable, "-m", "streams.ops.cli", "feed", "--symbols", "BTCUSDT"], env=env,
                                  cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert bad_setting.returncode == 2 and "MLRISK_FEED_SILENCE_S" in bad_setting.stderr
     bad_stream = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "feed", "--venue", "binance-spot", "--symbols", "BTCUSDT",
+        [sys.executable, "-m", "streams.ops.cli", "feed", "--venue", "binance-spot", "--symbols", "BTCUSDT",
          "--streams", "trade,markPrice"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert bad_stream.returncode == 2 and "markPrice exists on binance-usdm only" in bad_stream.stderr

@@ -131,7 +131,7 @@ def test_ready_names_a_refused_dead_letter_topic_then_a_dead_broker_and_recovers
 
 
 def _db(env: dict[str, str], action: str) -> None:
-    subprocess.run([sys.executable, "-m", "streams.cli", "db", action], cwd=REPO_ROOT, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "streams.ops.cli", "db", action], cwd=REPO_ROOT, env=env, check=True,
                    capture_output=True, timeout=120)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from streams.probe import metric
+from streams.ops.probe import metric
 from tests.integration.conftest import WorkerProcess, free_port, listening_addresses, replay
 
 TOKENS = ("first-api-token-0123456789abcdef", "second-api-token-fedcba9876543210")

@@ -13,7 +13,7 @@ import orjson
 
 from models.bars import parse_iso_ms
 from models.data import read_bar_file
-from streams.replay import kline_message
+from streams.ops.replay import kline_message
 from tests.integration.conftest import free_port, produce, read_topic, replay
 from tests.unit.streams.test_events import BAD_INPUTS
 

@@ -60,7 +60,7 @@ def test_drift_retrain_promotion_and_swap_mid_replay(data_dir, start_worker, wor
     start_worker(**{k: env[k] for k in ("MLRISK_MODEL_DIR", "MLRISK_MODEL_POLL_S", "MLRISK_PUBLISH_HOLD")})
     retrainer_log = open(tmp_path / "retrainer.log", "wb")  # noqa: SIM115
     retrainer = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "retrain", "--watch", "--once", "--quick", "--data", str(klines),
+        [sys.executable, "-m", "streams.ops.cli", "retrain", "--watch", "--once", "--quick", "--data", str(klines),
          "--end", RETRAIN_END, "--holdout-days", "3", "--poll-seconds", "1", "--schedule-hours", "1000",
          "--margin", "0"],  # any gain promotes here: the margin's rule is tested on its own (unit tests)
         cwd=REPO_ROOT, env=env, stdout=retrainer_log, stderr=subprocess.STDOUT,

@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models.bars import parse_iso_ms
 from models.data import load_bars
-from streams import pgserver
+from streams.sink import pgserver
 from tests.integration.conftest import REPO_ROOT, WorkerProcess, free_port, produce, replay
 from tests.promql import metric_names
 
@@ -68,7 +68,7 @@ class Monitored:
 
 
 def _cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "streams.ops.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True)
     assert done.returncode == 0, f"mlrisk {' '.join(args)}: {done.stderr[-2000:]}"
     return done.stdout.strip()

@@ -16,9 +16,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from streams import pgserver
 from streams.config import Settings
-from streams.db import database_url as url_for
+from streams.sink import pgserver
+from streams.sink.db import database_url as url_for
 
 
 def test_a_connection_without_the_password_is_refused(database_url: str) -> None:

@@ -118,7 +118,7 @@ def test_backtest_command_agrees_with_the_live_signals(live_run: Any, model_dir:
                          f"{b.quote_volume!r},{b.trades},{b.taker_buy_base!r},{b.taker_buy_quote!r},0\n")
     signals_out = tmp_path / "signals.jsonl"
     subprocess.run(
-        [sys.executable, "-m", "streams.cli", "backtest", "--data", str(data_only), "--symbol", "BTCUSDT",
+        [sys.executable, "-m", "streams.ops.cli", "backtest", "--data", str(data_only), "--symbol", "BTCUSDT",
          "--models", str(model_dir), "--out", str(tmp_path / "report.json"), "--signals-out", str(signals_out),
          "--start", start],
         cwd=REPO_ROOT, env=env, check=True, capture_output=True, text=True,
@@ -317,8 +317,8 @@ def test_sigterm_mid_batch_stops_within_the_timeout_and_the_restart_loses_nothin
 
 def test_database_outage_of_30s_loses_and_duplicates_nothing(
         start_worker: Any, worker_env: dict[str, str], model_dir: Path, data_dir: Path, database_url: str) -> None:
-    from streams import pgserver
     from streams.config import Settings
+    from streams.sink import pgserver
 
     if os.environ.get("DATABASE_URL"):
         pytest.skip("the database is external (DATABASE_URL): this test stops the embedded server")

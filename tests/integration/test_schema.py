@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from streams.config import REPO_ROOT
-from streams.db import scratch_database
+from streams.sink.db import scratch_database
 
 EXPECTED: dict[str, dict[str, tuple[str, Any]]] = {
     "actionable_trade_signals": {
@@ -75,7 +75,7 @@ AGGREGATES = {
 
 def _db_init(database_url: str, *options: str) -> str:
     env = {**os.environ, "DATABASE_URL": database_url}
-    result = subprocess.run([sys.executable, "-m", "streams.cli", "db", "init", *options], cwd=REPO_ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "streams.ops.cli", "db", "init", *options], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, check=True)
     return result.stdout
 

@@ -148,7 +148,7 @@ def test_a_wrong_password_stops_the_worker_naming_the_authentication_failure(
            "MLRISK_WEB_PORT": str(free_port()), "MLRISK_HOME": str(tmp_path / "home"),
            "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "streams.cli", "worker", "--quiet"], cwd=REPO_ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "streams.ops.cli", "worker", "--quiet"], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "authentication failed: wrong user name or password" in result.stderr
@@ -232,7 +232,7 @@ def test_missing_topics_stop_start_up_when_topics_are_provisioned(kafka: str, tm
     env = {**os.environ, "MLRISK_CREATE_TOPICS": "false", "MLRISK_TOPIC_PREFIX": prefix,
            "MLRISK_WEB_PORT": str(free_port()), "MLRISK_HOME": str(tmp_path / "home"),
            "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
-    result = subprocess.run([sys.executable, "-m", "streams.cli", "worker", "--quiet"], cwd=REPO_ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "streams.ops.cli", "worker", "--quiet"], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "MLRISK_CREATE_TOPICS" in result.stderr

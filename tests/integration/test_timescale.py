@@ -28,9 +28,9 @@ from models.registry import load_bundle
 from models.simulate import FillCosts
 from risk.config import RiskConfig
 from streams.config import REPO_ROOT
-from streams.db import init_schema, scratch_database
 from streams.execution import PaperAccount, PaperBroker
-from streams.sink import SINK_BATCH, Sink, metrics_row
+from streams.sink.db import init_schema, scratch_database
+from streams.sink.writer import SINK_BATCH, Sink, metrics_row
 
 # the version ops/timescaledb/build.sh builds into the embedded server
 BUILT = re.search(r'^version="([0-9.]+)"$', (REPO_ROOT / "ops" / "timescaledb" / "build.sh").read_text(), re.M)

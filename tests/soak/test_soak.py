@@ -37,7 +37,7 @@ from models.data import load_bars
 from models.engine import SignalEngine
 from models.registry import CURRENT_FILE, current_version, load_bundle
 from risk.config import RiskConfig
-from streams.replay import ReplayMessage, collect, merged
+from streams.ops.replay import ReplayMessage, collect, merged
 from tests.integration.conftest import REPO_ROOT, PrivateBroker, WorkerProcess, free_port
 
 DURATION_S = float(os.environ.get("MLRISK_SOAK_S", "1800"))
@@ -53,13 +53,13 @@ DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 def _db(env: dict[str, str], action: str) -> None:
-    subprocess.run([sys.executable, "-m", "streams.cli", "db", action], cwd=REPO_ROOT, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "streams.ops.cli", "db", action], cwd=REPO_ROOT, env=env, check=True,
                    capture_output=True, timeout=180)
 
 
 def _embedded_url(env: dict[str, str]) -> str:
     """The URL (with its generated password) of the embedded server that `env` names."""
-    code = "from streams.config import Settings; from streams.db import database_url; " \
+    code = "from streams.config import Settings; from streams.sink.db import database_url; " \
            "print(database_url(Settings.from_env(), start_embedded=False))"
     return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, check=True, capture_output=True,
                           text=True, timeout=60).stdout.strip()

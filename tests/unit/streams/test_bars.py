@@ -11,9 +11,9 @@ import pytest
 
 from models.bars import Bar
 from models.data import read_bar_file
-from streams.bar_builder import DUPLICATE, IGNORED, LATE, BarBuilder, SymbolBars
-from streams.events import Kline, Trade, parse_event
-from streams.replay import kline_message
+from streams.ingest.bars import DUPLICATE, IGNORED, LATE, BarBuilder, SymbolBars
+from streams.ingest.events import Kline, Trade, parse_event
+from streams.ops.replay import kline_message
 
 NOW_MS = 1_800_000_000_000
 

@@ -57,7 +57,7 @@ def test_symbol_spellings() -> None:
 
 def test_worker_refuses_to_start_on_a_bad_setting() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "worker"],
+        [sys.executable, "-m", "streams.ops.cli", "worker"],
         env={"PATH": "/usr/bin:/bin", "MLRISK_MAX_LEVERAGE": "500"}, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2

@@ -11,7 +11,7 @@ from models.bars import parse_iso_ms
 from models.data import load_bars
 from models.features import batch_features
 from models.training.train import REFERENCE_QUANTILES, training_reference
-from streams.signals import DriftMonitor
+from streams.signals.stage import DriftMonitor
 
 
 def _rows(data_dir: Path, start: str, end: str) -> np.ndarray:
@@ -64,7 +64,7 @@ def test_live_rolling_ic_ranks_ties_as_promotion_does(klines_dir: Path) -> None:
     from scipy.stats import spearmanr
 
     from models.evaluate import spearman
-    from streams.signals import PerformanceTracker
+    from streams.signals.stage import PerformanceTracker
 
     bars = list(load_bars(klines_dir, "BTCUSDT", parse_iso_ms("2024-03-01"), parse_iso_ms("2024-03-02")).bars())
     tracker = PerformanceTracker(horizon_minutes=1, window=5_000, every=10**9)

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.events import (
+from streams.ingest.events import (
     BadEvent,
     BookTicker,
     DepthUpdate,

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from models.registry import CURRENT_FILE, METADATA_FILE
-from streams.model_switch import ModelSwitch
+from streams.signals.model_switch import ModelSwitch
 from tests.unit.conftest import registry_copy
 
 

@@ -66,7 +66,7 @@ def test_no_tokens_no_check() -> None:
 
 
 def test_worker_refuses_a_public_bind_without_tokens() -> None:
-    result = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], cwd=REPO_ROOT, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "streams.ops.cli", "worker"], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=60,
                             env={"PATH": "/usr/bin:/bin", "MLRISK_WEB_BIND": "0.0.0.0", "MLRISK_HOME": "/nonexistent"})
     assert result.returncode == 2

@@ -37,9 +37,9 @@ from mode import Service
 
 from streams import metrics
 from streams.config import Settings
-from streams.events import BadEvent
 from streams.health import Progress, healthy, stalled
-from streams.ingest import CONTROL_HEADER, Ingest, dead_letter, dead_letter_key, wall_ms
+from streams.ingest.events import BadEvent
+from streams.ingest.rules import CONTROL_HEADER, Ingest, dead_letter, dead_letter_key, wall_ms
 from streams.kafka_security import client_options
 from streams.serialization import dumps, loads
 

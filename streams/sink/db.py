@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from streams import pgserver
 from streams.config import REPO_ROOT, Settings
+from streams.sink import pgserver
 
 SCHEMA_PATH = REPO_ROOT / "schema.sql"
 TABLES = ("actionable_trade_signals", "ml_risk_integration_metrics", "signal_execution_logs", "risk_adjusted_positions")

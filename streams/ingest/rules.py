@@ -1,7 +1,7 @@
 """Ingest: validate market events, route bad ones to the dead-letter topic, build 1-minute bars.
 
-The loop that reads and writes Kafka is `streams.ingest_service`; the rules live in `streams.events` (parsing)
-and `streams.bar_builder` (bars).
+The loop that reads and writes Kafka is `streams.ingest.service`; the rules live in `streams.ingest.events` (parsing)
+and `streams.ingest.bars` (bars).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 from models.bars import Bar
 from streams import metrics
-from streams.bar_builder import ACCEPTED, REFUSED, BarBuilder, SymbolBars
-from streams.events import (
+from streams.ingest.bars import ACCEPTED, REFUSED, BarBuilder, SymbolBars
+from streams.ingest.events import (
     BadEvent,
     BookTicker,
     DepthSnapshot,
@@ -75,7 +75,7 @@ class MarketView:
     ask_qty: float | None = None
     mark_price: float | None = None
     funding_rate: float | None = None
-    book: Any = None  # streams.book.OrderBook once depth arrives
+    book: Any = None  # streams.ingest.book.OrderBook once depth arrives
     last_event_wall_ms: int = 0
 
     def snapshot(self) -> dict[str, Any]:

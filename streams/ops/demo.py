@@ -23,8 +23,8 @@ import orjson
 import psycopg
 
 from streams.config import REPO_ROOT, Settings
-from streams.db import database_url, init_schema
-from streams.probe import metric, wait_ready
+from streams.ops.probe import metric, wait_ready
+from streams.sink.db import database_url, init_schema
 
 # two real days where both BTCUSDT (kline dumps) and ETHUSDT (OHLCV windows) have bars; the first day warms up
 DEMO_DAYS = ("2024-10-14", "2024-10-16")
@@ -91,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     init_schema(url)
     log_path = settings.home / "demo-worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--quiet"], env=env,
+    worker = subprocess.Popen([sys.executable, "-m", "streams.ops.cli", "worker", "--quiet"], env=env,
                               stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=REPO_ROOT)  # noqa: SIM115
     try:
         wait_ready(settings.web_port, worker, log=f"see {log_path}")
         print(f"worker: ready on :{settings.web_port} (topics prefixed {settings.topic_prefix!r})")
         replay = subprocess.run(
-            [sys.executable, "-m", "streams.cli", "replay", "--quiet", "--data", str(data), "--source", "bars",
+            [sys.executable, "-m", "streams.ops.cli", "replay", "--quiet", "--data", str(data), "--source", "bars",
              "--symbols", SYMBOLS, "--start", DEMO_DAYS[0], "--end", DEMO_DAYS[1]],
             env=env, cwd=REPO_ROOT, capture_output=True, text=True)
         if replay.returncode != 0:

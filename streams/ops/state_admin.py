@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.config import Settings
-from streams.ingest_service import state_topic
+from streams.ingest.service import state_topic
 from streams.kafka_security import client_options
 from streams.topics import TABLE_NAMES
 

@@ -19,8 +19,8 @@ import psycopg
 from models.registry import rollback
 from models.training.lifecycle import Decision, retrain
 from streams.config import Settings
-from streams.db import database_url
-from streams.sink import EVENT_COLUMNS, event_row, insert_sql
+from streams.sink.db import database_url
+from streams.sink.writer import EVENT_COLUMNS, event_row, insert_sql
 
 log = logging.getLogger("mlrisk.retrainer")
 

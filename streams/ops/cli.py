@@ -57,7 +57,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from streams.kafka_security import client_options
-    from streams.replay import collect, merged, publish
+    from streams.ops.replay import collect, merged, publish
     from streams.topics import ensure_topics
 
     symbols = [s.strip() for s in args.symbols.split(",")] if args.symbols else None
@@ -83,8 +83,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_db(args: argparse.Namespace) -> int:
     settings = _settings()
-    from streams import pgserver
-    from streams.db import database_url, init_schema
+    from streams.sink import pgserver
+    from streams.sink.db import database_url, init_schema
 
     if args.action == "start":
         print(pgserver.start(settings.home))
@@ -123,7 +123,7 @@ def _lifecycle_settings(args: argparse.Namespace) -> Settings:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from models.training.lifecycle import DEFAULT_MARGIN
-    from streams.retrainer import retrain_once, watch
+    from streams.ops.retrainer import retrain_once, watch
 
     settings = _lifecycle_settings(args)
     margin = DEFAULT_MARGIN if args.margin is None else args.margin
@@ -150,7 +150,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from streams.retrainer import rollback_once
+    from streams.ops.retrainer import rollback_once
 
     try:
         current, previous = rollback_once(_lifecycle_settings(args))
@@ -208,8 +208,8 @@ def cmd_feed(args: argparse.Namespace) -> int:
 def cmd_state(args: argparse.Namespace) -> int:
     import orjson
 
-    from streams import state_admin
     from streams.config import parse_symbol
+    from streams.ops import state_admin
 
     settings = _settings()
     symbol = parse_symbol(args.symbol)

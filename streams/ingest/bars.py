@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.bars import MINUTE_MS, Bar
-from streams.events import Kline, Trade
+from streams.ingest.events import Kline, Trade
 
 ACCEPTED, DUPLICATE, LATE, IGNORED = "accepted", "duplicate", "late", "ignored"
 TOO_SCATTERED = "id_ranges_full"  # a minute already holds MAX_ID_RANGES separate runs of ids

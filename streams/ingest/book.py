@@ -11,7 +11,7 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.events import DepthSnapshot, DepthUpdate
+from streams.ingest.events import DepthSnapshot, DepthUpdate
 
 DEPTH_BANDS = (("0.1%", 0.001), ("0.5%", 0.005), ("1%", 0.01))
 MAX_BUFFERED_DIFFS = 2_000

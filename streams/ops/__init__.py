@@ -1,0 +1,1 @@
+"""Operations: the command line, demo, replay, retraining, state administration and probes."""

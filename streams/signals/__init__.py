@@ -1,0 +1,1 @@
+"""Decide: the signal stage (features, the ensemble, risk) and the model it serves."""

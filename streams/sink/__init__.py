@@ -1,0 +1,2 @@
+"""Out: the database (schema, connection, the embedded server) and its writer for signals, executions, positions
+and service metrics."""
