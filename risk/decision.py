@@ -22,7 +22,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from risk.config import RiskConfig
-from risk.leverage import EXCHANGE_MAX_LEVERAGE, choose_leverage, stop_precedes_liquidation
+from risk.leverage import EXCHANGE_MAX_LEVERAGE, LeverageChoice, choose_leverage, stop_precedes_liquidation
 from risk.liquidation import BracketTable, liquidation_price
 from risk.portfolio import check_candidate, effective_trading_state, gross_exposure_usdt, symbol_exposure_usdt
 from risk.regime import update_regime
@@ -36,8 +36,8 @@ from risk.scoring import (
     signal_strength,
     volatility_score,
 )
-from risk.sizing import REGIME_SIZE_MULTIPLIER, bracket_win_probability, floor_to_cents, plan_size
-from risk.stops import plan_stops, risk_reward_ratio
+from risk.sizing import REGIME_SIZE_MULTIPLIER, SizePlan, bracket_win_probability, floor_to_cents, plan_size
+from risk.stops import StopPlan, plan_stops, risk_reward_ratio
 from risk.types import (
     MarketRegime,
     MarketSnapshot,
@@ -270,112 +270,45 @@ def _manage_position(context: _Context, position: OpenPosition) -> RiskDecision:
     )
 
 
+class _Deny(Exception):
+    """An entry refused by one of its checks: why, and the risk components known by then (if any)."""
+
+    def __init__(self, reason: str, components: Mapping[str, float] | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.components = reason, components
+
+
 def _consider_entry(context: _Context) -> RiskDecision:
-    market = context.market
-    model = context.model
-    config = context.config
-    if context.regime == "liquidation_event":
-        return context.hold("liquidation_event regime: no new positions")
-    if context.state != "ACTIVE":
-        return context.hold(f"trading state {context.state}: no new positions")
-    if model.p_up == 0.5:
-        return context.hold("the model favours no direction")
-    side: Side = "long" if model.p_up > 0.5 else "short"
-    p_direction = model.p_up if side == "long" else 1.0 - model.p_up
-    horizon = model.horizon_minutes
-    edge = expected_edge_fraction(p_direction, market.sigma_1m, horizon)
-    cost = config.round_trip_cost_fraction
-    factors: dict[str, float] = {"expected_edge_bps": edge * 1e4, "round_trip_cost_bps": cost * 1e4}
-    if edge < config.min_edge_to_cost * cost:
-        return context.hold(
-            f"expected edge {edge * 1e4:.2f} bps does not cover {config.min_edge_to_cost} × round-trip cost "
-            f"{cost * 1e4:.2f} bps",
-            risk_factors=MappingProxyType(factors),
-        )
-
-    entry = market.price
-    stops = plan_stops(side, entry, market.atr, market.sigma_1m, horizon, context.regime, config.stops)
-    stop = stops.stop_loss_price
-    reference = market.reference_price
-    mark_past_stop = reference <= stop if side == "long" else reference >= stop
-    if mark_past_stop or stop == entry:
-        return context.hold(
-            "the mark price is already at or beyond the stop", risk_factors=MappingProxyType(factors)
-        )
-
-    brackets = config.brackets_for_symbol(market.symbol)
-    regime_multiplier = REGIME_SIZE_MULTIPLIER[context.regime]
-    # The largest size the base rule can give (before the risk discount) fixes the highest bracket any final
-    # size can fall in; the leverage safe there is safe for every smaller size.
-    largest_usdt = floor_to_cents(config.base_position_usdt * context.confidence * regime_multiplier)
-    if largest_usdt < config.limits.min_position_usdt:
-        return context.hold("size below the minimum order", risk_factors=MappingProxyType(factors))
+    """A new position, if every check passes in turn; the first that refuses makes the bar a hold (the one deny
+    path), with the risk factors gathered up to it."""
+    factors: dict[str, float] = {}
     try:
-        choice = choose_leverage(
-            side,
-            entry,
-            largest_usdt / entry,
-            stop,
-            brackets,
-            max_leverage=config.max_leverage,
-            min_buffer_fraction=config.min_liquidation_buffer,
-            sigma_1m=market.sigma_1m,
-            horizon_minutes=horizon,
-            regime_factor=config.regime_leverage_factor[context.regime],
-            adverse_sigmas=config.leverage_adverse_sigmas,
-            max_margin_loss_fraction=config.leverage_max_margin_loss,
-        )
-    except ValueError as error:
-        return context.hold(f"no bracket for the position: {error}", risk_factors=MappingProxyType(factors))
-    for name, cap in choice.caps.items():
-        factors[_CAP_FACTOR.get(name) or f"leverage_cap_{name}"] = float(cap)
-    if choice.leverage is None:
-        return context.hold(choice.reason, risk_factors=MappingProxyType(factors))
-    leverage = choice.leverage
+        return _enter(context, factors)
+    except _Deny as deny:
+        return context.hold(deny.reason, deny.components, MappingProxyType(factors) if factors else _EMPTY)
 
+
+def _enter(context: _Context, factors: dict[str, float]) -> RiskDecision:
+    _check_trading_open(context)
+    side: Side = "long" if context.model.p_up > 0.5 else "short"
+    edge, cost = _check_edge(context, side, factors)
+    stops = _check_stops(context, side)
+    brackets = context.config.brackets_for_symbol(context.market.symbol)
+    largest_usdt, choice, leverage = _check_leverage(context, side, stops, brackets, factors)
+    market, config, horizon = context.market, context.config, context.model.horizon_minutes
+    entry, reference = market.price, market.reference_price
     bound_liquidation = liquidation_price(side, entry, largest_usdt / entry, leverage, brackets)
     bound_risk = liquidation_risk(reference, bound_liquidation, market.sigma_1m, horizon)
     parts = context.components(bound_risk, context.concentration(market.symbol, largest_usdt))
     score = risk_score(parts)
-
-    stop_fraction = abs(entry - stop) / entry
-    take_profit_fraction = abs(stops.take_profit_price - entry) / entry
-    drift_per_minute = edge / horizon
-    win_probability = bracket_win_probability(
-        drift_per_minute, market.sigma_1m, stop_fraction, take_profit_fraction
-    )
-    size = plan_size(
-        base_usdt=config.base_position_usdt,
-        confidence=context.confidence,
-        risk_score=score,
-        regime=context.regime,
-        equity_usdt=context.portfolio.equity,
-        risk_fraction=config.risk_fraction,
-        kelly_fraction=config.kelly_fraction,
-        win_probability=win_probability,
-        reward_risk_ratio=stops.risk_reward_ratio,
-        stop_fraction=stop_fraction,
-    )
-    factors["bracket_win_probability"] = win_probability
-    for name, bound in size.bounds.items():
-        factors[_BOUND_FACTOR.get(name) or f"size_bound_{name}_usdt"] = bound
-    if size.size_usdt < config.limits.min_position_usdt:
-        return context.hold(
-            f"size {size.size_usdt} USDT below the minimum order (bound by {size.binding})",
-            parts,
-            MappingProxyType(factors),
-        )
-    approval = check_candidate(
-        market.symbol, size.size_usdt, leverage, context.portfolio, config.limits, context.state
-    )
+    size = _check_size(context, edge, stops, score, parts, factors)
+    approval = check_candidate(market.symbol, size.size_usdt, leverage, context.portfolio, config.limits,
+                               context.state)
     if not approval.approved:
-        return context.hold(
-            f"refused by the portfolio limit {approval.refused_by}", parts, MappingProxyType(factors)
-        )
+        raise _Deny(f"refused by the portfolio limit {approval.refused_by}", parts)
     size_usdt = approval.allowed_size_usdt
     quantity = size_usdt / entry
     final_liquidation = liquidation_price(side, entry, quantity, leverage, brackets)
-    final_risk = liquidation_risk(reference, final_liquidation, market.sigma_1m, horizon)
     context.reasons.append(
         f"{side}: edge {edge * 1e4:.2f} bps over cost {cost * 1e4:.2f} bps; {choice.reason}; "
         f"size bound by {approval.binding_limit or size.binding}"
@@ -390,12 +323,12 @@ def _consider_entry(context: _Context) -> RiskDecision:
         recommended_leverage=leverage,
         position_size_usdt=size_usdt,
         quantity=quantity,
-        stop_loss_price=stop,
+        stop_loss_price=stops.stop_loss_price,
         take_profit_price=stops.take_profit_price,
         risk_reward_ratio=stops.risk_reward_ratio,
         liquidation_price=final_liquidation,
         risk_score=score,
-        liquidation_risk=final_risk,
+        liquidation_risk=liquidation_risk(reference, final_liquidation, market.sigma_1m, horizon),
         portfolio_impact=approval.portfolio_impact,
         volatility_score=context.volatility,
         liquidity_score=context.liquidity,
@@ -414,8 +347,108 @@ def _consider_entry(context: _Context) -> RiskDecision:
     violations = invariant_violations(decision, config, brackets)
     if violations:
         context.reasons.pop()
-        return context.hold("invariant not met: " + "; ".join(violations), parts, MappingProxyType(factors))
+        raise _Deny("invariant not met: " + "; ".join(violations), parts)
     return decision
+
+
+def _check_trading_open(context: _Context) -> None:
+    """No new position in a liquidation cascade, outside the ACTIVE state, or without a favoured direction."""
+    if context.regime == "liquidation_event":
+        raise _Deny("liquidation_event regime: no new positions")
+    if context.state != "ACTIVE":
+        raise _Deny(f"trading state {context.state}: no new positions")
+    if context.model.p_up == 0.5:
+        raise _Deny("the model favours no direction")
+
+
+def _check_edge(context: _Context, side: Side, factors: dict[str, float]) -> tuple[float, float]:
+    """The expected edge over the horizon and the round-trip cost: the edge must cover the cost's multiple."""
+    model, config = context.model, context.config
+    p_direction = model.p_up if side == "long" else 1.0 - model.p_up
+    edge = expected_edge_fraction(p_direction, context.market.sigma_1m, model.horizon_minutes)
+    cost = config.round_trip_cost_fraction
+    factors["expected_edge_bps"], factors["round_trip_cost_bps"] = edge * 1e4, cost * 1e4
+    if edge < config.min_edge_to_cost * cost:
+        raise _Deny(
+            f"expected edge {edge * 1e4:.2f} bps does not cover {config.min_edge_to_cost} × round-trip cost "
+            f"{cost * 1e4:.2f} bps"
+        )
+    return edge, cost
+
+
+def _check_stops(context: _Context, side: Side) -> StopPlan:
+    """Stop-loss and take-profit; refused when the mark price already stands at or past the stop."""
+    market = context.market
+    stops = plan_stops(side, market.price, market.atr, market.sigma_1m, context.model.horizon_minutes,
+                       context.regime, context.config.stops)
+    stop = stops.stop_loss_price
+    mark_past_stop = market.reference_price <= stop if side == "long" else market.reference_price >= stop
+    if mark_past_stop or stop == market.price:
+        raise _Deny("the mark price is already at or beyond the stop")
+    return stops
+
+
+def _check_leverage(context: _Context, side: Side, stops: StopPlan, brackets: BracketTable,
+                    factors: dict[str, float]) -> tuple[float, LeverageChoice, int]:
+    """The largest size the base rule can give (before the risk discount) fixes the highest bracket any final
+    size can fall in; the leverage safe there is safe for every smaller size."""
+    market, config = context.market, context.config
+    regime_multiplier = REGIME_SIZE_MULTIPLIER[context.regime]
+    largest_usdt = floor_to_cents(config.base_position_usdt * context.confidence * regime_multiplier)
+    if largest_usdt < config.limits.min_position_usdt:
+        raise _Deny("size below the minimum order")
+    try:
+        choice = choose_leverage(
+            side,
+            market.price,
+            largest_usdt / market.price,
+            stops.stop_loss_price,
+            brackets,
+            max_leverage=config.max_leverage,
+            min_buffer_fraction=config.min_liquidation_buffer,
+            sigma_1m=market.sigma_1m,
+            horizon_minutes=context.model.horizon_minutes,
+            regime_factor=config.regime_leverage_factor[context.regime],
+            adverse_sigmas=config.leverage_adverse_sigmas,
+            max_margin_loss_fraction=config.leverage_max_margin_loss,
+        )
+    except ValueError as error:
+        raise _Deny(f"no bracket for the position: {error}") from None
+    for name, cap in choice.caps.items():
+        factors[_CAP_FACTOR.get(name) or f"leverage_cap_{name}"] = float(cap)
+    if choice.leverage is None:
+        raise _Deny(choice.reason)
+    return largest_usdt, choice, choice.leverage
+
+
+def _check_size(context: _Context, edge: float, stops: StopPlan, score: float, parts: Mapping[str, float],
+                factors: dict[str, float]) -> SizePlan:
+    """The size from confidence, risk, regime, equity and the bracket's odds; at least the minimum order."""
+    market, config = context.market, context.config
+    entry = market.price
+    stop_fraction = abs(entry - stops.stop_loss_price) / entry
+    take_profit_fraction = abs(stops.take_profit_price - entry) / entry
+    win_probability = bracket_win_probability(
+        edge / context.model.horizon_minutes, market.sigma_1m, stop_fraction, take_profit_fraction
+    )
+    size = plan_size(
+        base_usdt=config.base_position_usdt,
+        confidence=context.confidence,
+        risk_score=score,
+        regime=context.regime,
+        equity_usdt=context.portfolio.equity,
+        risk_fraction=config.risk_fraction,
+        kelly_fraction=config.kelly_fraction,
+        win_probability=win_probability,
+        reward_risk_ratio=stops.risk_reward_ratio,
+        stop_fraction=stop_fraction,
+    )
+    factors["bracket_win_probability"] = win_probability
+    for name, bound in size.bounds.items():
+        factors[_BOUND_FACTOR.get(name) or f"size_bound_{name}_usdt"] = bound
+    if size.size_usdt < config.limits.min_position_usdt:
+        raise _Deny(f"size {size.size_usdt} USDT below the minimum order (bound by {size.binding})", parts)
+    return size
 
 
 def invariant_violations(

@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from models.bars import parse_iso_ms
 from streams.config import REPO_ROOT, Settings, SettingsError
@@ -241,14 +242,13 @@ def _days(most: int) -> Callable[[str], int]:
     return parse
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="mlrisk", description="Real-time trading signals for crypto perpetuals.")
-    sub = top.add_subparsers(dest="command", required=True)
-
+def _worker_command(sub: Any) -> None:
     worker = sub.add_parser("worker", help="run the Faust worker (ingest, signals, sink, API, metrics)")
     worker.add_argument("--quiet", action="store_true", help="no start-up banner")
     worker.set_defaults(func=cmd_worker)
 
+
+def _replay_command(sub: Any) -> None:
     replay = sub.add_parser("replay", help="publish real data to market-data in exchange-time order")
     replay.add_argument("--data", default=str(DEFAULT_DATA), help="folder of bar files and/or websocket captures")
     replay.add_argument("--symbols", help="comma-separated symbols (default: all found)")
@@ -259,6 +259,8 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--quiet", action="store_true")
     replay.set_defaults(func=cmd_replay)
 
+
+def _db_command(sub: Any) -> None:
     db = sub.add_parser("db", help="the database: init applies schema.sql; start/stop the embedded server")
     db.add_argument("action", choices=("init", "start", "stop", "url"))
     db.add_argument("--retention-days", type=_days(36_500), default=365,
@@ -269,6 +271,8 @@ def parser() -> argparse.ArgumentParser:
                     help="keep a database without TimescaleDB plain even where the extension is installed")
     db.set_defaults(func=cmd_db)
 
+
+def _train_command(sub: Any) -> None:
     train = sub.add_parser("train", help="walk-forward training of the three models")
     train.add_argument("--data", default=str(DEFAULT_DATA))
     train.add_argument("--symbol", default="BTCUSDT")
@@ -277,6 +281,8 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--horizon", type=int, default=15, help="minutes ahead")
     train.set_defaults(func=cmd_train)
 
+
+def _retrain_command(sub: Any) -> None:
     retrain = sub.add_parser("retrain", help="train a challenger on recent bars; promote it only if it is better")
     retrain.add_argument("--data", default=str(DEFAULT_DATA))
     retrain.add_argument("--symbol", default="BTCUSDT")
@@ -295,10 +301,14 @@ def parser() -> argparse.ArgumentParser:
     retrain.add_argument("--quiet", action="store_true")
     retrain.set_defaults(func=cmd_retrain)
 
+
+def _rollback_command(sub: Any) -> None:
     rollback = sub.add_parser("rollback", help="point the registry back at the previously promoted version")
     rollback.add_argument("--models", help="registry folder (default: MLRISK_MODEL_DIR)")
     rollback.set_defaults(func=cmd_rollback)
 
+
+def _backtest_command(sub: Any) -> None:
     backtest = sub.add_parser("backtest", help="bar-by-bar backtest through the live code path")
     backtest.add_argument("--data", default=str(DEFAULT_DATA))
     backtest.add_argument("--symbol", default="BTCUSDT")
@@ -309,6 +319,8 @@ def parser() -> argparse.ArgumentParser:
     backtest.add_argument("--end")
     backtest.set_defaults(func=cmd_backtest)
 
+
+def _feed_command(sub: Any) -> None:
     feed = sub.add_parser("feed", help="live Binance market data to market-data: connected, in sequence, complete")
     feed.add_argument("--venue", choices=("binance-usdm", "binance-spot"), default="binance-usdm")
     feed.add_argument("--symbols", required=True, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
@@ -316,17 +328,34 @@ def parser() -> argparse.ArgumentParser:
                       help="comma-separated: trade, aggTrade, bookTicker, depth, markPrice (USD-M), kline_1m")
     feed.set_defaults(func=cmd_feed)
 
+
+def _state_command(sub: Any) -> None:
     state = sub.add_parser("state", help="show or reset one symbol's stream state (stop the workers to reset)")
     state.add_argument("action", choices=("show", "reset"))
     state.add_argument("symbol", help="e.g. BTCUSDT or BTC/USDT")
     state.set_defaults(func=cmd_state)
 
+
+def _bench_command(sub: Any) -> None:
     bench = sub.add_parser("bench", help="throughput, latency, sink and inference benchmarks")
     bench.add_argument("--out", default="bench.json")
     bench.add_argument("--events", type=int, default=100_000)
     bench.add_argument("--only", default="", help="comma-separated parts: throughput, latency, sink, inference, "
                        "burst, steady, scale (default: all)")
     bench.set_defaults(func=cmd_bench)
+
+
+COMMANDS = (
+    _worker_command, _replay_command, _db_command, _train_command, _retrain_command,
+    _rollback_command, _backtest_command, _feed_command, _state_command, _bench_command,
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="mlrisk", description="Real-time trading signals for crypto perpetuals.")
+    sub = top.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     return top
 
 

@@ -12,8 +12,9 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,66 +239,32 @@ class SignalStage:
     async def process(self, items: Sequence[BarEvent], persist: Callable[[BarEvent, str, SymbolState, PaperBook],
                                                                           None],
                       emit: Callable[[dict[str, Any], list[dict[str, Any]], BarEvent], Awaitable[None]]) -> int:
-        """Run the batch in rounds; `persist` stores a symbol's state, `emit` publishes a signal and fills."""
+        """Run the batch in rounds (one bar of each symbol a round, in the order they came); `persist` stores a
+        symbol's state, `emit` publishes a signal and fills. Returns how many bars were decided."""
         stage_started = time.perf_counter()
-        cpu = [0.0, time.thread_time()]  # this thread's CPU seconds outside awaits, and the mark since the last one
+        clock = _CpuClock()
 
         async def emit_outside(signal: dict[str, Any] | None, executions: list[dict[str, Any]], item: BarEvent
                                ) -> None:
-            cpu[0] += time.thread_time() - cpu[1]
-            await emit(signal, executions, item)  # type: ignore[arg-type]
-            cpu[1] = time.thread_time()
+            with clock.paused():
+                await emit(signal, executions, item)  # type: ignore[arg-type]
 
-        queues: OrderedDict[str, list[BarEvent]] = OrderedDict()
-        for item in items:
-            queues.setdefault(item.bar.symbol, []).append(item)
         states: dict[str, SymbolState] = {}
         papers: dict[str, PaperBook] = {}
         decided = 0
-        while queues:
-            round_items = [queue.pop(0) for queue in queues.values()]
-            for symbol in [s for s, q in queues.items() if not q]:
-                del queues[symbol]
-            moving: list[tuple[BarEvent, SymbolState, PaperBook, list[dict[str, Any]]]] = []
-            for item in round_items:
-                symbol = item.bar.symbol
-                state = states.get(symbol) or states.setdefault(symbol, self.load_state(symbol))
-                paper = papers.get(symbol) or papers.setdefault(symbol, self.load_paper(symbol))
-                previous = state.last_close_time
-                if previous is not None and item.bar.close_time <= previous:
-                    old = self.engine.previous_signal(state, item.bar)
-                    if old is not None and (old["signal_type"] in ACTIONABLE or self.publish_hold):
-                        await emit_outside(old, [], item)  # redelivery after a crash: same id, the sink keeps one
-                    continue
-                moving.append((item, state, paper, self.broker.on_bar(item.bar)))
+        for round_items in _rounds(items):
+            moving = await self._admit(round_items, states, papers, emit_outside)
             # the round's bars through the features at once (the paper broker and the engine share no state)
             prepared = self.engine.prepare_many([m[1] for m in moving], [m[0].bar for m in moving])
-            staged = [(item, state, paper, pending, executions)
-                      for (item, state, paper, executions), pending in zip(moving, prepared, strict=True)]
             pendings = [pending for pending in prepared if pending is not None]
-            predictions: list[EnsemblePrediction] = []
-            if pendings:
-                started = time.perf_counter()
-                cpu[0] += time.thread_time() - cpu[1]
-                predictions, score_cpu_s = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, self._score, pendings)
-                cpu[0] += score_cpu_s
-                cpu[1] = time.thread_time()
-                metrics.INFERENCE.labels("ensemble").observe(time.perf_counter() - started)
-            by_pending = dict(zip([id(p) for p in pendings], predictions, strict=True))
-            for item, state, paper, pending, executions in staged:
+            by_pending = dict(zip([id(p) for p in pendings], await self._predict(pendings, clock), strict=True))
+            for (item, state, paper, executions), pending in zip(moving, prepared, strict=True):
                 symbol = item.bar.symbol
                 signal = None
                 if pending is not None:
                     signal = self.engine.finish(state, pending, by_pending[id(pending)], item.market)
                     decided += 1
-                    self.drift.add(pending.window[-1], signal["metadata"]["p_up"])
-                    self.tracker.record(symbol, item.bar, signal)
-                    self.last_signals[symbol] = signal
-                    metrics.SIGNALS_OUT.labels(symbol, signal["signal_type"], signal["risk_level"]).inc()
-                    metrics.RISK_SCORE.labels(symbol).set(signal["risk_score"])
-                    for name, contribution in signal["model_contributions"].items():
-                        metrics.MODEL_WEIGHT.labels(name, symbol).set(contribution["weight"])
+                    self._record(item, pending, signal)
                     if signal["signal_type"] in ACTIONABLE:
                         executions = executions + self.broker.on_signal(signal)
                 persist(item, symbol, state, paper)
@@ -312,11 +279,88 @@ class SignalStage:
         metrics.PAPER_EQUITY.set(account.equity_usdt())
         metrics.DRAWDOWN.set(account.drawdown())
         metrics.SIGNAL_STAGE_SECONDS.inc(time.perf_counter() - stage_started)
-        metrics.SIGNAL_STAGE_CPU_SECONDS.inc(cpu[0] + time.thread_time() - cpu[1])
+        metrics.SIGNAL_STAGE_CPU_SECONDS.inc(clock.total())
         return decided
+
+    async def _admit(self, round_items: list[BarEvent], states: dict[str, SymbolState],
+                     papers: dict[str, PaperBook],
+                     emit: Callable[[dict[str, Any] | None, list[dict[str, Any]], BarEvent], Awaitable[None]],
+                     ) -> list[tuple[BarEvent, SymbolState, PaperBook, list[dict[str, Any]]]]:
+        """The round's bars that move their symbol on, each with its state, paper book and the fills the bar
+        caused. A bar at or before the symbol's last decided one is a redelivery after a crash: its decision is
+        published again under the same id (the sink keeps one), and it moves nothing."""
+        moving = []
+        for item in round_items:
+            symbol = item.bar.symbol
+            state = states.get(symbol) or states.setdefault(symbol, self.load_state(symbol))
+            paper = papers.get(symbol) or papers.setdefault(symbol, self.load_paper(symbol))
+            previous = state.last_close_time
+            if previous is not None and item.bar.close_time <= previous:
+                old = self.engine.previous_signal(state, item.bar)
+                if old is not None and (old["signal_type"] in ACTIONABLE or self.publish_hold):
+                    await emit(old, [], item)
+                continue
+            moving.append((item, state, paper, self.broker.on_bar(item.bar)))
+        return moving
+
+    async def _predict(self, pendings: list[Pending], clock: _CpuClock) -> list[EnsemblePrediction]:
+        """The ensemble over the round's windows, on the inference thread (its CPU time counted as the stage's)."""
+        if not pendings:
+            return []
+        started = time.perf_counter()
+        with clock.paused():
+            predictions, score_cpu_s = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._score, pendings)
+        clock.add(score_cpu_s)
+        metrics.INFERENCE.labels("ensemble").observe(time.perf_counter() - started)
+        return predictions
+
+    def _record(self, item: BarEvent, pending: Pending, signal: dict[str, Any]) -> None:
+        """A decision into the monitors (drift, decay), the API's last signal and the metrics."""
+        symbol = item.bar.symbol
+        self.drift.add(pending.window[-1], signal["metadata"]["p_up"])
+        self.tracker.record(symbol, item.bar, signal)
+        self.last_signals[symbol] = signal
+        metrics.SIGNALS_OUT.labels(symbol, signal["signal_type"], signal["risk_level"]).inc()
+        metrics.RISK_SCORE.labels(symbol).set(signal["risk_score"])
+        for name, contribution in signal["model_contributions"].items():
+            metrics.MODEL_WEIGHT.labels(name, symbol).set(contribution["weight"])
 
     def _score(self, pendings: list[Pending]) -> tuple[list[EnsemblePrediction], float]:
         """`engine.score` and the CPU seconds it took on the thread that ran it."""
         started = time.thread_time()
         predictions = self.engine.score(pendings)
         return predictions, time.thread_time() - started
+
+
+def _rounds(items: Sequence[BarEvent]) -> Iterator[list[BarEvent]]:
+    """One bar of each symbol a round, in arrival order: a symbol's bars stay in order, symbols go side by side."""
+    queues: OrderedDict[str, list[BarEvent]] = OrderedDict()
+    for item in items:
+        queues.setdefault(item.bar.symbol, []).append(item)
+    while queues:
+        yield [queue.pop(0) for queue in queues.values()]
+        for symbol in [s for s, q in queues.items() if not q]:
+            del queues[symbol]
+
+
+class _CpuClock:
+    """This thread's CPU seconds, less the spans spent awaiting others (`paused`), plus time added from elsewhere."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+        self.mark = time.thread_time()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        self.spent += time.thread_time() - self.mark
+        try:
+            yield
+        finally:
+            self.mark = time.thread_time()
+
+    def add(self, seconds: float) -> None:
+        self.spent += seconds
+
+    def total(self) -> float:
+        return self.spent + time.thread_time() - self.mark
