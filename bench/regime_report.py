@@ -26,9 +26,7 @@ def main() -> None:
     data_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DATA_DIR
     frame = load_bars(data_dir, "BTCUSDT", _ms("2023-01-01"), _ms("2025-01-01"))
     indicators = market_indicators(frame.high, frame.low, frame.close, frame.volume, frame.trades)
-    regimes = np.array(
-        regime_history(indicators, frame.close, frame.open_time + 59_999, "BTCUSDT", RegimeConfig())
-    )
+    regimes = np.array(regime_history(indicators, frame.close, frame.open_time + 59_999, "BTCUSDT", RegimeConfig()))
     periods = {
         "2023": ("2023-01-01", "2024-01-01"),
         "2024": ("2024-01-01", "2025-01-01"),
@@ -38,10 +36,7 @@ def main() -> None:
     for label, (start, end) in periods.items():
         window = regimes[(frame.open_time >= _ms(start)) & (frame.open_time < _ms(end))]
         counts = Counter(window.tolist())
-        print(
-            f"{label:<10} {window.size:>9} "
-            + " ".join(f"{counts[name] / window.size:>17.2%}" for name in REGIMES)
-        )
+        print(f"{label:<10} {window.size:>9} " + " ".join(f"{counts[name] / window.size:>17.2%}" for name in REGIMES))
 
 
 if __name__ == "__main__":

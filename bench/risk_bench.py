@@ -34,13 +34,10 @@ def _inputs() -> tuple[list[MarketSnapshot], list[ModelView], PortfolioState, Ri
     ]
     # confident enough to clear fees, so every call goes through the whole opening path
     models = [
-        ModelView(p_up=0.80 + 0.001 * (i % 10), confidence=0.6, disagreement=0.1, horizon_minutes=60)
-        for i in range(64)
+        ModelView(p_up=0.80 + 0.001 * (i % 10), confidence=0.6, disagreement=0.1, horizon_minutes=60) for i in range(64)
     ]
     other = OpenPosition("ETHUSDT", "long", 0.5, 3_000.0, 10, 2_940.0, 3_120.0, 2_715.0, 1_714_560_000_000)
-    portfolio = PortfolioState(
-        equity=10_000.0, peak_equity=10_400.0, day_start_equity=10_100.0, positions=(other,)
-    )
+    portfolio = PortfolioState(equity=10_000.0, peak_equity=10_400.0, day_start_equity=10_100.0, positions=(other,))
     return markets, models, portfolio, RiskConfig()
 
 

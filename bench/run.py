@@ -24,10 +24,7 @@ import contextlib
 import gzip
 import os
 import platform
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.parse
 import uuid
@@ -41,13 +38,18 @@ import orjson
 from bench.timescale_bench import performance_query_aggregate_vs_raw, sink_hypertable_vs_plain
 from streams.config import REPO_ROOT, Settings
 from streams.kafka_security import client_options
-from streams.ops.probe import metric, wait_ready
+from streams.ops.probe import metric
+from streams.ops.worker_process import WorkerProcess
 
 DATA = REPO_ROOT.parent / "shared" / "data"
-CAPTURES = [("binance-futures-ws", "btcusdt_20240808.gz"), ("binance-futures-ws", "ethusdt_20240808.gz"),
-            ("binance-futures-ws", "btcusdt_20240718.gz"), ("binance-futures-ws", "btcusdt_20240719.gz"),
-            ("binance-futures-ws", "ethusdt_20240718.gz"), ("binance-futures-ws", "ethusdt_20240719.gz")]
-
+CAPTURES = [
+    ("binance-futures-ws", "btcusdt_20240808.gz"),
+    ("binance-futures-ws", "ethusdt_20240808.gz"),
+    ("binance-futures-ws", "btcusdt_20240718.gz"),
+    ("binance-futures-ws", "btcusdt_20240719.gz"),
+    ("binance-futures-ws", "ethusdt_20240718.gz"),
+    ("binance-futures-ws", "ethusdt_20240719.gz"),
+]
 
 
 def real_trades(limit: int) -> list[tuple[bytes, bytes, int, int]]:
@@ -71,8 +73,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def produce(kafka: dict[str, Any], topic: str, items: list[tuple[bytes, bytes]], rate: float | None = None
-                  ) -> list[float]:
+async def produce(
+    kafka: dict[str, Any], topic: str, items: list[tuple[bytes, bytes]], rate: float | None = None
+) -> list[float]:
     """Send everything (paced at `rate` messages/s when given); the wall time each message was handed over."""
     from aiokafka import AIOKafkaProducer
 
@@ -116,8 +119,9 @@ async def timed_copy(kafka: dict[str, Any], items: list[tuple[bytes, bytes]], co
 
     source, sink = f"bench-{uuid.uuid4().hex[:8]}-in", f"bench-{uuid.uuid4().hex[:8]}-out"
     await ensure(kafka, source, sink)
-    consumer = AIOKafkaConsumer(source, **kafka, group_id=f"bench-{uuid.uuid4().hex[:8]}",
-                                auto_offset_reset="earliest", enable_auto_commit=True)
+    consumer = AIOKafkaConsumer(
+        source, **kafka, group_id=f"bench-{uuid.uuid4().hex[:8]}", auto_offset_reset="earliest", enable_auto_commit=True
+    )
     producer = AIOKafkaProducer(**kafka, linger_ms=2, acks=1, max_batch_size=512 * 1024)
     await consumer.start()
     await producer.start()
@@ -154,34 +158,21 @@ async def passthrough(kafka: dict[str, Any], items: list[tuple[bytes, bytes]]) -
     return await timed_copy(kafka, items, copy_each)
 
 
-class Worker:
-    def __init__(self, env: dict[str, str], home: Path) -> None:
-        self.env, self.port = env, int(env["MLRISK_WEB_PORT"])
-        home.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams.ops.cli", "worker", "--quiet"], env=env,
-                                     cwd=REPO_ROOT, stdout=open(home / "worker.log", "wb"),  # noqa: SIM115
-                                     stderr=subprocess.STDOUT)
-        wait_ready(self.port, self.proc, log=f"see {home / 'worker.log'}")
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+def start_worker(env: dict[str, str], home: Path) -> WorkerProcess:
+    """A started worker, ready, logging to `home`/worker.log."""
+    return WorkerProcess(env, home / "worker.log").start(timeout_s=120.0)
 
 
 def worker_env(settings: Settings, prefix: str, model_dir: Path | None, home: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(MLRISK_TOPIC_PREFIX=prefix, MLRISK_WEB_PORT=str(free_port()), MLRISK_HOME=str(home),
-               MLRISK_MODEL_DIR=str(model_dir or home / "no-models"), MLRISK_PUBLISH_HOLD="true",
-               MLRISK_PARTITIONS="4")
+    env.update(
+        MLRISK_TOPIC_PREFIX=prefix,
+        MLRISK_WEB_PORT=str(free_port()),
+        MLRISK_HOME=str(home),
+        MLRISK_MODEL_DIR=str(model_dir or home / "no-models"),
+        MLRISK_PUBLISH_HOLD="true",
+        MLRISK_PARTITIONS="4",
+    )
     if settings.database_url is None:
         from streams.sink.db import database_url
 
@@ -189,8 +180,9 @@ def worker_env(settings: Settings, prefix: str, model_dir: Path | None, home: Pa
     return env
 
 
-def stream_rate(settings: Settings, env: dict[str, str], items: list[tuple[bytes, bytes]], counter: str,
-                expected: float) -> float:
+def stream_rate(
+    settings: Settings, env: dict[str, str], items: list[tuple[bytes, bytes]], counter: str, expected: float
+) -> float:
     """Offer everything at once to a running worker; messages per second from first send to last counted."""
     start = time.monotonic()
     asyncio.run(produce(client_options(settings), env["MLRISK_TOPIC_PREFIX"] + "market-data", items))
@@ -201,8 +193,9 @@ def stream_rate(settings: Settings, env: dict[str, str], items: list[tuple[bytes
     return len(items) / (time.monotonic() - start)
 
 
-def warm_up_klines(minutes: int, before_ms: int, symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
-                   ) -> list[tuple[bytes, bytes]]:
+def warm_up_klines(
+    minutes: int, before_ms: int, symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
+) -> list[tuple[bytes, bytes]]:
     """Real klines of the symbols ending at `before_ms`, so that the features are warm when trades begin."""
     from models.data import load_bars
     from streams.ops.replay import kline_message
@@ -221,8 +214,9 @@ KLINE_START = "2024-10-01"  # where ETHUSDT's 1-minute bars cover a stretch long
 KLINES_EVERY = 50  # one kline among this many events
 
 
-def latency_feed(trades: list[tuple[bytes, bytes, int, int]], warm_minutes: int
-                 ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], list[tuple[str, int]]]:
+def latency_feed(
+    trades: list[tuple[bytes, bytes, int, int]], warm_minutes: int
+) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], list[tuple[str, int]]]:
     """The paced feed of the latency run, its warm-up, and what closes a bar at each position of the feed.
 
     A real mixed feed: BTCUSDT's futures trades (a bar closes on the first trade past its minute and the allowed
@@ -254,14 +248,16 @@ def latency_feed(trades: list[tuple[bytes, bytes, int, int]], warm_minutes: int
     return warm, feed, closes
 
 
-async def latency_run(settings: Settings, env: dict[str, str], feed: list[tuple[bytes, bytes]],
-                      closes: list[tuple[str, int]], rate: float) -> dict[str, Any]:
+async def latency_run(
+    settings: Settings, env: dict[str, str], feed: list[tuple[bytes, bytes]], closes: list[tuple[str, int]], rate: float
+) -> dict[str, Any]:
     """Offer the feed at `rate`/s; for each signal, the time from sending the event that closed its bar to
     receiving the signal on the topic."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(env["MLRISK_TOPIC_PREFIX"] + "signals", **client_options(settings),
-                                group_id=None, auto_offset_reset="latest")
+    consumer = AIOKafkaConsumer(
+        env["MLRISK_TOPIC_PREFIX"] + "signals", **client_options(settings), group_id=None, auto_offset_reset="latest"
+    )
     await consumer.start()
     received: list[tuple[float, dict]] = []
 
@@ -302,12 +298,19 @@ async def latency_run(settings: Settings, env: dict[str, str], feed: list[tuple[
     if not latencies:
         return {"p50": None, "p99": None, "samples": 0, "at_msgs_per_s": rate}
     arr = np.array(latencies)
-    report: dict[str, Any] = {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
-                              "samples": len(arr), "at_msgs_per_s": rate}
+    report: dict[str, Any] = {
+        "p50": float(np.percentile(arr, 50)),
+        "p99": float(np.percentile(arr, 99)),
+        "samples": len(arr),
+        "at_msgs_per_s": rate,
+    }
     for kind, values in by_kind.items():
         if values:
-            report[f"closed_by_{kind}"] = {"p50": float(np.percentile(values, 50)),
-                                           "p99": float(np.percentile(values, 99)), "samples": len(values)}
+            report[f"closed_by_{kind}"] = {
+                "p50": float(np.percentile(values, 50)),
+                "p99": float(np.percentile(values, 99)),
+                "samples": len(values),
+            }
     internal = [s["latency_ms"] for _, s in received if "latency_ms" in s]
     report["worker_internal_p99"] = float(np.percentile(internal, 99)) if internal else None
     return report
@@ -315,14 +318,32 @@ async def latency_run(settings: Settings, env: dict[str, str], feed: list[tuple[
 
 # a signal as the worker emits it: the sink benches write copies of it
 SIGNAL_TEMPLATE: dict[str, Any] = {
-    "schema_version": 1, "symbol": "BTCUSDT", "signal_type": "hold", "signal_strength": "hold",
-    "confidence_score": 0.1, "ml_confidence": 0.2, "ml_prediction": "flat", "risk_level": "low",
-    "market_regime": "ranging", "entry_price": 60000.0, "recommended_leverage": None,
-    "position_size_usdt": None, "quantity": None, "stop_loss_price": None, "take_profit_price": None,
-    "risk_reward_ratio": None, "liquidation_price": None, "risk_score": 20.0, "liquidation_risk": 0.0,
-    "portfolio_impact": 0.0, "volatility_score": 0.2, "liquidity_score": 0.8,
-    "model_contributions": {"lightgbm": {"p_up": 0.5, "weight": 1.0}}, "model_version": "bench",
-    "latency_ms": 1.0, "metadata": {"p_up": 0.5},
+    "schema_version": 1,
+    "symbol": "BTCUSDT",
+    "signal_type": "hold",
+    "signal_strength": "hold",
+    "confidence_score": 0.1,
+    "ml_confidence": 0.2,
+    "ml_prediction": "flat",
+    "risk_level": "low",
+    "market_regime": "ranging",
+    "entry_price": 60000.0,
+    "recommended_leverage": None,
+    "position_size_usdt": None,
+    "quantity": None,
+    "stop_loss_price": None,
+    "take_profit_price": None,
+    "risk_reward_ratio": None,
+    "liquidation_price": None,
+    "risk_score": 20.0,
+    "liquidation_risk": 0.0,
+    "portfolio_impact": 0.0,
+    "volatility_score": 0.2,
+    "liquidity_score": 0.8,
+    "model_contributions": {"lightgbm": {"p_up": 0.5, "weight": 1.0}},
+    "model_version": "bench",
+    "latency_ms": 1.0,
+    "metadata": {"p_up": 0.5},
 }
 
 
@@ -335,8 +356,9 @@ def scratch_schema(url: str) -> Iterator[str]:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
-        conn.execute(f"CREATE TABLE {schema}.actionable_trade_signals "
-                     "(LIKE public.actionable_trade_signals INCLUDING ALL)")
+        conn.execute(
+            f"CREATE TABLE {schema}.actionable_trade_signals (LIKE public.actionable_trade_signals INCLUDING ALL)"
+        )
     options = urllib.parse.urlencode({"options": f"-c search_path={schema}"}, quote_via=urllib.parse.quote)
     try:
         yield url + ("&" if "?" in url else "?") + options
@@ -353,16 +375,22 @@ def sink_bench(url: str, rows: int) -> dict[str, float]:
 
     def signals(n: int) -> list[dict]:
         base = 1_700_000_000_000
-        return [{**SIGNAL_TEMPLATE, "signal_id": str(uuid.uuid4()), "bar_close_time": base + i * 60_000,
-                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime((base + i * 60_000) / 1000))}
-                for i in range(n)]
+        return [
+            {
+                **SIGNAL_TEMPLATE,
+                "signal_id": str(uuid.uuid4()),
+                "bar_close_time": base + i * 60_000,
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime((base + i * 60_000) / 1000)),
+            }
+            for i in range(n)
+        ]
 
     async def batched(url: str, batch: list[dict]) -> float:
         sink = Sink(url)
         await sink.open()
         start = time.perf_counter()
         for i in range(0, len(batch), SINK_BATCH):
-            await sink.write("actionable_trade_signals", [signal_row(s) for s in batch[i:i + SINK_BATCH]])
+            await sink.write("actionable_trade_signals", [signal_row(s) for s in batch[i : i + SINK_BATCH]])
         elapsed = time.perf_counter() - start
         await sink.close()
         return len(batch) / elapsed
@@ -386,13 +414,17 @@ def sink_bench(url: str, rows: int) -> dict[str, float]:
 WARM_MINUTES = 420  # klines before the measured feed: the features' longest window, with room
 
 
-def warmed_worker(settings: Settings, model_dir: Path, home: Path, trades: list[tuple[bytes, bytes, int, int]],
-                  warm: list[tuple[bytes, bytes]] | None = None
-                  ) -> tuple[dict[str, str], Worker, list[tuple[bytes, bytes]]]:
+def warmed_worker(
+    settings: Settings,
+    model_dir: Path,
+    home: Path,
+    trades: list[tuple[bytes, bytes, int, int]],
+    warm: list[tuple[bytes, bytes]] | None = None,
+) -> tuple[dict[str, str], WorkerProcess, list[tuple[bytes, bytes]]]:
     """A worker with models whose symbols were warmed up on `warm`, by default the klines just before the first
     trade."""
     env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home)
-    worker = Worker(env, home)
+    worker = start_worker(env, home)
     if warm is None:
         first_trade_ms = trades[0][3] - trades[0][3] % 60_000
         warm = warm_up_klines(WARM_MINUTES, first_trade_ms)
@@ -433,19 +465,22 @@ def run(events: int, out: Path, parts: tuple[str, ...] = PARTS) -> dict[str, Any
     trades = real_trades(events)
     items = [(k, v) for k, v, _, _ in trades]
     home = settings.home / "bench"
-    report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                          "platform": platform.platform()}, "events": len(items),
-                              "parts": list(parts)}
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "events": len(items),
+        "parts": list(parts),
+    }
     print(f"bench: {len(items)} real trades; {', '.join(parts)}")
     if "throughput" in parts:
         report["passthrough_msgs_per_s"] = asyncio.run(passthrough(client_options(settings), items))
         print(f"  passthrough {report['passthrough_msgs_per_s']:.0f} msg/s")
         report["passthrough_batched_msgs_per_s"] = asyncio.run(
-            scale.passthrough_batched(client_options(settings), items))
+            scale.passthrough_batched(client_options(settings), items)
+        )
         print(f"  passthrough, batched {report['passthrough_batched_msgs_per_s']:.0f} msg/s")
 
         env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", None, home / "ingest")
-        worker = Worker(env, home / "ingest")
+        worker = start_worker(env, home / "ingest")
         try:
             report["ingest_msgs_per_s"] = stream_rate(settings, env, items, "mlrisk_events_in_total", len(items))
         finally:
@@ -454,15 +489,17 @@ def run(events: int, out: Path, parts: tuple[str, ...] = PARTS) -> dict[str, Any
 
         env, worker, warm = warmed_worker(settings, model_dir, home / "pipeline", trades)
         try:
-            report["pipeline_msgs_per_s"] = stream_rate(settings, env, items, "mlrisk_events_in_total",
-                                                        len(items) + len(warm))
+            report["pipeline_msgs_per_s"] = stream_rate(
+                settings, env, items, "mlrisk_events_in_total", len(items) + len(warm)
+            )
             report["worker_rss_mb"] = worker.rss_mb()
         finally:
             worker.stop()
         for stage in ("pipeline", "ingest"):
             report[f"{stage}_vs_passthrough"] = report[f"{stage}_msgs_per_s"] / report["passthrough_msgs_per_s"]
-            report[f"{stage}_vs_passthrough_batched"] = (report[f"{stage}_msgs_per_s"]
-                                                         / report["passthrough_batched_msgs_per_s"])
+            report[f"{stage}_vs_passthrough_batched"] = (
+                report[f"{stage}_msgs_per_s"] / report["passthrough_batched_msgs_per_s"]
+            )
         print(f"  pipeline {report['pipeline_msgs_per_s']:.0f} msg/s, worker RSS {report['worker_rss_mb']:.0f} MB")
 
     if "latency" in parts:
@@ -521,58 +558,91 @@ def _table(report: dict[str, Any]) -> None:
         batched = report["passthrough_batched_msgs_per_s"]
         table.add_row("passthrough, batched (aiokafka getmany + batch produce), msg/s", f"{batched:,.0f}", "1.00")
         table.add_row("passthrough, awaiting each produce, msg/s", f"{base:,.0f}", f"{base / batched:.2f}")
-        table.add_row("ingest, msg/s (vs batched; vs per-message)", f"{report['ingest_msgs_per_s']:,.0f}",
-                      f"{report['ingest_vs_passthrough_batched']:.2f}; {report['ingest_vs_passthrough']:.2f}")
-        table.add_row("pipeline, msg/s (vs batched; vs per-message)", f"{report['pipeline_msgs_per_s']:,.0f}",
-                      f"{report['pipeline_vs_passthrough_batched']:.2f}; {report['pipeline_vs_passthrough']:.2f}")
+        table.add_row(
+            "ingest, msg/s (vs batched; vs per-message)",
+            f"{report['ingest_msgs_per_s']:,.0f}",
+            f"{report['ingest_vs_passthrough_batched']:.2f}; {report['ingest_vs_passthrough']:.2f}",
+        )
+        table.add_row(
+            "pipeline, msg/s (vs batched; vs per-message)",
+            f"{report['pipeline_msgs_per_s']:,.0f}",
+            f"{report['pipeline_vs_passthrough_batched']:.2f}; {report['pipeline_vs_passthrough']:.2f}",
+        )
     lat = report.get("latency_ms", {})
     if lat.get("samples"):
-        table.add_row(f"latency p50 / p99 at {lat['at_msgs_per_s']:.0f} msg/s, ms ({lat['samples']} signals)",
-                      f"{lat['p50']:.1f} / {lat['p99']:.1f}", "")
+        table.add_row(
+            f"latency p50 / p99 at {lat['at_msgs_per_s']:.0f} msg/s, ms ({lat['samples']} signals)",
+            f"{lat['p50']:.1f} / {lat['p99']:.1f}",
+            "",
+        )
         for kind in ("trade", "kline"):
             part = lat.get(f"closed_by_{kind}")
             if part:
-                table.add_row(f"  bars closed by a {kind}, p50 / p99 ({part['samples']} signals)",
-                              f"{part['p50']:.1f} / {part['p99']:.1f}", "")
+                table.add_row(
+                    f"  bars closed by a {kind}, p50 / p99 ({part['samples']} signals)",
+                    f"{part['p50']:.1f} / {part['p99']:.1f}",
+                    "",
+                )
     if "sink_rows_per_s" in report:
         sink = report["sink_rows_per_s"]
-        table.add_row("sink batched / row by row, rows/s", f"{sink['batched']:,.0f} / {sink['row_by_row']:,.0f}",
-                      f"{sink['ratio']:.1f}x")
+        table.add_row(
+            "sink batched / row by row, rows/s",
+            f"{sink['batched']:,.0f} / {sink['row_by_row']:,.0f}",
+            f"{sink['ratio']:.1f}x",
+        )
         hyper = report["sink_hypertable_vs_plain_rows_per_s"]
         for way in ("batched", "row_by_row"):
-            table.add_row(f"sink on a hypertable / plain, {way.replace('_', ' ')}, rows/s",
-                          f"{hyper[f'hypertable_{way}']:,.0f} / {hyper[f'plain_{way}']:,.0f}",
-                          f"{hyper[f'{way}_ratio']:.2f}x")
+            table.add_row(
+                f"sink on a hypertable / plain, {way.replace('_', ' ')}, rows/s",
+                f"{hyper[f'hypertable_{way}']:,.0f} / {hyper[f'plain_{way}']:,.0f}",
+                f"{hyper[f'{way}_ratio']:.2f}x",
+            )
         query = report["performance_query_30d_ms"]
-        table.add_row(f"performance query, 30 days ({query['rows']:,.0f} signals): aggregate / raw, ms",
-                      f"{query['aggregate_ms']:.1f} / {query['raw_ms']:.1f}", f"{query['speedup']:.1f}x faster")
+        table.add_row(
+            f"performance query, 30 days ({query['rows']:,.0f} signals): aggregate / raw, ms",
+            f"{query['aggregate_ms']:.1f} / {query['raw_ms']:.1f}",
+            f"{query['speedup']:.1f}x faster",
+        )
     if "inference_us_per_row" in report:
         for name, figures in report["inference_us_per_row"].items():
-            table.add_row(f"{name} µs/row, batch 1 / 64", f"{figures['batch_1']:.0f} / {figures['batch_64']:.1f}",
-                          f"{figures['batch_1'] / figures['batch_64']:.1f}x")
+            table.add_row(
+                f"{name} µs/row, batch 1 / 64",
+                f"{figures['batch_1']:.0f} / {figures['batch_64']:.1f}",
+                f"{figures['batch_1'] / figures['batch_64']:.1f}x",
+            )
         table.add_row("risk decision, µs", f"{report['risk_us_per_decision']:.0f}", "")
     if "worker_rss_mb" in report:
         table.add_row("worker RSS, MB", f"{report['worker_rss_mb']:.0f}", "")
     for run in report.get("burst", []):
         compute = run["compute_us_per_symbol_bar"]
-        table.add_row(f"burst of {run['symbols']} symbols, p50 / p99 ms ({run['boundaries']} minutes)",
-                      f"{_ms(run['p50_ms'])} / {_ms(run['p99_ms'])}",
-                      "-" if compute is None else f"{compute:.0f} µs/symbol-bar")
+        table.add_row(
+            f"burst of {run['symbols']} symbols, p50 / p99 ms ({run['boundaries']} minutes)",
+            f"{_ms(run['p50_ms'])} / {_ms(run['p99_ms'])}",
+            "-" if compute is None else f"{compute:.0f} µs/symbol-bar",
+        )
     two = report.get("burst_detail", {}).get("two_workers")
     if two:
-        table.add_row(f"burst of {two['symbols']} symbols on two workers, p50 / p99 ms",
-                      f"{_ms(two['p50_ms'])} / {_ms(two['p99_ms'])}",
-                      f"missing {two['signals_missing']}, duplicated {two['signals_duplicated']}")
+        table.add_row(
+            f"burst of {two['symbols']} symbols on two workers, p50 / p99 ms",
+            f"{_ms(two['p50_ms'])} / {_ms(two['p99_ms'])}",
+            f"missing {two['signals_missing']}, duplicated {two['signals_duplicated']}",
+        )
     steady = report.get("steady_latency_ms")
     if steady:
-        table.add_row(f"steady, {steady['symbols']} symbols at {steady['at_events_per_s']:.0f} events/s, "
-                      f"p50 / p99 ms ({steady['samples']} trade-closed bars)",
-                      f"{_ms(steady['p50'])} / {_ms(steady['p99'])}", "")
+        table.add_row(
+            f"steady, {steady['symbols']} symbols at {steady['at_events_per_s']:.0f} events/s, "
+            f"p50 / p99 ms ({steady['samples']} trade-closed bars)",
+            f"{_ms(steady['p50'])} / {_ms(steady['p99'])}",
+            "",
+        )
     big = report.get("scale_200")
     if big:
-        table.add_row(f"{big['symbols']} symbols at real trade pace ({big['events_per_s']:,.0f} events/s, "
-                      f"{big['seconds']:.0f} s): RSS MB / max lag s",
-                      f"{big['rss_mb']:.0f} / {big['max_lag_s']:.1f}", f"{big['mb_per_symbol']:.2f} MB/symbol")
+        table.add_row(
+            f"{big['symbols']} symbols at real trade pace ({big['events_per_s']:,.0f} events/s, "
+            f"{big['seconds']:.0f} s): RSS MB / max lag s",
+            f"{big['rss_mb']:.0f} / {big['max_lag_s']:.1f}",
+            f"{big['mb_per_symbol']:.2f} MB/symbol",
+        )
     Console().print(table)
 
 

@@ -39,8 +39,10 @@ BURST_KLINES_FROM = "2024-06-10"  # BTCUSDT's real klines from here on feed ever
 BURST_TIMEOUT_S = 60.0  # a burst whose signals have not all arrived by then counts as lost
 STEADY_SYMBOLS = 50
 STEADY_RATE = 1_000.0  # events/s offered across all symbols
-STEADY_CAPTURES = (("btcusdt_20230404.dat.gz", "btcusdt_20230405.dat.gz"),
-                   ("btcusdt_20240718.gz", "btcusdt_20240719.gz"))  # continuous captures of about 8 minutes
+STEADY_CAPTURES = (
+    ("btcusdt_20230404.dat.gz", "btcusdt_20230405.dat.gz"),
+    ("btcusdt_20240718.gz", "btcusdt_20240719.gz"),
+)  # continuous captures of about 8 minutes
 SCALE_SYMBOLS = 200
 SCALE_CAPTURE = ("btcusdt_20230404.dat.gz", "btcusdt_20230405.dat.gz")
 STAGE_SECONDS = "mlrisk_signal_stage_seconds_total"
@@ -89,8 +91,9 @@ class Subscriber:
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer
 
-        self.consumer = AIOKafkaConsumer(self.topic, **client_options(self.settings), group_id=None,
-                                         auto_offset_reset="latest")
+        self.consumer = AIOKafkaConsumer(
+            self.topic, **client_options(self.settings), group_id=None, auto_offset_reset="latest"
+        )
         await self.consumer.start()
         self._task = asyncio.create_task(self._listen())
         await asyncio.sleep(1)
@@ -164,8 +167,15 @@ async def _send_now(producer: Any, topic: str, items: list[tuple[bytes, bytes]])
     return started
 
 
-async def _bursts(settings: Settings, env: dict[str, str], feed: KlineFanOut, symbols: list[str],
-                  boundaries: int, workers: list[Any], settle: int = 1) -> dict[str, Any]:
+async def _bursts(
+    settings: Settings,
+    env: dict[str, str],
+    feed: KlineFanOut,
+    symbols: list[str],
+    boundaries: int,
+    workers: list[Any],
+    settle: int = 1,
+) -> dict[str, Any]:
     """`boundaries` minute boundaries of all `symbols` at once; latency of each burst's last signal.
 
     The first `settle` bursts are not timed (the worker may still be writing out what came before); every
@@ -205,39 +215,57 @@ async def _bursts(settings: Settings, env: dict[str, str], feed: KlineFanOut, sy
         await producer.stop()
         await subscriber.stop()
     after = [_stage_figures(w.port) for w in workers]
-    wall_s, cpu_s, decided, calls = (sum(a[i] - b[i] for a, b in zip(after, before, strict=True))
-                                     for i in range(4))
+    wall_s, cpu_s, decided, calls = (sum(a[i] - b[i] for a, b in zip(after, before, strict=True)) for i in range(4))
     counts: dict[tuple[str, int], int] = {}
     for _, symbol, close in subscriber.received:
         if (symbol, close) in expected:
             counts[(symbol, close)] = counts.get((symbol, close), 0) + 1
-    return {"symbols": len(symbols), **_percentiles(latencies), "boundaries": len(latencies),
-            "compute_us_per_symbol_bar": cpu_s / decided * 1e6 if decided else None,
-            "stage_wall_us_per_symbol_bar": wall_s / decided * 1e6 if decided else None,
-            "inference_calls_per_burst": calls / (settle + boundaries),
-            "signals_expected": len(expected), "signals_missing": len(expected) - len(counts),
-            "signals_duplicated": sum(n - 1 for n in counts.values())}
+    return {
+        "symbols": len(symbols),
+        **_percentiles(latencies),
+        "boundaries": len(latencies),
+        "compute_us_per_symbol_bar": cpu_s / decided * 1e6 if decided else None,
+        "stage_wall_us_per_symbol_bar": wall_s / decided * 1e6 if decided else None,
+        "inference_calls_per_burst": calls / (settle + boundaries),
+        "signals_expected": len(expected),
+        "signals_missing": len(expected) - len(counts),
+        "signals_duplicated": sum(n - 1 for n in counts.values()),
+    }
 
 
-def _settle_group(settings: Settings, env: dict[str, str], feed: KlineFanOut, symbols: list[str],
-                  workers: list[Any], within_s: float = 240.0) -> None:
+def _settle_group(
+    settings: Settings,
+    env: dict[str, str],
+    feed: KlineFanOut,
+    symbols: list[str],
+    workers: list[Any],
+    within_s: float = 240.0,
+) -> None:
     """Untimed bursts until the group has rebalanced: every worker decides bars and a burst is back in 2 s."""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         run = asyncio.run(_bursts(settings, env, feed, symbols, 1, workers, settle=0))
-        if run["p99_ms"] is not None and run["p99_ms"] < 2_000 and all(
-                metric(w.port, SIGNALS_TOTAL) > 0 for w in workers):
+        if (
+            run["p99_ms"] is not None
+            and run["p99_ms"] < 2_000
+            and all(metric(w.port, SIGNALS_TOTAL) > 0 for w in workers)
+        ):
             return
 
 
 def _stage_figures(port: int) -> tuple[float, float, float, float]:
     """The signal stage's wall seconds, CPU seconds, bars decided and inference calls so far."""
-    return (metric(port, STAGE_SECONDS), metric(port, STAGE_CPU_SECONDS), metric(port, SIGNALS_TOTAL),
-            metric(port, "mlrisk_inference_seconds_count"))
+    return (
+        metric(port, STAGE_SECONDS),
+        metric(port, STAGE_CPU_SECONDS),
+        metric(port, SIGNALS_TOTAL),
+        metric(port, "mlrisk_inference_seconds_count"),
+    )
 
 
-def _warm(settings: Settings, env: dict[str, str], feed: KlineFanOut, symbols: list[str], minutes: int,
-          workers: list[Any]) -> None:
+def _warm(
+    settings: Settings, env: dict[str, str], feed: KlineFanOut, symbols: list[str], minutes: int, workers: list[Any]
+) -> None:
     """Every symbol through `minutes` real klines, interleaved minute by minute; back when the worker is idle."""
     from bench.run import produce
 
@@ -255,15 +283,20 @@ def _wait_idle(workers: list[Any], bars: int) -> None:
     settled, last = 0, (-1.0, -1.0)
     while settled < 10:
         time.sleep(0.2)
-        now = (sum(metric(w.port, SIGNALS_TOTAL) for w in workers),
-               sum(metric(w.port, STAGE_SECONDS) for w in workers))
+        now = (sum(metric(w.port, SIGNALS_TOTAL) for w in workers), sum(metric(w.port, STAGE_SECONDS) for w in workers))
         settled, last = (settled + 1, now) if now == last else (0, now)
 
 
-def burst(settings: Settings, model_dir: Path, home: Path, counts: Sequence[int] = BURST_COUNTS,
-          boundaries: int = BURST_BOUNDARIES, two_workers: bool = True) -> dict[str, Any]:
+def burst(
+    settings: Settings,
+    model_dir: Path,
+    home: Path,
+    counts: Sequence[int] = BURST_COUNTS,
+    boundaries: int = BURST_BOUNDARIES,
+    two_workers: bool = True,
+) -> dict[str, Any]:
     """The minute-boundary burst for each N in `counts` on one worker, then the largest N on two workers."""
-    from bench.run import Worker, free_port, worker_env
+    from bench.run import free_port, start_worker, worker_env
     from models.features import WARMUP_BARS
     from models.registry import load_bundle
 
@@ -274,7 +307,7 @@ def burst(settings: Settings, model_dir: Path, home: Path, counts: Sequence[int]
     feed = KlineFanOut(minutes_needed)
     env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home / "burst")
     env["MLRISK_MAX_SYMBOLS"] = str(max(largest, 300))
-    first = Worker(env, home / "burst")
+    first = start_worker(env, home / "burst")
     workers = [first]
     report: dict[str, Any] = {"fan_out_of": "BTCUSDT 1-minute klines", "runs": []}
     try:
@@ -285,17 +318,21 @@ def burst(settings: Settings, model_dir: Path, home: Path, counts: Sequence[int]
         for n in counts:
             run = asyncio.run(_bursts(settings, env, feed, symbols[:n], boundaries, workers))
             report["runs"].append(run)
-            print(f"  burst N={n}: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, "
-                  f"{run['compute_us_per_symbol_bar']} µs/symbol-bar")
+            print(
+                f"  burst N={n}: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, "
+                f"{run['compute_us_per_symbol_bar']} µs/symbol-bar"
+            )
         report["rss_mb"] = first.rss_mb()
         if two_workers:
             second_env = {**env, "MLRISK_WEB_PORT": str(free_port()), "MLRISK_HOME": str(home / "burst-2")}
-            workers.append(Worker(second_env, home / "burst-2"))
+            workers.append(start_worker(second_env, home / "burst-2"))
             _settle_group(settings, env, feed, symbols, workers)
             run = asyncio.run(_bursts(settings, env, feed, symbols, boundaries, workers))
             report["two_workers"] = run
-            print(f"  burst N={largest}, two workers: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, "
-                  f"missing {run['signals_missing']}, duplicated {run['signals_duplicated']}")
+            print(
+                f"  burst N={largest}, two workers: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, "
+                f"missing {run['signals_missing']}, duplicated {run['signals_duplicated']}"
+            )
     finally:
         for worker in workers:
             worker.stop()
@@ -341,10 +378,16 @@ def _warm_klines(symbol: str, before_ms: int, minutes: int) -> list[tuple[bytes,
     return out
 
 
-def steady(settings: Settings, model_dir: Path, home: Path, symbols: int = STEADY_SYMBOLS,
-           rate: float = STEADY_RATE, seconds: float = 120.0) -> dict[str, Any]:
+def steady(
+    settings: Settings,
+    model_dir: Path,
+    home: Path,
+    symbols: int = STEADY_SYMBOLS,
+    rate: float = STEADY_RATE,
+    seconds: float = 120.0,
+) -> dict[str, Any]:
     """Latency of trade-closed bars on a mixed real feed of `symbols` names at `rate` events/s."""
-    from bench.run import Worker, produce, worker_env
+    from bench.run import produce, start_worker, worker_env
     from models.features import WARMUP_BARS
     from models.registry import load_bundle
 
@@ -366,12 +409,15 @@ def steady(settings: Settings, model_dir: Path, home: Path, symbols: int = STEAD
         first_minute = trades[0][2] - trades[0][2] % 60_000
         warm += _warm_klines(symbol, first_minute, warm_minutes)
     # one feed, in event-time order within each symbol, each symbol's stream spread evenly over the run
-    placed = [((k + 0.5) / len(stream), key, value, names[j], event_ms)
-              for j, stream in enumerate(streams) for k, (key, value, event_ms) in enumerate(stream)]
+    placed = [
+        ((k + 0.5) / len(stream), key, value, names[j], event_ms)
+        for j, stream in enumerate(streams)
+        for k, (key, value, event_ms) in enumerate(stream)
+    ]
     placed.sort(key=lambda item: item[0])
     feed = [(key, value, symbol, event_ms) for _, key, value, symbol, event_ms in placed]
     env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home / "steady")
-    worker = Worker(env, home / "steady")
+    worker = start_worker(env, home / "steady")
     try:
         asyncio.run(produce(client_options(settings), env["MLRISK_TOPIC_PREFIX"] + "market-data", warm))
         _wait_idle([worker], len(warm))
@@ -379,20 +425,24 @@ def steady(settings: Settings, model_dir: Path, home: Path, symbols: int = STEAD
         result["rss_mb"] = worker.rss_mb()
     finally:
         worker.stop()
-    result.update(symbols=symbols, at_events_per_s=rate, trades_thinned_to_every=sorted(set(thinning)),
-                  captures=[list(c) for c in STEADY_CAPTURES])
+    result.update(
+        symbols=symbols,
+        at_events_per_s=rate,
+        trades_thinned_to_every=sorted(set(thinning)),
+        captures=[list(c) for c in STEADY_CAPTURES],
+    )
     return result
 
 
-async def _steady_run(settings: Settings, env: dict[str, str], feed: list[tuple[bytes, bytes, str, int]],
-                      rate: float, lateness: int) -> dict[str, Any]:
+async def _steady_run(
+    settings: Settings, env: dict[str, str], feed: list[tuple[bytes, bytes, str, int]], rate: float, lateness: int
+) -> dict[str, Any]:
     from bench.run import produce
 
     prefix = env["MLRISK_TOPIC_PREFIX"]
     subscriber = Subscriber(settings, prefix + "signals")
     await subscriber.start()
-    sent_at = await produce(client_options(settings), prefix + "market-data", [(k, v) for k, v, _, _ in feed],
-                            rate)
+    sent_at = await produce(client_options(settings), prefix + "market-data", [(k, v) for k, v, _, _ in feed], rate)
     await asyncio.sleep(15)  # the last minutes close on the quiet-symbol flush
     await subscriber.stop()
     by_symbol: dict[str, list[tuple[int, float]]] = {}
@@ -411,14 +461,19 @@ async def _steady_run(settings: Settings, env: dict[str, str], feed: list[tuple[
     if not latencies:
         return {"p50": None, "p99": None, "samples": 0, "signals_received": received}
     arr = np.asarray(latencies)
-    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)), "samples": len(arr),
-            "signals_received": received}
+    return {
+        "p50": float(np.percentile(arr, 50)),
+        "p99": float(np.percentile(arr, 99)),
+        "samples": len(arr),
+        "signals_received": received,
+    }
 
 
-def scale(settings: Settings, model_dir: Path, home: Path, symbols: int = SCALE_SYMBOLS,
-          seconds: float = 60.0) -> dict[str, Any]:
+def scale(
+    settings: Settings, model_dir: Path, home: Path, symbols: int = SCALE_SYMBOLS, seconds: float = 60.0
+) -> dict[str, Any]:
     """`symbols` names, each a copy of a real trade capture at its real pace: RSS, lag and memory per symbol."""
-    from bench.run import Worker, produce, worker_env
+    from bench.run import produce, start_worker, worker_env
     from models.features import WARMUP_BARS
     from models.registry import load_bundle
 
@@ -432,7 +487,7 @@ def scale(settings: Settings, model_dir: Path, home: Path, symbols: int = SCALE_
     feed = [(s.encode(), _renamed(p, s)) for p, _, _ in in_window for s in names]
     env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home / "scale")
     env["MLRISK_MAX_SYMBOLS"] = str(max(symbols, 300))
-    worker = Worker(env, home / "scale")
+    worker = start_worker(env, home / "scale")
     try:
         idle_mb = worker.rss_mb()
         warm = [item for s in names for item in _warm_klines(s, first_minute, warm_minutes)]
@@ -443,17 +498,32 @@ def scale(settings: Settings, model_dir: Path, home: Path, symbols: int = SCALE_
         rss = worker.rss_mb()
     finally:
         worker.stop()
-    return {"rss_mb": rss, "max_lag_s": lag, "mb_per_symbol": (rss - idle_mb) / symbols, "idle_rss_mb": idle_mb,
-            "symbols": symbols, "seconds": seconds, "events_per_s": rate, "capture": list(SCALE_CAPTURE)}
+    return {
+        "rss_mb": rss,
+        "max_lag_s": lag,
+        "mb_per_symbol": (rss - idle_mb) / symbols,
+        "idle_rss_mb": idle_mb,
+        "symbols": symbols,
+        "seconds": seconds,
+        "events_per_s": rate,
+        "capture": list(SCALE_CAPTURE),
+    }
 
 
-async def _lag_run(settings: Settings, env: dict[str, str], worker: Any, feed: list[tuple[bytes, bytes]],
-                   rate: float, accepted_before: float) -> float:
+async def _lag_run(
+    settings: Settings,
+    env: dict[str, str],
+    worker: Any,
+    feed: list[tuple[bytes, bytes]],
+    rate: float,
+    accepted_before: float,
+) -> float:
     """Offer the feed at `rate`; the largest delay between sending a message and the worker accepting it."""
     from bench.run import produce
 
-    sender = asyncio.create_task(produce(client_options(settings), env["MLRISK_TOPIC_PREFIX"] + "market-data",
-                                         feed, rate))
+    sender = asyncio.create_task(
+        produce(client_options(settings), env["MLRISK_TOPIC_PREFIX"] + "market-data", feed, rate)
+    )
     started = time.time()
     worst = 0.0
     while True:

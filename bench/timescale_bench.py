@@ -31,7 +31,8 @@ QUERY_REPEATS = 5
 # the same figures as the API's query, from the raw rows: what /ml-risk/performance read before the aggregate
 RAW_PERFORMANCE_SQL = (
     "SELECT signal_type, count(*), avg(confidence_score), avg(risk_score) FROM actionable_trade_signals "
-    "WHERE timestamp >= %s AND timestamp < %s GROUP BY signal_type ORDER BY signal_type")
+    "WHERE timestamp >= %s AND timestamp < %s GROUP BY signal_type ORDER BY signal_type"
+)
 
 
 @contextlib.contextmanager
@@ -41,11 +42,14 @@ def _scratch_table(url: str, hypertable: bool) -> Iterator[str]:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
-        conn.execute(f"CREATE TABLE {schema}.actionable_trade_signals "
-                     "(LIKE public.actionable_trade_signals INCLUDING ALL)")
+        conn.execute(
+            f"CREATE TABLE {schema}.actionable_trade_signals (LIKE public.actionable_trade_signals INCLUDING ALL)"
+        )
         if hypertable:
-            conn.execute("SELECT create_hypertable(%s, by_range('timestamp', %s))",
-                         (f"{schema}.actionable_trade_signals", _chunk_interval(conn)))
+            conn.execute(
+                "SELECT create_hypertable(%s, by_range('timestamp', %s))",
+                (f"{schema}.actionable_trade_signals", _chunk_interval(conn)),
+            )
     options = urllib.parse.urlencode({"options": f"-c search_path={schema},public"}, quote_via=urllib.parse.quote)
     try:
         yield url + ("&" if "?" in url else "?") + options
@@ -55,9 +59,10 @@ def _scratch_table(url: str, hypertable: bool) -> Iterator[str]:
 
 
 def _chunk_interval(conn: psycopg.Connection[Any]) -> timedelta:
-    row = conn.execute("SELECT time_interval FROM timescaledb_information.dimensions "
-                       "WHERE hypertable_schema = 'public' AND hypertable_name = 'actionable_trade_signals'"
-                       ).fetchone()
+    row = conn.execute(
+        "SELECT time_interval FROM timescaledb_information.dimensions "
+        "WHERE hypertable_schema = 'public' AND hypertable_name = 'actionable_trade_signals'"
+    ).fetchone()
     if row is None:
         raise RuntimeError("actionable_trade_signals is not a hypertable: is TimescaleDB installed?")
     return row[0]
@@ -66,10 +71,16 @@ def _chunk_interval(conn: psycopg.Connection[Any]) -> timedelta:
 def _signals(template: dict[str, Any], n: int) -> list[dict[str, Any]]:
     """`n` signals, 300 symbols a minute, from 2024-10-14 on."""
     base = datetime(2024, 10, 14, tzinfo=UTC)
-    return [{**template, "signal_id": str(uuid.uuid4()), "symbol": f"S{i % SYMBOLS_WRITING:03d}USDT",
-             "bar_close_time": int((base + timedelta(minutes=i // SYMBOLS_WRITING + 1)).timestamp() * 1000) - 1,
-             "timestamp": (base + timedelta(minutes=i // SYMBOLS_WRITING)).isoformat().replace("+00:00", "Z")}
-            for i in range(n)]
+    return [
+        {
+            **template,
+            "signal_id": str(uuid.uuid4()),
+            "symbol": f"S{i % SYMBOLS_WRITING:03d}USDT",
+            "bar_close_time": int((base + timedelta(minutes=i // SYMBOLS_WRITING + 1)).timestamp() * 1000) - 1,
+            "timestamp": (base + timedelta(minutes=i // SYMBOLS_WRITING)).isoformat().replace("+00:00", "Z"),
+        }
+        for i in range(n)
+    ]
 
 
 def sink_hypertable_vs_plain(url: str, template: dict[str, Any], rows: int) -> dict[str, float]:
@@ -84,7 +95,7 @@ def sink_hypertable_vs_plain(url: str, template: dict[str, Any], rows: int) -> d
             await sink.open()
         spent = [0.0, 0.0]
         for turn, i in enumerate(range(0, len(batch), SINK_BATCH)):
-            chunk = batch[i:i + SINK_BATCH]
+            chunk = batch[i : i + SINK_BATCH]
             for k in (0, 1) if turn % 2 == 0 else (1, 0):
                 start = time.perf_counter()
                 await sinks[k].write("actionable_trade_signals", [signal_row(s) for s in chunk])
@@ -97,8 +108,10 @@ def sink_hypertable_vs_plain(url: str, template: dict[str, Any], rows: int) -> d
 
     async def row_by_row(plain: str, hyper: str, batch: list[dict[str, Any]]) -> tuple[float, float]:
         sql = insert_sql("actionable_trade_signals", 1)
-        async with await psycopg.AsyncConnection.connect(plain, autocommit=True) as first, \
-                await psycopg.AsyncConnection.connect(hyper, autocommit=True) as second:
+        async with (
+            await psycopg.AsyncConnection.connect(plain, autocommit=True) as first,
+            await psycopg.AsyncConnection.connect(hyper, autocommit=True) as second,
+        ):
             connections = (first, second)
             spent = [0.0, 0.0]
             for turn, signal in enumerate(batch):
@@ -112,11 +125,14 @@ def sink_hypertable_vs_plain(url: str, template: dict[str, Any], rows: int) -> d
         return timed / spent[0], timed / spent[1]
 
     report: dict[str, float] = {}
-    for way, measure, n in (("batched", batched, rows + SINK_BATCH),
-                            ("row_by_row", row_by_row, max(1000, rows // 10) + WARM_ROWS)):
+    for way, measure, n in (
+        ("batched", batched, rows + SINK_BATCH),
+        ("row_by_row", row_by_row, max(1000, rows // 10) + WARM_ROWS),
+    ):
         with _scratch_table(url, False) as plain, _scratch_table(url, True) as hyper:
-            report[f"plain_{way}"], report[f"hypertable_{way}"] = asyncio.run(measure(plain, hyper,
-                                                                                      _signals(template, n)))
+            report[f"plain_{way}"], report[f"hypertable_{way}"] = asyncio.run(
+                measure(plain, hyper, _signals(template, n))
+            )
         report[f"{way}_ratio"] = report[f"hypertable_{way}"] / report[f"plain_{way}"]
     return report
 
@@ -143,7 +159,9 @@ def performance_query_aggregate_vs_raw(url: str) -> dict[str, float]:
                 "ELSE (ARRAY['long', 'short', 'close'])[1 + floor(random() * 3)::INT] END, 'hold', "
                 "round(random()::NUMERIC, 4), 'low', 'ranging', round((random() * 100)::NUMERIC, 2) "
                 "FROM generate_series(%s::TIMESTAMPTZ, %s::TIMESTAMPTZ - interval '1 minute', interval '1 minute') "
-                "AS t, generate_series(1, %s) AS s", (start, end, QUERY_SYMBOLS))  # the API's 30 days
+                "AS t, generate_series(1, %s) AS s",
+                (start, end, QUERY_SYMBOLS),
+            )  # the API's 30 days
             conn.execute("CALL refresh_continuous_aggregate('signals_hourly', NULL, NULL)")
             conn.execute("VACUUM ANALYZE actionable_trade_signals")
             stored = conn.execute("SELECT count(*) FROM actionable_trade_signals").fetchone()
@@ -164,5 +182,9 @@ def performance_query_aggregate_vs_raw(url: str) -> dict[str, float]:
 
             raw_ms = median_ms(RAW_PERFORMANCE_SQL, raw_params)
             aggregate_ms = median_ms(PERFORMANCE_SQL, aggregate_params)
-    return {"rows": float(stored[0]) if stored else 0.0, "raw_ms": raw_ms, "aggregate_ms": aggregate_ms,
-            "speedup": raw_ms / aggregate_ms}
+    return {
+        "rows": float(stored[0]) if stored else 0.0,
+        "raw_ms": raw_ms,
+        "aggregate_ms": aggregate_ms,
+        "speedup": raw_ms / aggregate_ms,
+    }

@@ -46,8 +46,9 @@ def main() -> None:
     purge = args.horizon * MINUTE_MS
     results = []
     for name, start, end in QUARTERS:
-        fold = make_fold(name, parse_iso_ms(start), parse_iso_ms(end), config.val_days, config.train_days, data_start,
-                         purge)
+        fold = make_fold(
+            name, parse_iso_ms(start), parse_iso_ms(end), config.val_days, config.train_days, data_start, purge
+        )
         began = time.monotonic()
         result = train_fold(ds, fold, config)
         console.print(f"{name}: trained on {fold.to_dict()['train']} in {time.monotonic() - began:.0f} s")

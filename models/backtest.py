@@ -95,9 +95,7 @@ def run_backtest(
                     violations += bool(invariant_violations(signal, config))
                     contributions = signal["model_contributions"]
                     scored_rows.append(i)
-                    scored_p.append(
-                        [contributions[m]["p_up"] for m in member_names] + [signal["metadata"]["p_up"]]
-                    )
+                    scored_p.append([contributions[m]["p_up"] for m in member_names] + [signal["metadata"]["p_up"]])
                     if sink is not None:
                         sink.write(orjson.dumps(signal) + b"\n")
             if bar_progress is not None and task is not None and i % 1000 == 0:
@@ -124,9 +122,7 @@ def run_backtest(
         models[name] = {
             "ic": _finite(spearman(probs[:, j], realised)) if rows.size else 0.0,
             "accuracy": float(np.mean((probs[ok, j] > 0.5) == (realised[ok] > 0))) if ok.any() else 0.0,
-            "hit_rate": float(np.mean((probs[moved, j] > 0.5) == (realised[moved] > 0)))
-            if moved.any()
-            else 0.0,
+            "hit_rate": float(np.mean((probs[moved, j] > 0.5) == (realised[moved] > 0))) if moved.any() else 0.0,
         }
     moved = np.isfinite(realised) & (realised != 0)
     trades = state.book.trades - int(start_trades)

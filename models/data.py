@@ -95,9 +95,7 @@ class BarFrame:
     @classmethod
     def from_bars(cls, symbol: str, bars: list[Bar]) -> BarFrame:
         def col(name: str) -> np.ndarray:
-            return np.array(
-                [np.nan if getattr(b, name) is None else getattr(b, name) for b in bars], dtype=np.float64
-            )
+            return np.array([np.nan if getattr(b, name) is None else getattr(b, name) for b in bars], dtype=np.float64)
 
         return cls(
             symbol,
@@ -189,16 +187,25 @@ def _parse_ohlcv(symbol: str, text: str) -> BarFrame:
         return _empty(symbol)
     stamps = [line[: line.index(",")] for line in lines]
     open_time = (
-        np.array(
-            [datetime.fromisoformat(s).replace(tzinfo=UTC).timestamp() for s in stamps], dtype=np.float64
-        )
-        * 1000
+        np.array([datetime.fromisoformat(s).replace(tzinfo=UTC).timestamp() for s in stamps], dtype=np.float64) * 1000
     ).astype(np.int64)
-    values = np.loadtxt(io.StringIO("\n".join(line[line.index(",") + 1 :] for line in lines)), delimiter=",",
-                        dtype=np.float64, ndmin=2)
+    values = np.loadtxt(
+        io.StringIO("\n".join(line[line.index(",") + 1 :] for line in lines)), delimiter=",", dtype=np.float64, ndmin=2
+    )
     nan = np.full(len(lines), np.nan)
-    return _finish(symbol, open_time, values[:, 0], values[:, 1], values[:, 2], values[:, 3], values[:, 4],
-                   nan, nan.copy(), nan.copy(), nan.copy())
+    return _finish(
+        symbol,
+        open_time,
+        values[:, 0],
+        values[:, 1],
+        values[:, 2],
+        values[:, 3],
+        values[:, 4],
+        nan,
+        nan.copy(),
+        nan.copy(),
+        nan.copy(),
+    )
 
 
 def _finish(symbol: str, open_time: np.ndarray, *columns: np.ndarray) -> BarFrame:

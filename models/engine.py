@@ -58,9 +58,7 @@ class SymbolState:
                 "format": STATE_FORMAT,
                 "symbol": self.symbol,
                 "features": self.features.to_dict(),
-                "rows": base64.b64encode(np.ascontiguousarray(self.rows, dtype="<f4").tobytes()).decode(
-                    "ascii"
-                ),
+                "rows": base64.b64encode(np.ascontiguousarray(self.rows, dtype="<f4").tobytes()).decode("ascii"),
                 "rows_shape": list(self.rows.shape),
                 "rows_filled": self.rows_filled,
                 "ensemble": self.ensemble.to_dict(),
@@ -90,9 +88,7 @@ class SymbolState:
             rows=rows,
             rows_filled=int(data["rows_filled"]),
             ensemble=EnsembleState.from_dict(data["ensemble"]),
-            regime=None
-            if regime is None
-            else RegimeState(regime[0], regime[1], int(regime[2]), int(regime[3])),
+            regime=None if regime is None else RegimeState(regime[0], regime[1], int(regime[2]), int(regime[3])),
             book=VirtualBook.from_dict(data["book"]),
             peak_equity=float(data["peak_equity"]),
             day_start_equity=float(data["day_start_equity"]),
@@ -128,9 +124,7 @@ class SignalEngine:
         self.risk_config = risk_config or RiskConfig()
         self.horizon = horizon or bundle.horizon_minutes
         if self.horizon != bundle.horizon_minutes:
-            raise ValueError(
-                f"models were trained for {bundle.horizon_minutes} min, engine asked for {self.horizon}"
-            )
+            raise ValueError(f"models were trained for {bundle.horizon_minutes} min, engine asked for {self.horizon}")
         self.costs = costs or FillCosts(self.risk_config.taker_fee_rate, self.risk_config.slippage_bps)
         self.window = bundle.window
         self.members = bundle.member_names
@@ -164,11 +158,7 @@ class SignalEngine:
 
     def equity(self, state: SymbolState, price: float) -> float:
         """Paper equity of the symbol's account, marked at `price`."""
-        return (
-            self.risk_config.equity_usdt
-            + state.book.realised_pnl_usdt
-            + state.book.unrealised_pnl_usdt(price)
-        )
+        return self.risk_config.equity_usdt + state.book.realised_pnl_usdt + state.book.unrealised_pnl_usdt(price)
 
     def previous_signal(self, state: SymbolState, bar: Bar) -> dict[str, Any] | None:
         """The signal already emitted for this bar, if it is still among the last few."""
@@ -295,9 +285,7 @@ class SignalEngine:
         state.recent = [*state.recent[-(RECENT_SIGNALS - 1) :], signal]
         return signal
 
-    def on_bar(
-        self, state: SymbolState, bar: Bar, extras: Mapping[str, Any] | None = None
-    ) -> dict[str, Any] | None:
+    def on_bar(self, state: SymbolState, bar: Bar, extras: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         """prepare + score + finish for one symbol; a redelivered bar gets its earlier signal back."""
         if state.last_close_time is not None and bar.close_time <= state.last_close_time:
             return self.previous_signal(state, bar)

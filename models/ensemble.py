@@ -99,8 +99,7 @@ class EnsemblePrediction:
 
     def contributions(self, members: tuple[str, ...]) -> dict[str, dict[str, float]]:
         return {
-            name: {"p_up": p, "weight": w}
-            for name, p, w in zip(members, self.member_p_up, self.weights, strict=True)
+            name: {"p_up": p, "weight": w} for name, p, w in zip(members, self.member_p_up, self.weights, strict=True)
         }
 
 
@@ -133,9 +132,7 @@ def resolve(config: EnsembleConfig, state: EnsembleState, open_time_ms: int, clo
         if due < open_time_ms or close == reference:
             continue
         up = close > reference
-        state.loss_sums = [
-            config.forget * s + log_loss(p, up) for s, p in zip(state.loss_sums, probs, strict=True)
-        ]
+        state.loss_sums = [config.forget * s + log_loss(p, up) for s, p in zip(state.loss_sums, probs, strict=True)]
         state.resolved += 1
     state.pending = keep
 
@@ -152,9 +149,7 @@ def remember(
     state.pending.append((due, close, list(member_p_up)))
 
 
-def combine(
-    config: EnsembleConfig, member_p_up: np.ndarray, member_weights: np.ndarray
-) -> list[EnsemblePrediction]:
+def combine(config: EnsembleConfig, member_p_up: np.ndarray, member_weights: np.ndarray) -> list[EnsemblePrediction]:
     """Weighted linear pool per row: (n, members) probabilities and weights → n predictions."""
     probs = np.asarray(member_p_up, dtype=np.float64)
     w = np.asarray(member_weights, dtype=np.float64)

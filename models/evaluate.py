@@ -56,9 +56,7 @@ def reliability_table(p_up: np.ndarray, up: np.ndarray, bins: int = 10) -> list[
     ok = np.isfinite(p_up) & np.isfinite(up)
     p, y = p_up[ok], up[ok]
     order = np.argsort(p, kind="mergesort")
-    return [
-        (float(p[c].mean()), float(y[c].mean()), int(c.size)) for c in np.array_split(order, bins) if c.size
-    ]
+    return [(float(p[c].mean()), float(y[c].mean()), int(c.size)) for c in np.array_split(order, bins) if c.size]
 
 
 def log_loss(p_up: np.ndarray, up: np.ndarray) -> float:

@@ -159,9 +159,7 @@ def _k_sum(w: np.ndarray) -> np.ndarray:
     return np.sum(w, axis=-1)
 
 
-def _rolling(
-    x: np.ndarray, k: int, kernel: Callable[[np.ndarray], np.ndarray], chunk: int = 16384
-) -> np.ndarray:
+def _rolling(x: np.ndarray, k: int, kernel: Callable[[np.ndarray], np.ndarray], chunk: int = 16384) -> np.ndarray:
     """kernel over every window of k values ending at each index; NaN before the first full window."""
     m = x.shape[0]
     out = np.full(m, np.nan)
@@ -228,6 +226,7 @@ _EMA_FAST = 2.0 / 13.0
 _EMA_SLOW = 2.0 / 27.0
 _EMA_SIGNAL = 2.0 / 10.0
 _WILDER = 1.0 / WILDER_PERIOD
+
 
 def _dx(atr: float, spdm: float, smdm: float) -> tuple[float, float, float]:
     pdi = 100.0 * spdm / atr if atr > 0.0 else 0.0
@@ -552,9 +551,7 @@ class FeatureState:
             prev_low,
         )
         if self.count >= 1:
-            self.recursive = _recursive_step(
-                self.recursive, row[1], row[2], row[3], bar.close, row[4], row[5]
-            )
+            self.recursive = _recursive_step(self.recursive, row[1], row[2], row[3], bar.close, row[4], row[5])
         self.prev = (bar.close, bar.high, bar.low)
         self.count += 1
         rings = self.rings
@@ -591,9 +588,7 @@ class FeatureState:
         state.count = int(data["count"])
         prev = unpack_floats(data["prev"])
         state.prev = (float(prev[0]), float(prev[1]), float(prev[2]))
-        state.recursive = (
-            None if data["recursive"] is None else [float(v) for v in unpack_floats(data["recursive"])]
-        )
+        state.recursive = None if data["recursive"] is None else [float(v) for v in unpack_floats(data["recursive"])]
         rings = data["rings"]
         if isinstance(rings, str):
             values = unpack_floats(rings)
@@ -627,8 +622,11 @@ def update_many(states: Sequence[FeatureState], bars: Sequence[Bar]) -> list[np.
     among others (`update` is this function for one symbol).
     """
     rows: list[np.ndarray | None] = [None] * len(states)
-    moved = [(i, r1) for i, (state, bar) in enumerate(zip(states, bars, strict=True))
-             if (r1 := state._advance(bar)) is not None]
+    moved = [
+        (i, r1)
+        for i, (state, bar) in enumerate(zip(states, bars, strict=True))
+        if (r1 := state._advance(bar)) is not None
+    ]
     if not moved:
         return rows
     rv60 = _k_std(_stack([states[i] for i, _ in moved], "r1", VOL_WINDOW))
@@ -641,8 +639,12 @@ def update_many(states: Sequence[FeatureState], bars: Sequence[Bar]) -> list[np.
         else:
             state.market = None
     if ready:
-        block = _rows([states[i] for i, _, _ in ready], [bars[i] for i, _, _ in ready],
-                      [r1 for _, r1, _ in ready], [sigma for _, _, sigma in ready])
+        block = _rows(
+            [states[i] for i, _, _ in ready],
+            [bars[i] for i, _, _ in ready],
+            [r1 for _, r1, _ in ready],
+            [sigma for _, _, sigma in ready],
+        )
         for (i, _, _), features in zip(ready, block, strict=True):
             states[i].market = _market(bars[i], features)
             rows[i] = features
@@ -654,8 +656,9 @@ def _stack(states: Sequence[FeatureState], name: str, k: int) -> np.ndarray:
     return np.stack([state.rings[name].last(k) for state in states])
 
 
-def _rows(states: Sequence[FeatureState], bars: Sequence[Bar], r1: Sequence[float], rv60: Sequence[float]
-          ) -> np.ndarray:
+def _rows(
+    states: Sequence[FeatureState], bars: Sequence[Bar], r1: Sequence[float], rv60: Sequence[float]
+) -> np.ndarray:
     """Feature rows (states, N_FEATURES) of ready states whose bar was just pushed."""
     log_close = np.log(_stack(states, "close", LONG_WINDOW + 1))
     ret = {1: np.array(r1)}

@@ -74,9 +74,7 @@ class LightGBMModel:
 
     def fit(self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray) -> None:
         """Boost on training rows, stop early on validation log-loss, calibrate on validation rows."""
-        train = lgb.Dataset(
-            last_rows(x_train), label=np.asarray(y_train, dtype=np.float64), free_raw_data=True
-        )
+        train = lgb.Dataset(last_rows(x_train), label=np.asarray(y_train, dtype=np.float64), free_raw_data=True)
         val = lgb.Dataset(last_rows(x_val), label=np.asarray(y_val, dtype=np.float64), reference=train)
         self.booster = lgb.train(
             self._lgb_params(),

@@ -35,9 +35,7 @@ class PlattCalibrator:
     clip_high: float = DEFAULT_CLIP[1]
 
     @classmethod
-    def fit(
-        cls, logits: np.ndarray, labels: np.ndarray, clip: tuple[float, float] = DEFAULT_CLIP
-    ) -> PlattCalibrator:
+    def fit(cls, logits: np.ndarray, labels: np.ndarray, clip: tuple[float, float] = DEFAULT_CLIP) -> PlattCalibrator:
         """Newton's method on the log-likelihood of (slope, intercept); starts from the identity map."""
         z = np.asarray(logits, dtype=np.float64).ravel()
         y = np.asarray(labels, dtype=np.float64).ravel()

@@ -149,9 +149,7 @@ class OnnxSequenceModel:
         self.calibrator: Calibrator = calibrator_from_dict(meta["calibrator"])
         self._onnx_bytes = onnx_bytes
         self._meta = meta
-        self._session = ort.InferenceSession(
-            onnx_bytes, _session_options(), providers=["CPUExecutionProvider"]
-        )
+        self._session = ort.InferenceSession(onnx_bytes, _session_options(), providers=["CPUExecutionProvider"])
         check_batch_invariance(self, probe_windows(16, self.window, self.row_width))
 
     @property
@@ -247,9 +245,7 @@ def _row_chunks(windows: np.ndarray) -> Iterator[np.ndarray]:
     """Float64 (rows, n_features) blocks covering every row of every window, a bounded number at a time."""
     n_features = windows.shape[2]
     for start in range(0, windows.shape[0], _STANDARDISE_CHUNK_WINDOWS):
-        yield np.asarray(windows[start : start + _STANDARDISE_CHUNK_WINDOWS], dtype=np.float64).reshape(
-            -1, n_features
-        )
+        yield np.asarray(windows[start : start + _STANDARDISE_CHUNK_WINDOWS], dtype=np.float64).reshape(-1, n_features)
 
 
 def _check_windows(x: np.ndarray, window: int | None = None, n_features: int | None = None) -> None:

@@ -14,7 +14,7 @@ from models.ensemble import EnsemblePrediction
 from models.features import MarketFeatures
 from risk.config import RiskConfig
 from risk.decision import invariant_violations as decision_invariant_violations
-from risk.types import RiskDecision
+from risk.types import POSITION_FIELDS, RiskDecision
 
 SCHEMA_VERSION = 1
 SIGNAL_NAMESPACE = uuid.UUID("6f1d2c1e-8a5b-4f9e-9a51-3c2f0e7d4b10")
@@ -133,9 +133,14 @@ def build_signal(
 
 
 _DECISION_FIELDS = (
-    "symbol", "signal_type", "market_regime", "entry_price", "recommended_leverage", "position_size_usdt",
-    "quantity", "stop_loss_price", "take_profit_price", "risk_reward_ratio", "liquidation_price", "risk_score",
-    "liquidation_risk", "confidence_score",
+    "symbol",
+    "signal_type",
+    "market_regime",
+    "entry_price",
+    *POSITION_FIELDS,
+    "risk_score",
+    "liquidation_risk",
+    "confidence_score",
 )
 
 

@@ -44,9 +44,7 @@ class RiskConfig:
     stops: StopSettings = field(default_factory=StopSettings)
     limits: PortfolioLimits = field(default_factory=PortfolioLimits)
     regime: RegimeConfig = field(default_factory=RegimeConfig)
-    regime_leverage_factor: Mapping[str, float] = field(
-        default_factory=lambda: DEFAULT_REGIME_LEVERAGE_FACTOR
-    )
+    regime_leverage_factor: Mapping[str, float] = field(default_factory=lambda: DEFAULT_REGIME_LEVERAGE_FACTOR)
     brackets: Mapping[str, BracketTable] = field(default_factory=_empty_brackets)  # overrides per symbol
 
     def __post_init__(self) -> None:
@@ -77,9 +75,7 @@ class RiskConfig:
         if not 0.0 <= self.slippage_bps < 10_000.0:
             raise ValueError(f"slippage_bps must lie in [0, 10000), got {self.slippage_bps!r}")
         if not 0.0 <= self.min_edge_to_cost < math.inf:
-            raise ValueError(
-                f"min_edge_to_cost must be a non-negative finite number, got {self.min_edge_to_cost!r}"
-            )
+            raise ValueError(f"min_edge_to_cost must be a non-negative finite number, got {self.min_edge_to_cost!r}")
         if not 0.0 <= self.close_conviction <= 0.5:
             raise ValueError(f"close_conviction must lie in [0, 0.5], got {self.close_conviction!r}")
         if set(self.regime_leverage_factor) != set(REGIMES) or not all(

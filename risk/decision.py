@@ -39,6 +39,7 @@ from risk.scoring import (
 from risk.sizing import REGIME_SIZE_MULTIPLIER, SizePlan, bracket_win_probability, floor_to_cents, plan_size
 from risk.stops import StopPlan, plan_stops, risk_reward_ratio
 from risk.types import (
+    POSITION_FIELDS,
     MarketRegime,
     MarketSnapshot,
     ModelView,
@@ -140,9 +141,7 @@ class _Context:
         if equity <= 0.0:
             return 1.0
         positions = self.portfolio.positions
-        symbol_share = (symbol_exposure_usdt(positions, symbol) + notional_usdt) / (
-            equity * limits.max_symbol_exposure
-        )
+        symbol_share = (symbol_exposure_usdt(positions, symbol) + notional_usdt) / (equity * limits.max_symbol_exposure)
         gross_share = (gross_exposure_usdt(positions) + notional_usdt) / (equity * limits.max_gross_exposure)
         return concentration_score(symbol_share, gross_share)
 
@@ -154,9 +153,7 @@ class _Context:
     ) -> RiskDecision:
         self.reasons.append(reason)
         parts = (
-            components
-            if components is not None
-            else self.components(0.0, self.concentration(self.market.symbol, 0.0))
+            components if components is not None else self.components(0.0, self.concentration(self.market.symbol, 0.0))
         )
         score = risk_score(parts)
         return RiskDecision(
@@ -213,9 +210,7 @@ def decide(
         return context.hold(problem)
     if position is not None:
         if position.symbol != market.symbol:
-            raise ValueError(
-                f"position in {position.symbol} passed with a market snapshot of {market.symbol}"
-            )
+            raise ValueError(f"position in {position.symbol} passed with a market snapshot of {market.symbol}")
         return _manage_position(context, position)
     return _consider_entry(context)
 
@@ -247,9 +242,7 @@ def _close_reason(context: _Context, position: OpenPosition) -> str | None:
 def _manage_position(context: _Context, position: OpenPosition) -> RiskDecision:
     market = context.market
     reference = market.reference_price
-    open_risk = liquidation_risk(
-        reference, position.liquidation_price, market.sigma_1m, context.model.horizon_minutes
-    )
+    open_risk = liquidation_risk(reference, position.liquidation_price, market.sigma_1m, context.model.horizon_minutes)
     parts = context.components(open_risk, context.concentration(market.symbol, 0.0))
     reason = _close_reason(context, position)
     if reason is None:
@@ -302,8 +295,7 @@ def _enter(context: _Context, factors: dict[str, float]) -> RiskDecision:
     parts = context.components(bound_risk, context.concentration(market.symbol, largest_usdt))
     score = risk_score(parts)
     size = _check_size(context, edge, stops, score, parts, factors)
-    approval = check_candidate(market.symbol, size.size_usdt, leverage, context.portfolio, config.limits,
-                               context.state)
+    approval = check_candidate(market.symbol, size.size_usdt, leverage, context.portfolio, config.limits, context.state)
     if not approval.approved:
         raise _Deny(f"refused by the portfolio limit {approval.refused_by}", parts)
     size_usdt = approval.allowed_size_usdt
@@ -379,8 +371,15 @@ def _check_edge(context: _Context, side: Side, factors: dict[str, float]) -> tup
 def _check_stops(context: _Context, side: Side) -> StopPlan:
     """Stop-loss and take-profit; refused when the mark price already stands at or past the stop."""
     market = context.market
-    stops = plan_stops(side, market.price, market.atr, market.sigma_1m, context.model.horizon_minutes,
-                       context.regime, context.config.stops)
+    stops = plan_stops(
+        side,
+        market.price,
+        market.atr,
+        market.sigma_1m,
+        context.model.horizon_minutes,
+        context.regime,
+        context.config.stops,
+    )
     stop = stops.stop_loss_price
     mark_past_stop = market.reference_price <= stop if side == "long" else market.reference_price >= stop
     if mark_past_stop or stop == market.price:
@@ -388,8 +387,9 @@ def _check_stops(context: _Context, side: Side) -> StopPlan:
     return stops
 
 
-def _check_leverage(context: _Context, side: Side, stops: StopPlan, brackets: BracketTable,
-                    factors: dict[str, float]) -> tuple[float, LeverageChoice, int]:
+def _check_leverage(
+    context: _Context, side: Side, stops: StopPlan, brackets: BracketTable, factors: dict[str, float]
+) -> tuple[float, LeverageChoice, int]:
     """The largest size the base rule can give (before the risk discount) fixes the highest bracket any final
     size can fall in; the leverage safe there is safe for every smaller size."""
     market, config = context.market, context.config
@@ -421,8 +421,9 @@ def _check_leverage(context: _Context, side: Side, stops: StopPlan, brackets: Br
     return largest_usdt, choice, choice.leverage
 
 
-def _check_size(context: _Context, edge: float, stops: StopPlan, score: float, parts: Mapping[str, float],
-                factors: dict[str, float]) -> SizePlan:
+def _check_size(
+    context: _Context, edge: float, stops: StopPlan, score: float, parts: Mapping[str, float], factors: dict[str, float]
+) -> SizePlan:
     """The size from confidence, risk, regime, equity and the bracket's odds; at least the minimum order."""
     market, config = context.market, context.config
     entry = market.price
@@ -451,9 +452,7 @@ def _check_size(context: _Context, edge: float, stops: StopPlan, score: float, p
     return size
 
 
-def invariant_violations(
-    decision: RiskDecision, config: RiskConfig, brackets: BracketTable | None = None
-) -> list[str]:
+def invariant_violations(decision: RiskDecision, config: RiskConfig, brackets: BracketTable | None = None) -> list[str]:
     """Every invariant of the signals contract that the decision breaks (empty when it keeps them all).
 
     `brackets` defaults to the table the config gives the decision's symbol.
@@ -466,19 +465,7 @@ def invariant_violations(
     if not 0.0 <= decision.confidence_score <= 1.0:
         problems.append(f"confidence_score {decision.confidence_score} outside 0..1")
     if decision.signal_type == "hold":
-        carried = [
-            name
-            for name in (
-                "recommended_leverage",
-                "position_size_usdt",
-                "quantity",
-                "stop_loss_price",
-                "take_profit_price",
-                "risk_reward_ratio",
-                "liquidation_price",
-            )
-            if getattr(decision, name) is not None
-        ]
+        carried = [name for name in POSITION_FIELDS if getattr(decision, name) is not None]
         if carried:
             problems.append("hold carries " + ", ".join(carried))
         return problems

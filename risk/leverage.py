@@ -125,13 +125,9 @@ def choose_leverage(
 
     `regime_factor` scales the volatility cap (1.0 in calm regimes, lower in wild ones, 0 refuses).
     """
-    volatility_cap = volatility_leverage_cap(
-        sigma_1m, horizon_minutes, adverse_sigmas, max_margin_loss_fraction
-    )
+    volatility_cap = volatility_leverage_cap(sigma_1m, horizon_minutes, adverse_sigmas, max_margin_loss_fraction)
     caps = {
-        "stop_buffer": max_safe_leverage(
-            side, entry_price, quantity, stop_loss_price, brackets, min_buffer_fraction
-        ),
+        "stop_buffer": max_safe_leverage(side, entry_price, quantity, stop_loss_price, brackets, min_buffer_fraction),
         "bracket": brackets.max_leverage_for_notional(quantity * entry_price),
         "config": max_leverage,
         "volatility": volatility_cap,

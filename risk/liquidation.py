@@ -50,14 +50,10 @@ class BracketTable:
             if brackets:
                 previous = brackets[-1]
                 if floor_usdt != previous.notional_cap_usdt:
-                    raise ValueError(
-                        f"{symbol}: bracket floor {floor_usdt} does not continue the previous cap"
-                    )
+                    raise ValueError(f"{symbol}: bracket floor {floor_usdt} does not continue the previous cap")
                 if rate < previous.maintenance_margin_rate or max_leverage > previous.max_leverage:
                     raise ValueError(f"{symbol}: brackets must tighten as the notional grows")
-                cum_usdt = previous.maintenance_amount_usdt + floor_usdt * (
-                    rate - previous.maintenance_margin_rate
-                )
+                cum_usdt = previous.maintenance_amount_usdt + floor_usdt * (rate - previous.maintenance_margin_rate)
             else:
                 if floor_usdt != 0.0:
                     raise ValueError(f"{symbol}: the first bracket must start at a notional of 0")
@@ -93,9 +89,7 @@ def _load_table(name: str) -> BracketTable:
 BTCUSDT_BRACKETS = _load_table("BTCUSDT")
 ETHUSDT_BRACKETS = _load_table("ETHUSDT")
 DEFAULT_BRACKETS = _load_table("DEFAULT")
-_TABLES: Mapping[str, BracketTable] = MappingProxyType(
-    {"BTCUSDT": BTCUSDT_BRACKETS, "ETHUSDT": ETHUSDT_BRACKETS}
-)
+_TABLES: Mapping[str, BracketTable] = MappingProxyType({"BTCUSDT": BTCUSDT_BRACKETS, "ETHUSDT": ETHUSDT_BRACKETS})
 
 
 def brackets_for(symbol: str) -> BracketTable:

@@ -57,9 +57,7 @@ class PortfolioLimits:
             or not isinstance(self.max_open_positions, int)
             or self.max_open_positions < 1
         ):
-            raise ValueError(
-                f"max_open_positions must be a positive integer, got {self.max_open_positions!r}"
-            )
+            raise ValueError(f"max_open_positions must be a positive integer, got {self.max_open_positions!r}")
 
 
 def drawdown_fraction(portfolio: PortfolioState) -> float:
@@ -84,10 +82,7 @@ def trading_state_for(portfolio: PortfolioState, limits: PortfolioLimits) -> Tra
     daily_loss = daily_loss_fraction(portfolio)
     if drawdown >= limits.max_drawdown or daily_loss >= limits.max_daily_loss:
         return "HALTED"
-    if (
-        drawdown >= limits.reduce_at * limits.max_drawdown
-        or daily_loss >= limits.reduce_at * limits.max_daily_loss
-    ):
+    if drawdown >= limits.reduce_at * limits.max_drawdown or daily_loss >= limits.reduce_at * limits.max_daily_loss:
         return "REDUCING"
     return "ACTIVE"
 
@@ -188,12 +183,10 @@ def check_candidate(
     equity_usdt = portfolio.equity
     headroom = {
         "requested": notional_usdt,
-        "max_gross_exposure": equity_usdt * limits.max_gross_exposure
-        - gross_exposure_usdt(portfolio.positions),
+        "max_gross_exposure": equity_usdt * limits.max_gross_exposure - gross_exposure_usdt(portfolio.positions),
         "max_symbol_exposure": equity_usdt * limits.max_symbol_exposure
         - symbol_exposure_usdt(portfolio.positions, symbol),
-        "max_margin_use": (equity_usdt * limits.max_margin_use - margin_used_usdt(portfolio.positions))
-        * leverage,
+        "max_margin_use": (equity_usdt * limits.max_margin_use - margin_used_usdt(portfolio.positions)) * leverage,
     }
     binding = min(headroom, key=headroom.__getitem__)
     allowed_usdt = floor_to_cents(max(headroom[binding], 0.0))

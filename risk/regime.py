@@ -160,9 +160,7 @@ def _trailing_z(values: np.ndarray, window: int, min_history: int) -> np.ndarray
     return z
 
 
-def _trailing_percentile(
-    sigma: np.ndarray, sample_every: int, history_samples: int, min_samples: int
-) -> np.ndarray:
+def _trailing_percentile(sigma: np.ndarray, sample_every: int, history_samples: int, min_samples: int) -> np.ndarray:
     """Rank of each bar's σ among σ sampled every `sample_every` bars over the trailing `history_samples`
     samples."""
     n = sigma.shape[0]
@@ -210,9 +208,7 @@ def market_indicators(
     volume = np.asarray(volume, dtype=np.float64)
     n = close.shape[0]
     previous_close = np.concatenate((close[:1], close[:-1]))
-    true_range = np.maximum(
-        high - low, np.maximum(np.abs(high - previous_close), np.abs(low - previous_close))
-    )
+    true_range = np.maximum(high - low, np.maximum(np.abs(high - previous_close), np.abs(low - previous_close)))
     atr = _rolling_mean(true_range, period)
 
     up_move = np.concatenate(([0.0], high[1:] - high[:-1]))
@@ -239,9 +235,7 @@ def market_indicators(
     if trades is None or np.isnan(np.asarray(trades, dtype=np.float64)).all():
         trades_z = np.full(n, np.nan)
     else:
-        trades_z = _trailing_z(
-            np.log1p(np.maximum(np.asarray(trades, dtype=np.float64), 0.0)), z_window, min_history
-        )
+        trades_z = _trailing_z(np.log1p(np.maximum(np.asarray(trades, dtype=np.float64), 0.0)), z_window, min_history)
     vol_percentile = _trailing_percentile(sigma, 60, percentile_history_hours, min_samples=24)
     return IndicatorArrays(atr, sigma, vol_percentile, adx, trend, return_1m, volume_z, trades_z)
 

@@ -106,9 +106,7 @@ def plan_size(
     bounds = {
         "base_rule": base_size_usdt(base_usdt, confidence, risk_score, regime),
         "risk_budget": risk_budget_cap_usdt(equity_usdt, risk_fraction, stop_fraction),
-        "kelly": kelly_cap_usdt(
-            equity_usdt, kelly_fraction, win_probability, reward_risk_ratio, stop_fraction
-        ),
+        "kelly": kelly_cap_usdt(equity_usdt, kelly_fraction, win_probability, reward_risk_ratio, stop_fraction),
     }
     binding = min(bounds, key=bounds.__getitem__)
     return SizePlan(floor_to_cents(max(bounds[binding], 0.0)), binding, MappingProxyType(bounds))

@@ -67,9 +67,7 @@ def expected_move_fraction(price: float, atr: float, sigma_1m: float, horizon_mi
     return max(atr_fraction, sigma_move)
 
 
-def stop_fractions(
-    move_fraction: float, regime: MarketRegime, settings: StopSettings
-) -> tuple[float, float, float]:
+def stop_fractions(move_fraction: float, regime: MarketRegime, settings: StopSettings) -> tuple[float, float, float]:
     """(stop fraction, take-profit fraction, volatility scale) for a measured move and a regime."""
     lowest = settings.min_stop_fraction / settings.base_stop_fraction
     highest = settings.max_stop_fraction / settings.base_stop_fraction
@@ -82,9 +80,7 @@ def stop_fractions(
         settings.max_stop_fraction,
     )
     ratio = settings.base_take_profit_fraction / settings.base_stop_fraction
-    take_profit_fraction = (
-        stop_fraction * ratio * REGIME_TAKE_PROFIT_SCALE[regime] / REGIME_STOP_SCALE[regime]
-    )
+    take_profit_fraction = stop_fraction * ratio * REGIME_TAKE_PROFIT_SCALE[regime] / REGIME_STOP_SCALE[regime]
     return stop_fraction, take_profit_fraction, volatility_scale
 
 

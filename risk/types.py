@@ -23,6 +23,18 @@ REGIMES: tuple[MarketRegime, ...] = (
 TRADING_STATES: tuple[TradingState, ...] = ("ACTIVE", "REDUCING", "HALTED")
 
 
+# the fields of a position: a hold leaves every one of them empty
+POSITION_FIELDS = (
+    "recommended_leverage",
+    "position_size_usdt",
+    "quantity",
+    "stop_loss_price",
+    "take_profit_price",
+    "risk_reward_ratio",
+    "liquidation_price",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class MarketSnapshot:
     """What the market looks like at the close of a bar, as the feature code measured it."""
@@ -40,9 +52,7 @@ class MarketSnapshot:
     trades_z: float  # z-score of trade count; NaN when the source has no trade count
     mark_price: float | None = None  # USD-M mark price when the stream carries it
     spread_bps: float | None = None  # from the order book when present
-    depth_usdt: Mapping[str, float] | None = (
-        None  # {"0.1%": .., "0.5%": .., "1%": ..} both sides, when present
-    )
+    depth_usdt: Mapping[str, float] | None = None  # {"0.1%": .., "0.5%": .., "1%": ..} both sides, when present
     book_imbalance: float | None = None  # (bid depth - ask depth) / (bid + ask) within 1 %, when present
 
     @property

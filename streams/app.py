@@ -37,17 +37,28 @@ def build_app(settings: Settings) -> Runtime:
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     topics = {
         name: app.topic(topic, partitions=settings.partitions, **raw)
-        for name, topic in (("market_data", settings.market_data_topic), ("dlq", settings.dlq_topic),
-                            ("internal_dlq", settings.internal_dlq_topic), ("bars", settings.bars_topic),
-                            ("signals", settings.signals_topic), ("executions", settings.executions_topic))
+        for name, topic in (
+            ("market_data", settings.market_data_topic),
+            ("dlq", settings.dlq_topic),
+            ("internal_dlq", settings.internal_dlq_topic),
+            ("bars", settings.bars_topic),
+            ("signals", settings.signals_topic),
+            ("executions", settings.executions_topic),
+        )
     }
     tables = {
         # str keys and JSON values through Faust's json codec, which is orjson when installed
         "engine_state": app.Table("engine-state", partitions=settings.partitions, key_type=str),
         "paper_books": app.Table("paper-books", partitions=settings.partitions, key_type=str),
     }
-    ingest = Ingest(BarBuilder(settings.allowed_lateness_ms), {}, settings.max_future_ms, book_factory=OrderBook,
-                    symbols=settings.symbols, max_symbols=settings.max_symbols)
+    ingest = Ingest(
+        BarBuilder(settings.allowed_lateness_ms),
+        {},
+        settings.max_future_ms,
+        book_factory=OrderBook,
+        symbols=settings.symbols,
+        max_symbols=settings.max_symbols,
+    )
     runtime = Runtime(settings, app, topics, tables, ingest, HealthReport(settings.health_stall_s))
     attach_ingest(runtime)
     attach_pipeline(runtime)
@@ -106,8 +117,11 @@ def attach_ingest(runtime: Runtime) -> IngestService:
         consumer = app.consumer
         detail = {"assigned_partitions": len(consumer.assignment()) if consumer is not None else 0}
         if broker.idle_s(now) > settings.health_stall_s:
-            return stalled(f"the broker has not answered for {broker.idle_s(now):.0f} s"
-                           + (f" ({broker.failure})" if broker.failure else ""), **detail)
+            return stalled(
+                f"the broker has not answered for {broker.idle_s(now):.0f} s"
+                + (f" ({broker.failure})" if broker.failure else ""),
+                **detail,
+            )
         return healthy(**detail)
 
     app.timer(BROKER_PROBE_S)(broker_probe)

@@ -138,9 +138,7 @@ class Settings:
             web_host=env.get("MLRISK_WEB_HOST", defaults.web_host),
             app_id=_name(env, "MLRISK_APP_ID", defaults.app_id),
             partitions=_integer(env, "MLRISK_PARTITIONS", defaults.partitions, 1, 1024),
-            allowed_lateness_ms=_integer(
-                env, "MLRISK_ALLOWED_LATENESS_MS", defaults.allowed_lateness_ms, 0, 600_000
-            ),
+            allowed_lateness_ms=_integer(env, "MLRISK_ALLOWED_LATENESS_MS", defaults.allowed_lateness_ms, 0, 600_000),
             max_future_ms=_integer(env, "MLRISK_MAX_FUTURE_MS", defaults.max_future_ms, 0, 3_600_000),
             max_symbols=_integer(env, "MLRISK_MAX_SYMBOLS", defaults.max_symbols, 1, 100_000),
             session_timeout_s=_number(env, "MLRISK_SESSION_TIMEOUT_S", defaults.session_timeout_s, 6.0, 300.0),
@@ -328,8 +326,10 @@ def _kafka_security(env: Mapping[str, str]) -> dict[str, Any]:
             raise SettingsError(f"{name} must be set when MLRISK_KAFKA_SECURITY_PROTOCOL is {protocol}")
         if not uses_sasl and value is not None:
             raise SettingsError(f"{name} is set, but MLRISK_KAFKA_SECURITY_PROTOCOL {protocol} uses no SASL")
-    files = {name: _readable_file(env, name)
-             for name in ("MLRISK_KAFKA_SSL_CAFILE", "MLRISK_KAFKA_SSL_CERTFILE", "MLRISK_KAFKA_SSL_KEYFILE")}
+    files = {
+        name: _readable_file(env, name)
+        for name in ("MLRISK_KAFKA_SSL_CAFILE", "MLRISK_KAFKA_SSL_CERTFILE", "MLRISK_KAFKA_SSL_KEYFILE")
+    }
     for name, path in files.items():
         if path is not None and not uses_tls:
             raise SettingsError(f"{name} is set, but MLRISK_KAFKA_SECURITY_PROTOCOL {protocol} uses no TLS")
@@ -388,8 +388,10 @@ def _api_tokens(env: Mapping[str, str]) -> tuple[str, ...]:
         raise SettingsError(f"{name} holds {len(tokens)} tokens, at most {MAX_API_TOKENS}")
     for i, token in enumerate(tokens, 1):
         if not MIN_API_TOKEN_CHARS <= len(token) <= 512 or not all("!" <= c <= "~" and c != "," for c in token):
-            raise SettingsError(f"{name}: token {i} must be {MIN_API_TOKEN_CHARS}..512 printable ASCII characters "
-                                "without spaces or commas")
+            raise SettingsError(
+                f"{name}: token {i} must be {MIN_API_TOKEN_CHARS}..512 printable ASCII characters "
+                "without spaces or commas"
+            )
     return tuple(tokens)
 
 
@@ -413,5 +415,9 @@ def _web_access(env: Mapping[str, str]) -> dict[str, Any]:
             f"MLRISK_WEB_BIND {bind} is reachable from other machines: set MLRISK_API_TOKENS (or "
             "MLRISK_API_TOKENS_FILE), or MLRISK_ALLOW_ANONYMOUS=true to serve without authentication on purpose"
         )
-    return {"web_bind": bind, "api_tokens": tokens, "metrics_require_token": metrics_require_token,
-            "allow_anonymous": allow_anonymous}
+    return {
+        "web_bind": bind,
+        "api_tokens": tokens,
+        "metrics_require_token": metrics_require_token,
+        "allow_anonymous": allow_anonymous,
+    }

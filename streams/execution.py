@@ -32,13 +32,23 @@ class PaperBook:
     last_price: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"book": self.book.to_dict(), "pending": self.pending, "pending_bars": self.pending_bars,
-                "open_signal_id": self.open_signal_id, "last_price": self.last_price}
+        return {
+            "book": self.book.to_dict(),
+            "pending": self.pending,
+            "pending_bars": self.pending_bars,
+            "open_signal_id": self.open_signal_id,
+            "last_price": self.last_price,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PaperBook:
-        return cls(VirtualBook.from_dict(data["book"]), data["pending"], int(data["pending_bars"]),
-                   data["open_signal_id"], float(data["last_price"]))
+        return cls(
+            VirtualBook.from_dict(data["book"]),
+            data["pending"],
+            int(data["pending_bars"]),
+            data["open_signal_id"],
+            float(data["last_price"]),
+        )
 
 
 @dataclass(slots=True)
@@ -67,8 +77,13 @@ class PaperAccount:
             self.day, self.day_start_equity_usdt = day, equity
         self.peak_equity_usdt = max(self.peak_equity_usdt, equity, self.initial_equity_usdt)
         state = PortfolioState(equity, self.peak_equity_usdt, self.day_start_equity_usdt, self.positions())
-        return PortfolioState(state.equity, state.peak_equity, state.day_start_equity, state.positions,
-                              trading_state_for(state, self.limits))
+        return PortfolioState(
+            state.equity,
+            state.peak_equity,
+            state.day_start_equity,
+            state.positions,
+            trading_state_for(state, self.limits),
+        )
 
     def drawdown(self) -> float:
         peak = max(self.peak_equity_usdt, self.initial_equity_usdt)
@@ -134,43 +149,87 @@ class PaperBroker:
         beyond_target = bar.open >= target if side == "long" else bar.open <= target
         if beyond_stop or beyond_target:
             paper.pending = None
-            return self._log(signal, "expired", at_ms=bar.open_time,
-                             error=f"next open {bar.open} is already beyond the {'stop' if beyond_stop else 'target'}")
+            return self._log(
+                signal,
+                "expired",
+                at_ms=bar.open_time,
+                error=f"next open {bar.open} is already beyond the {'stop' if beyond_stop else 'target'}",
+            )
         quantity = float(signal["quantity"])
-        open_position(paper.book, OpenPosition(
-            bar.symbol, side, quantity, bar.open, int(signal["recommended_leverage"]), float(stop), float(target),
-            float(signal["liquidation_price"]), bar.open_time - 1,
-        ), self.costs)
+        open_position(
+            paper.book,
+            OpenPosition(
+                bar.symbol,
+                side,
+                quantity,
+                bar.open,
+                int(signal["recommended_leverage"]),
+                float(stop),
+                float(target),
+                float(signal["liquidation_price"]),
+                bar.open_time - 1,
+            ),
+            self.costs,
+        )
         paper.pending, paper.open_signal_id = None, signal["signal_id"]
         position = paper.book.position
         assert position is not None
-        return self._log(signal, "executed", at_ms=bar.open_time, price=position.entry_price,
-                         extra={"fee_usdt": paper.book.entry_fee_usdt, "signal_entry_price": signal["entry_price"]})
+        return self._log(
+            signal,
+            "executed",
+            at_ms=bar.open_time,
+            price=position.entry_price,
+            extra={"fee_usdt": paper.book.entry_fee_usdt, "signal_entry_price": signal["entry_price"]},
+        )
 
     def _closed_log(self, symbol: str, paper: PaperBook, trade: ClosedTrade) -> dict[str, Any]:
         status = "liquidated" if trade.reason == "liquidation" else "closed"
         signal_id = paper.open_signal_id or ""
         paper.open_signal_id = None
         return {
-            "timestamp": iso_utc(trade.closed_at_ms), "signal_id": signal_id, "symbol": symbol,
-            "execution_status": status, "execution_price": trade.exit_price,
-            "execution_size": round(trade.exit_price * trade.quantity, 2), "execution_leverage": None,
-            "actual_stop_loss": None, "actual_take_profit": None, "execution_time_ms": 0, "error_message": None,
-            "metadata": {"reason": trade.reason, "pnl_usdt": trade.pnl_usdt, "fees_usdt": trade.fees_usdt,
-                         "entry_price": trade.entry_price, "side": trade.side, "opened_at_ms": trade.opened_at_ms},
+            "timestamp": iso_utc(trade.closed_at_ms),
+            "signal_id": signal_id,
+            "symbol": symbol,
+            "execution_status": status,
+            "execution_price": trade.exit_price,
+            "execution_size": round(trade.exit_price * trade.quantity, 2),
+            "execution_leverage": None,
+            "actual_stop_loss": None,
+            "actual_take_profit": None,
+            "execution_time_ms": 0,
+            "error_message": None,
+            "metadata": {
+                "reason": trade.reason,
+                "pnl_usdt": trade.pnl_usdt,
+                "fees_usdt": trade.fees_usdt,
+                "entry_price": trade.entry_price,
+                "side": trade.side,
+                "opened_at_ms": trade.opened_at_ms,
+            },
         }
 
-    def _log(self, signal: dict[str, Any], status: str, at_ms: int | None = None, price: float | None = None,
-             error: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _log(
+        self,
+        signal: dict[str, Any],
+        status: str,
+        at_ms: int | None = None,
+        price: float | None = None,
+        error: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         at = signal["bar_close_time"] + 1 if at_ms is None else at_ms
         executed = status == "executed"
         return {
-            "timestamp": iso_utc(at), "signal_id": signal["signal_id"], "symbol": signal["symbol"],
-            "execution_status": status, "execution_price": price,
+            "timestamp": iso_utc(at),
+            "signal_id": signal["signal_id"],
+            "symbol": signal["symbol"],
+            "execution_status": status,
+            "execution_price": price,
             "execution_size": signal["position_size_usdt"] if executed else None,
             "execution_leverage": signal["recommended_leverage"] if executed else None,
             "actual_stop_loss": signal["stop_loss_price"] if executed else None,
             "actual_take_profit": signal["take_profit_price"] if executed else None,
-            "execution_time_ms": max(0, at - signal["bar_close_time"] - 1), "error_message": error,
+            "execution_time_ms": max(0, at - signal["bar_close_time"] - 1),
+            "error_message": error,
             "metadata": {"signal_type": signal["signal_type"], **(extra or {})},
         }

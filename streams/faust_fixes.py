@@ -52,8 +52,9 @@ async def on_recovery_completed(self: Any, generation_id: int = 0) -> None:
         await asyncio.wait(callbacks)
     assignment = consumer.assignment()
     if self.app.consumer_generation_id != generation_id:
-        self.log.warning("Recovery rebalancing again app id %s param %s", self.app.consumer_generation_id,
-                         generation_id)
+        self.log.warning(
+            "Recovery rebalancing again app id %s param %s", self.app.consumer_generation_id, generation_id
+        )
         return
     if assignment:
         await _seek_then_resume(self, assignment)

@@ -59,8 +59,11 @@ async def connection_failure(settings: Settings, error: BaseException) -> str:
     """Why the brokers refused us, in words: aiokafka's clients only say they could not bootstrap, so each
     broker is tried once more directly and its own error named (authentication, TLS, nothing listening)."""
     options = {k: v for k, v in client_options(settings).items() if k != "bootstrap_servers"}
-    user = f" as {settings.kafka_sasl_username!r} ({settings.kafka_sasl_mechanism})" if settings.kafka_sasl_username \
+    user = (
+        f" as {settings.kafka_sasl_username!r} ({settings.kafka_sasl_mechanism})"
+        if settings.kafka_sasl_username
         else ""
+    )
     reasons = []
     for server in settings.bootstrap_servers.split(","):
         host, _, port = server.rpartition(":")
@@ -69,8 +72,10 @@ async def connection_failure(settings: Settings, error: BaseException) -> str:
         except SaslAuthenticationFailed:
             reasons.append(f"{server}: authentication failed: wrong user name or password")
         except ssl.SSLCertVerificationError as failure:
-            reasons.append(f"{server}: TLS: the broker's certificate is not trusted ({failure.verify_message}); "
-                           "see MLRISK_KAFKA_SSL_CAFILE")
+            reasons.append(
+                f"{server}: TLS: the broker's certificate is not trusted ({failure.verify_message}); "
+                "see MLRISK_KAFKA_SSL_CAFILE"
+            )
         except (TimeoutError, OSError, KafkaError) as failure:
             reasons.append(f"{server}: {type(failure).__name__}: {failure}")
         else:

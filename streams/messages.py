@@ -59,8 +59,19 @@ class BarMessage(msgspec.Struct, frozen=True):
             raise ValueError("prices violate low <= open, close <= high")
 
     def to_bar(self) -> Bar:
-        return Bar(self.symbol, self.open_time, self.open, self.high, self.low, self.close, self.volume,
-                   self.quote_volume, self.trades, self.taker_buy_base, self.taker_buy_quote)
+        return Bar(
+            self.symbol,
+            self.open_time,
+            self.open,
+            self.high,
+            self.low,
+            self.close,
+            self.volume,
+            self.quote_volume,
+            self.trades,
+            self.taker_buy_base,
+            self.taker_buy_quote,
+        )
 
 
 class SignalMessage(msgspec.Struct, frozen=True):

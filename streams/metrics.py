@@ -46,41 +46,55 @@ INFERENCE = Histogram(
     registry=REGISTRY,
 )
 FEATURE_DRIFT = Gauge(
-    "mlrisk_feature_drift_psi", "Population stability index of live features against training", ["model", "feature"],
+    "mlrisk_feature_drift_psi",
+    "Population stability index of live features against training",
+    ["model", "feature"],
     registry=REGISTRY,
 )
 PREDICTION_DRIFT = Gauge(
-    "mlrisk_prediction_drift_psi", "Population stability index of live P(up) against validation", ["model"],
+    "mlrisk_prediction_drift_psi",
+    "Population stability index of live P(up) against validation",
+    ["model"],
     registry=REGISTRY,
 )
-ROLLING_IC = Gauge("mlrisk_model_rolling_ic", "Rolling out-of-sample rank IC per model (and ensemble)", ["model"],
-                   registry=REGISTRY)
-OUTCOMES_RESOLVED = Gauge("mlrisk_model_outcomes_resolved",
-                          "Outcomes in the rolling IC and hit-rate window", registry=REGISTRY)
-HIT_RATE = Gauge("mlrisk_model_hit_rate", "Rolling out-of-sample hit rate per model (and ensemble)", ["model"],
-                 registry=REGISTRY)
+ROLLING_IC = Gauge(
+    "mlrisk_model_rolling_ic", "Rolling out-of-sample rank IC per model (and ensemble)", ["model"], registry=REGISTRY
+)
+OUTCOMES_RESOLVED = Gauge(
+    "mlrisk_model_outcomes_resolved", "Outcomes in the rolling IC and hit-rate window", registry=REGISTRY
+)
+HIT_RATE = Gauge(
+    "mlrisk_model_hit_rate", "Rolling out-of-sample hit rate per model (and ensemble)", ["model"], registry=REGISTRY
+)
 MODEL_INFO = Gauge("mlrisk_model_info", "1 for the model version in service", ["version"], registry=REGISTRY)
 MODEL_SWAPS = Counter("mlrisk_model_swaps_total", "Model versions switched to while running", registry=REGISTRY)
-MODEL_LOAD_FAILURES = Counter("mlrisk_model_load_failures_total", "Promoted versions that failed to load",
-                              registry=REGISTRY)
+MODEL_LOAD_FAILURES = Counter(
+    "mlrisk_model_load_failures_total", "Promoted versions that failed to load", registry=REGISTRY
+)
 RISK_SCORE = Gauge("mlrisk_risk_score", "Latest risk score per symbol", ["symbol"], registry=REGISTRY)
-MODEL_WEIGHT = Gauge("mlrisk_model_weight", "Ensemble weight per model and symbol", ["model", "symbol"],
-                     registry=REGISTRY)
+MODEL_WEIGHT = Gauge(
+    "mlrisk_model_weight", "Ensemble weight per model and symbol", ["model", "symbol"], registry=REGISTRY
+)
 SINK_ROWS = Counter("mlrisk_sink_rows_total", "Rows written to the database", ["table"], registry=REGISTRY)
-SINK_LAG = Gauge("mlrisk_sink_lag_seconds", "Age of the oldest row waiting for the database", ["table"],
-                 registry=REGISTRY)
+SINK_LAG = Gauge(
+    "mlrisk_sink_lag_seconds", "Age of the oldest row waiting for the database", ["table"], registry=REGISTRY
+)
 SINK_ERRORS = Counter("mlrisk_sink_errors_total", "Failed database writes (retried)", ["table"], registry=REGISTRY)
-DATABASE_UP = Gauge("mlrisk_database_up", "1 while the database answers the sink, 0 while it does not",
-                    registry=REGISTRY)
-CONSUMER_LAG = Gauge("mlrisk_consumer_lag_messages", "Messages behind the end of the topic", ["topic", "partition"],
-                     registry=REGISTRY)
+DATABASE_UP = Gauge(
+    "mlrisk_database_up", "1 while the database answers the sink, 0 while it does not", registry=REGISTRY
+)
+CONSUMER_LAG = Gauge(
+    "mlrisk_consumer_lag_messages", "Messages behind the end of the topic", ["topic", "partition"], registry=REGISTRY
+)
 PAPER_EQUITY = Gauge("mlrisk_paper_equity_usdt", "Paper account equity", registry=REGISTRY)
 DRAWDOWN = Gauge("mlrisk_drawdown_ratio", "Paper account drawdown from peak", registry=REGISTRY)
 LIQUIDATIONS = Counter("mlrisk_liquidations_total", "Paper positions liquidated", ["symbol"], registry=REGISTRY)
 TRADING_STATE = Gauge("mlrisk_trading_state", "Trading state: 0 active, 1 reducing, 2 halted", registry=REGISTRY)
-EVENT_LOOP_LAG = Gauge("mlrisk_event_loop_lag_seconds",
-                       "Longest delay of the event loop waking from a short sleep over the last 5 s",
-                       registry=REGISTRY)
+EVENT_LOOP_LAG = Gauge(
+    "mlrisk_event_loop_lag_seconds",
+    "Longest delay of the event loop waking from a short sleep over the last 5 s",
+    registry=REGISTRY,
+)
 ERRORS = Counter("mlrisk_errors_total", "Unexpected errors, by stage", ["stage"], registry=REGISTRY)
 
 
@@ -93,22 +107,32 @@ def render() -> bytes:
 DLQ_SEND_FAILURES = Counter(
     "mlrisk_dlq_send_failures_total",
     "Dead letters or re-keyed messages the broker refused, sent again as a record without the original bytes",
-    ["topic"], registry=REGISTRY,
+    ["topic"],
+    registry=REGISTRY,
 )
 INTERNAL_REJECTED = Counter(
-    "mlrisk_internal_rejected_total", "Messages on internal topics that failed validation (sent to their DLQ)",
-    ["topic", "reason"], registry=REGISTRY,
+    "mlrisk_internal_rejected_total",
+    "Messages on internal topics that failed validation (sent to their DLQ)",
+    ["topic", "reason"],
+    registry=REGISTRY,
 )
 SINK_QUARANTINED = Counter(
-    "mlrisk_sink_quarantined_rows_total", "Rows the database refused as data errors, kept in sink_quarantine",
-    ["table"], registry=REGISTRY,
+    "mlrisk_sink_quarantined_rows_total",
+    "Rows the database refused as data errors, kept in sink_quarantine",
+    ["table"],
+    registry=REGISTRY,
 )
-API_REJECTED = Counter("mlrisk_api_rejected_total", "HTTP requests answered with an error, by status",
-                       ["status"], registry=REGISTRY)
+API_REJECTED = Counter(
+    "mlrisk_api_rejected_total", "HTTP requests answered with an error, by status", ["status"], registry=REGISTRY
+)
 
-_SYMBOL_LABELLED = ((EVENTS_IN, ("trade", "aggTrade", "tick", "kline", "bookTicker", "depthUpdate", "depthSnapshot",
-                                 "markPriceUpdate")),
-                    (EVENTS_DROPPED, ("duplicate", "late", "ignored")))
+_SYMBOL_LABELLED = (
+    (
+        EVENTS_IN,
+        ("trade", "aggTrade", "tick", "kline", "bookTicker", "depthUpdate", "depthSnapshot", "markPriceUpdate"),
+    ),
+    (EVENTS_DROPPED, ("duplicate", "late", "ignored")),
+)
 
 
 def forget_symbol(symbol: str) -> None:

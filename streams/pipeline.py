@@ -71,8 +71,10 @@ class Pipeline:
             raise SettingsError(str(error)) from None
         self.runtime, self.settings, self.app = runtime, settings, runtime.app
         self.topics, self.tables = runtime.topics, runtime.tables
-        broker = PaperBroker(PaperAccount(self.risk_config.equity_usdt, self.risk_config.limits),
-                             FillCosts(self.risk_config.taker_fee_rate, self.risk_config.slippage_bps))
+        broker = PaperBroker(
+            PaperAccount(self.risk_config.equity_usdt, self.risk_config.limits),
+            FillCosts(self.risk_config.taker_fee_rate, self.risk_config.slippage_bps),
+        )
         self.serving = Serving(broker=broker, sink=Sink(database_url(settings)), switch=ModelSwitch(settings.model_dir))
         runtime.serving = self.serving
         self.counters = ServiceCounters()
@@ -97,8 +99,13 @@ class Pipeline:
         serving = self.serving
         engine = SignalEngine(bundle, self.risk_config)
         if serving.stage is None:
-            serving.stage = SignalStage(engine, self.tables["engine_state"], self.tables["paper_books"],
-                                        serving.broker, self.settings.publish_hold)
+            serving.stage = SignalStage(
+                engine,
+                self.tables["engine_state"],
+                self.tables["paper_books"],
+                serving.broker,
+                self.settings.publish_hold,
+            )
         else:
             serving.stage.swap(engine)
         if serving.bundle is not None:
@@ -150,8 +157,10 @@ class Pipeline:
         fresh = {item.bar.symbol for item in batch if item.bar.symbol not in states}
         limit = self.settings.max_symbols
         if len(states) + len(fresh) >= limit:
-            raise InvalidMessage("too_many_symbols", f"{symbol} would be symbol {len(states) + len(fresh) + 1} "
-                                                     f"of at most {limit} (MLRISK_MAX_SYMBOLS)")
+            raise InvalidMessage(
+                "too_many_symbols",
+                f"{symbol} would be symbol {len(states) + len(fresh) + 1} of at most {limit} (MLRISK_MAX_SYMBOLS)",
+            )
 
     def persist(self, item: BarEvent, symbol: str, state: SymbolState, paper: PaperBook) -> None:
         in_partition_of(item.event)
@@ -175,9 +184,17 @@ class Pipeline:
         metrics.INTERNAL_REJECTED.labels(name, error.reason).inc()
         log.error("an invalid message on %s was parked in %s: %s", name, self.settings.internal_dlq_topic, error)
         message = event.message
-        await self.topics["internal_dlq"].send(key=dead_letter_key(event.key), value=dead_letter(
-            BadEvent(error.reason, str(error)), message.topic, message.partition, message.offset, event.value,
-            int(time.time() * 1000)))
+        await self.topics["internal_dlq"].send(
+            key=dead_letter_key(event.key),
+            value=dead_letter(
+                BadEvent(error.reason, str(error)),
+                message.topic,
+                message.partition,
+                message.offset,
+                event.value,
+                int(time.time() * 1000),
+            ),
+        )
 
     async def valid(self, name: str, events: list[Any], check: Callable[[bytes | None], None]) -> list[Any]:
         """The events whose messages pass `check`; the others parked."""
@@ -256,8 +273,11 @@ class Pipeline:
             "total_pnl": round(account.equity_usdt() - account.initial_equity_usdt, 2),
             "processing_time_ms": int(round(snapshot.latency_ms_sum / n)),
             "error_count": snapshot.errors,
-            "metadata": {"signals_by_type": snapshot.by_type, "model_version": self.switch.serving,
-                         "trading_state": trading_state},
+            "metadata": {
+                "signals_by_type": snapshot.by_type,
+                "model_version": self.switch.serving,
+                "trading_state": trading_state,
+            },
         }
         metrics.TRADING_STATE.set(("ACTIVE", "REDUCING", "HALTED").index(trading_state))
         await self.sink.write("ml_risk_integration_metrics", [metrics_row(row)])
@@ -316,7 +336,11 @@ def attach_pipeline(runtime: Runtime) -> Pipeline:
     app.timer(5.0)(pipeline.database_probe)
     app.timer(5.0)(pipeline.consumer_lag)
     app.timer(60.0)(pipeline.service_metrics)
-    for name, check in (("signals", pipeline.signals_health), ("sink", pipeline.sink_health),
-                        ("models", pipeline.models_health), ("event_loop", pipeline.event_loop_health)):
+    for name, check in (
+        ("signals", pipeline.signals_health),
+        ("sink", pipeline.sink_health),
+        ("models", pipeline.models_health),
+        ("event_loop", pipeline.event_loop_health),
+    ):
         runtime.health.register(name, check)
     return pipeline

@@ -42,8 +42,9 @@ async def stop_on_unexpected(app: faust.App, stage: str, error: BaseException) -
     """An unexpected error mid-batch stops the worker instead of letting the agent restart in place: a restart
     in place would continue after the batch's unprocessed messages, and state would move on without them.
     A new worker resumes from the committed offsets."""
-    log.critical("%s stage failed; stopping the worker so that it resumes from committed offsets", stage,
-                 exc_info=error)
+    log.critical(
+        "%s stage failed; stopping the worker so that it resumes from committed offsets", stage, exc_info=error
+    )
     metrics.ERRORS.labels(stage).inc()
     await app.crash(error)
 

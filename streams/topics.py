@@ -34,8 +34,10 @@ async def ensure_topics(settings: Settings) -> None:
     await create_missing_topics(
         client_options(settings),
         [NewTopic(name, settings.partitions, replicas) for name in plain]
-        + [NewTopic(name, settings.partitions, replicas, topic_configs={"cleanup.policy": "compact"})
-           for name in compacted]
+        + [
+            NewTopic(name, settings.partitions, replicas, topic_configs={"cleanup.policy": "compact"})
+            for name in compacted
+        ]
         # Faust's leader election topic: one partition
         + [NewTopic(f"{settings.faust_app_id}-__assignor-__leader", 1, replicas)],
         create=settings.create_topics,

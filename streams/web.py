@@ -24,6 +24,7 @@ from aiohttp import web as aiohttp_web
 from faust import web
 
 from models.bars import Bar
+from models.data import FIELDS as BAR_FIELDS
 from models.engine import SignalEngine, SymbolState
 from risk.portfolio import historical_var, parametric_var
 from streams import metrics
@@ -52,11 +53,13 @@ PERFORMANCE_SQL = (
     "risk_scored AS risk_n FROM signals_hourly WHERE bucket >= %s AND bucket < %s "
     "UNION ALL SELECT signal_type, 1, confidence_score, risk_score, (risk_score IS NOT NULL)::INT "
     "FROM actionable_trade_signals WHERE timestamp >= %s AND timestamp < %s) AS window_rows "
-    "GROUP BY signal_type ORDER BY signal_type")
+    "GROUP BY signal_type ORDER BY signal_type"
+)
 
 
-def performance_window(signals: Iterable[dict[str, Any]],
-                       now: datetime | None = None) -> tuple[datetime, datetime, datetime]:
+def performance_window(
+    signals: Iterable[dict[str, Any]], now: datetime | None = None
+) -> tuple[datetime, datetime, datetime]:
     """The signal counts' window as (start, split, end): the 30 days up to the stream's clock (the newest bar this
     worker turned into a signal, so that a replay of past days reports on them; the wall clock before any), from
     an hour boundary; the hourly aggregate answers [start, split), the raw rows [split, end)."""
@@ -74,8 +77,11 @@ class BadRequest(Exception):
 
 
 def _json(view: web.View, body: Any, status: int = 200) -> web.Response:
-    return view.bytes(orjson.dumps(body, default=_default, option=orjson.OPT_SERIALIZE_NUMPY),
-                      content_type="application/json", status=status)
+    return view.bytes(
+        orjson.dumps(body, default=_default, option=orjson.OPT_SERIALIZE_NUMPY),
+        content_type="application/json",
+        status=status,
+    )
 
 
 def _default(value: Any) -> Any:
@@ -141,17 +147,34 @@ def _bars_from_body(symbol: str, raw: Any, now_ms: int) -> list[Bar]:
                 raise BadRequest(422, f"bars[{i}] lacks {name!r}")
         open_time = _open_time(item["open_time"], now_ms)
         prices = [_finite(item[n], n) for n in ("open", "high", "low", "close")]
-        if min(prices) <= 0 or max(prices) >= MAX_PRICE or \
-                not prices[2] <= min(prices[0], prices[3]) <= max(prices[0], prices[3]) <= prices[1]:
+        if (
+            min(prices) <= 0
+            or max(prices) >= MAX_PRICE
+            or not prices[2] <= min(prices[0], prices[3]) <= max(prices[0], prices[3]) <= prices[1]
+        ):
             raise BadRequest(422, f"bars[{i}] prices must be in (0, {MAX_PRICE:g}) with low <= open, close <= high")
-        optional = {n: _in_range(item[n], n, 0, MAX_QUANTITY * MAX_PRICE if "quote" in n else MAX_QUANTITY)
-                    for n in ("quote_volume", "taker_buy_base", "taker_buy_quote") if item.get(n) is not None}
+        optional = {
+            n: _in_range(item[n], n, 0, MAX_QUANTITY * MAX_PRICE if "quote" in n else MAX_QUANTITY)
+            for n in ("quote_volume", "taker_buy_base", "taker_buy_quote")
+            if item.get(n) is not None
+        }
         if item.get("trades") is not None:
             optional["trades"] = _in_range(item["trades"], "trades", 0, 2**31 - 1)
-        bars.append(Bar(symbol, open_time - open_time % 60_000, prices[0], prices[1], prices[2], prices[3],
-                        _in_range(item["volume"], "volume", 0, MAX_QUANTITY), optional.get("quote_volume"),
-                        None if "trades" not in optional else int(optional["trades"]),
-                        optional.get("taker_buy_base"), optional.get("taker_buy_quote")))
+        bars.append(
+            Bar(
+                symbol,
+                open_time - open_time % 60_000,
+                prices[0],
+                prices[1],
+                prices[2],
+                prices[3],
+                _in_range(item["volume"], "volume", 0, MAX_QUANTITY),
+                optional.get("quote_volume"),
+                None if "trades" not in optional else int(optional["trades"]),
+                optional.get("taker_buy_base"),
+                optional.get("taker_buy_quote"),
+            )
+        )
     if any(b.open_time <= a.open_time for a, b in zip(bars, bars[1:], strict=False)):
         raise BadRequest(422, "bars must be in increasing open_time order")
     return bars
@@ -217,12 +240,12 @@ class Api:
         here = app.conf.canonical_url
         if (owner.host, owner.port) == (here.host, here.port) or not owner.host:
             return None
-        headers = {name: request.headers[name] for name in ("Authorization", "Content-Type")
-                   if name in request.headers}
+        headers = {name: request.headers[name] for name in ("Authorization", "Content-Type") if name in request.headers}
         headers[ROUTED_HEADER] = "1"
         url = request.url.with_host(owner.host).with_port(owner.port)
-        async with app.http_client.request(request.method, url, headers=headers, data=body,
-                                           timeout=ClientTimeout(total=ROUTE_TIMEOUT_S)) as response:
+        async with app.http_client.request(
+            request.method, url, headers=headers, data=body, timeout=ClientTimeout(total=ROUTE_TIMEOUT_S)
+        ) as response:
             return response.status, orjson.loads(await response.read())
 
     def check_capacity(self) -> None:
@@ -239,10 +262,16 @@ class Api:
         signal = None
         for bar in bars:
             signal = engine.on_bar(state, bar) or signal
-        if signal is None or state.last_close_time != bars[-1].close_time or \
-                signal["bar_close_time"] != bars[-1].close_time:
-            raise BadRequest(422, f"too few bars for the features: {len(bars)} given, the models need about "
-                                  f"{engine.window + 100} consecutive minutes")
+        if (
+            signal is None
+            or state.last_close_time != bars[-1].close_time
+            or signal["bar_close_time"] != bars[-1].close_time
+        ):
+            raise BadRequest(
+                422,
+                f"too few bars for the features: {len(bars)} given, the models need about "
+                f"{engine.window + 100} consecutive minutes",
+            )
         signal_dict: dict[str, Any] = signal
         return signal_dict
 
@@ -250,8 +279,9 @@ class Api:
         engine = self.serving.engine
         self.check_capacity()
         self.in_flight += 1
-        job = asyncio.get_running_loop().run_in_executor(self.scoring, self.score_bars, engine, symbol, raw_bars,
-                                                         int(time.time() * 1000))
+        job = asyncio.get_running_loop().run_in_executor(
+            self.scoring, self.score_bars, engine, symbol, raw_bars, int(time.time() * 1000)
+        )
 
         def done(_: Any) -> None:
             self.in_flight -= 1
@@ -325,8 +355,9 @@ class Api:
         return 200, {
             "models": stage.tracker.report() if stage else {},
             "drift": stage.drift.report() if stage else None,
-            "decay": {"decayed": stage.tracker.decayed, "threshold_ic": DECAY_IC,
-                      "min_outcomes": DECAY_MIN_RESOLVED} if stage else None,
+            "decay": {"decayed": stage.tracker.decayed, "threshold_ic": DECAY_IC, "min_outcomes": DECAY_MIN_RESOLVED}
+            if stage
+            else None,
             "model_version": serving.bundle.version if serving.bundle else None,
             "paper": {
                 "equity_usdt": account.equity_usdt(),
@@ -338,9 +369,14 @@ class Api:
                 "liquidations": sum(b.liquidations for b in books),
             },
             "signals_by_type": {t: n for t, n, _, _ in rows},
-            "signals": {"from": start, "to": end, "by_type": {
-                t: {"count": n, "mean_confidence": confidence, "mean_risk_score": risk}
-                for t, n, confidence, risk in rows}},
+            "signals": {
+                "from": start,
+                "to": end,
+                "by_type": {
+                    t: {"count": n, "mean_confidence": confidence, "mean_risk_score": risk}
+                    for t, n, confidence, risk in rows
+                },
+            },
         }
 
     def symbol_risk(self, symbol: str, signal: dict[str, Any]) -> dict[str, Any]:
@@ -351,10 +387,19 @@ class Api:
         distance = None
         if position is not None and position.liquidation_price > 0 and price > 0:
             distance = abs(price - position.liquidation_price) / price
-        return {"risk_score": signal["risk_score"], "risk_level": signal["risk_level"],
-                "liquidation_distance": distance, "position": None if position is None else
-                {"side": position.side, "notional_usdt": position.notional_usdt, "leverage": position.leverage,
-                 "liquidation_price": position.liquidation_price}}
+        return {
+            "risk_score": signal["risk_score"],
+            "risk_level": signal["risk_level"],
+            "liquidation_distance": distance,
+            "position": None
+            if position is None
+            else {
+                "side": position.side,
+                "notional_usdt": position.notional_usdt,
+                "leverage": position.leverage,
+                "liquidation_price": position.liquidation_price,
+            },
+        }
 
     async def risk_analysis(self) -> tuple[int, Any]:
         serving = self.serving
@@ -461,52 +506,104 @@ def register_api(runtime: Runtime) -> Api:
 
 
 def _error_responses(*codes: int) -> dict[str, Any]:
-    return {str(c): {"description": "error", "content": {"application/json": {"schema": {
-        "$ref": "#/components/schemas/Error"}}}} for c in codes}
+    return {
+        str(c): {
+            "description": "error",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for c in codes
+    }
 
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "mlrisk", "version": "1", "description": "Actionable trading signals with risk controls."},
     "paths": {
-        "/ml-risk/generate-signal": {"post": {
-            "summary": "A signal from the live state of a symbol, or from the given recent 1-minute bars",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["symbol"],
-                "properties": {"symbol": {"type": "string", "example": "BTCUSDT"},
-                               "bars": {"type": "array", "items": {"$ref": "#/components/schemas/Bar"}}}}}}},
-            "responses": {"200": {"description": "ActionableTradeSignal"},
-                          **_error_responses(400, 404, 409, 415, 422, 429, 503)}}},
-        "/ml-risk/signals/{symbol}": {"get": {
-            "summary": "Recent signals from the database, newest first",
-            "parameters": [
-                {"name": "symbol", "in": "path", "required": True, "schema": {"type": "string"}},
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
-                {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}}],
-            "responses": {"200": {"description": "signals"}, **_error_responses(400)}}},
-        "/ml-risk/performance": {"get": {"summary": "Per-model hit rate and IC, paper PnL, signals by type",
-                                         "responses": {"200": {"description": "performance"}}}},
-        "/ml-risk/risk-analysis": {"get": {"summary": "Exposure, margin, VaR, drawdown, per-symbol risk",
-                                           "responses": {"200": {"description": "risk"}}}},
-        "/ml-risk/market-regime": {"get": {
-            "summary": "Regime of a symbol with the indicators behind it",
-            "parameters": [{"name": "symbol", "in": "query", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "regime"}, **_error_responses(400, 404)}}},
-        "/health": {"get": {"summary": "Readiness with every component's progress",
-                            "responses": {"200": {"description": "ready"},
-                                          "503": {"description": "stalled: the components and why"}}}},
-        "/health/ready": {"get": {"summary": "Readiness (the same answer as /health)",
-                                  "responses": {"200": {"description": "ready"},
-                                                "503": {"description": "stalled: the components and why"}}}},
-        "/health/live": {"get": {"summary": "Liveness: the process answers",
-                                 "responses": {"200": {"description": "alive"}}}},
+        "/ml-risk/generate-signal": {
+            "post": {
+                "summary": "A signal from the live state of a symbol, or from the given recent 1-minute bars",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["symbol"],
+                                "properties": {
+                                    "symbol": {"type": "string", "example": "BTCUSDT"},
+                                    "bars": {"type": "array", "items": {"$ref": "#/components/schemas/Bar"}},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "ActionableTradeSignal"},
+                    **_error_responses(400, 404, 409, 415, 422, 429, 503),
+                },
+            }
+        },
+        "/ml-risk/signals/{symbol}": {
+            "get": {
+                "summary": "Recent signals from the database, newest first",
+                "parameters": [
+                    {"name": "symbol", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
+                    {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                ],
+                "responses": {"200": {"description": "signals"}, **_error_responses(400)},
+            }
+        },
+        "/ml-risk/performance": {
+            "get": {
+                "summary": "Per-model hit rate and IC, paper PnL, signals by type",
+                "responses": {"200": {"description": "performance"}},
+            }
+        },
+        "/ml-risk/risk-analysis": {
+            "get": {
+                "summary": "Exposure, margin, VaR, drawdown, per-symbol risk",
+                "responses": {"200": {"description": "risk"}},
+            }
+        },
+        "/ml-risk/market-regime": {
+            "get": {
+                "summary": "Regime of a symbol with the indicators behind it",
+                "parameters": [{"name": "symbol", "in": "query", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "regime"}, **_error_responses(400, 404)},
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "Readiness with every component's progress",
+                "responses": {
+                    "200": {"description": "ready"},
+                    "503": {"description": "stalled: the components and why"},
+                },
+            }
+        },
+        "/health/ready": {
+            "get": {
+                "summary": "Readiness (the same answer as /health)",
+                "responses": {
+                    "200": {"description": "ready"},
+                    "503": {"description": "stalled: the components and why"},
+                },
+            }
+        },
+        "/health/live": {
+            "get": {"summary": "Liveness: the process answers", "responses": {"200": {"description": "alive"}}}
+        },
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
     },
-    "components": {"schemas": {
-        "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
-        "Bar": {"type": "object", "required": ["open_time", "open", "high", "low", "close", "volume"],
-                "properties": {n: {"type": "number"} for n in (
-                    "open_time", "open", "high", "low", "close", "volume", "quote_volume", "trades",
-                    "taker_buy_base", "taker_buy_quote")}},
-    }},
+    "components": {
+        "schemas": {
+            "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
+            "Bar": {
+                "type": "object",
+                "required": ["open_time", "open", "high", "low", "close", "volume"],
+                "properties": {n: {"type": "number"} for n in BAR_FIELDS},
+            },
+        }
+    },
 }

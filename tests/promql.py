@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
     (?P<string>"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|`[^`]*`)
   | (?P<matchers>\{(?:"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|[^}"'])*\})
   | (?P<range>\[[^\]]*\])
@@ -12,9 +13,25 @@ _TOKEN = re.compile(r"""
   | (?P<ident>[a-zA-Z_:][a-zA-Z0-9_:]*)
   | (?P<space>\s+)
   | (?P<other>.)
-""", re.VERBOSE)
-_AGGREGATIONS = {"sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk",
-                 "quantile", "limitk", "limit_ratio"}
+""",
+    re.VERBOSE,
+)
+_AGGREGATIONS = {
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
+}
 _GROUPING = {"by", "without", "on", "ignoring", "group_left", "group_right"}
 _KEYWORDS = {"and", "or", "unless", "bool", "offset", "atan2", "inf", "nan"}
 

@@ -93,8 +93,9 @@ def retrain(
     champion = load_bundle(model_dir, champion_version) if champion_version else None
     horizon = champion.horizon_minutes if champion else 15
     cut = holdout[0] - horizon * MINUTE_MS  # purge: no challenger label reads into the holdout
-    trained = train_cli(data_dir, symbol, model_dir, quick=quick, horizon=horizon, progress=progress, end=cut,
-                        days=days, promote=False)
+    trained = train_cli(
+        data_dir, symbol, model_dir, quick=quick, horizon=horizon, progress=progress, end=cut, days=days, promote=False
+    )
     challenger = load_bundle(model_dir, trained.version)
     warmup_ms = (WARMUP_BARS + challenger.window + 60) * MINUTE_MS
     frame = load_bars(data_dir, symbol, holdout[0] - warmup_ms, holdout[1] + horizon * MINUTE_MS)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import torch
 from torch import nn
 
-from models.neural_calibration import DEFAULT_CLIP
-from models.training.torch_training import TorchSequenceModel, TrainingConfig
+from models.training.torch_training import SequenceOptions, TorchSequenceModel
 
 
 class LSTMNetwork(nn.Module):
@@ -32,12 +33,9 @@ class LSTMModel(TorchSequenceModel):
         window: int = 60,
         hidden_size: int = 32,
         num_layers: int = 1,
-        calibration: str = "platt",
-        clip: tuple[float, float] = DEFAULT_CLIP,
-        training: TrainingConfig | None = None,
-        inputs: tuple[str, ...] | None = None,
+        **options: Unpack[SequenceOptions],
     ) -> None:
-        super().__init__(window, calibration, clip, training, inputs)
+        super().__init__(window, **options)
         self.hidden_size = hidden_size
         self.num_layers = num_layers
 

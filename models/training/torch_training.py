@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypedDict
 
 import numpy as np
 import orjson
@@ -125,9 +125,7 @@ def train_binary_classifier(
     rng = np.random.default_rng(config.seed)
     train_index = np.arange(0, x_train.shape[0], config.train_stride)
     targets = np.asarray(y_train, dtype=np.float32)
-    optimizer = torch.optim.AdamW(
-        network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     loss_function = nn.BCEWithLogitsLoss()
     started = time.monotonic()
     averaged = WeightAverage(network, config.ema_decay) if config.ema_decay > 0 else None
@@ -240,6 +238,15 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+class SequenceOptions(TypedDict, total=False):
+    """What every sequence model takes besides its window and architecture (see `TorchSequenceModel`)."""
+
+    calibration: str
+    clip: tuple[float, float]
+    training: TrainingConfig | None
+    inputs: tuple[str, ...] | None
+
+
 class TorchSequenceModel(ABC):
     """A torch network over windows of feature rows, trained by `train_binary_classifier` and calibrated.
 
@@ -302,9 +309,7 @@ class TorchSequenceModel(ABC):
         with torch_threads(self.training.num_threads):
             torch.manual_seed(self.training.seed)
             network = self.build_network(n_features)
-        report = train_binary_classifier(
-            network, x_train, y_train, x_val, y_val, standardiser, self.training, on_epoch
-        )
+        report = train_binary_classifier(network, x_train, y_train, x_val, y_val, standardiser, self.training, on_epoch)
         self.n_features, self.network = n_features, network
         self.standardiser, self.report = standardiser, report
         with torch_threads(self.training.num_threads):

@@ -287,9 +287,7 @@ def train_fold(ds: Dataset, fold: Fold, config: TrainConfig, report: Report | No
     train_rows = period_rows(ds, usable, fold.train, fold.purge_ms)
     val_rows = period_rows(ds, usable, fold.val, 0 if fold.test is None else fold.purge_ms)
     if train_rows.size < 1000 or val_rows.size < 200:
-        raise ValueError(
-            f"fold {fold.name}: too few rows (train {train_rows.size}, validation {val_rows.size})"
-        )
+        raise ValueError(f"fold {fold.name}: too few rows (train {train_rows.size}, validation {val_rows.size})")
     val_loss: dict[str, float] = {}
     for i, member in enumerate(members):
         if report is not None:
@@ -313,15 +311,11 @@ def train_fold(ds: Dataset, fold: Fold, config: TrainConfig, report: Report | No
 
 def ready_test_rows(ds: Dataset, period: tuple[int, int], window: int) -> np.ndarray:
     """Every row the live engine would score in the period (ready, full window), labelled or not."""
-    rows = ds.ready_rows[
-        (ds.open_time[ds.ready_rows] >= period[0]) & (ds.open_time[ds.ready_rows] < period[1])
-    ]
+    rows = ds.ready_rows[(ds.open_time[ds.ready_rows] >= period[0]) & (ds.open_time[ds.ready_rows] < period[1])]
     return rows[ds.window_ok(rows, window)]
 
 
-def ensemble_config(
-    members: list[ProbabilityModel], val_loss: dict[str, float], config: TrainConfig
-) -> EnsembleConfig:
+def ensemble_config(members: list[ProbabilityModel], val_loss: dict[str, float], config: TrainConfig) -> EnsembleConfig:
     names = tuple(m.name for m in members)
     return EnsembleConfig(names, tuple(val_loss[n] for n in names), config.horizon_minutes)
 
@@ -370,15 +364,18 @@ def prediction_reference(ds: Dataset, result: FoldResult, config: TrainConfig) -
     """Quantiles of the ensemble's P(up) on the validation rows of `result`: the reference for prediction drift."""
     members = result.members
     window = max(m.window for m in members)
-    rows = ds.ready_rows[(ds.open_time[ds.ready_rows] >= result.fold.val[0])
-                         & (ds.open_time[ds.ready_rows] < result.fold.val[1])]
+    rows = ds.ready_rows[
+        (ds.open_time[ds.ready_rows] >= result.fold.val[0]) & (ds.open_time[ds.ready_rows] < result.fold.val[1])
+    ]
     rows = rows[ds.window_ok(rows, window)]
     probs = member_probabilities(ds, rows, members)
     ens = ensemble_config(members, result.validation_logloss, config)
     weights = replay_weights(ens, ds.open_time[rows], probs, ds.forward_return[rows])
     p_up = np.sum(probs * weights, axis=1)
-    return {"quantiles": list(REFERENCE_QUANTILES),
-            "values": [float(v) for v in np.quantile(p_up, REFERENCE_QUANTILES)] if p_up.size else None}
+    return {
+        "quantiles": list(REFERENCE_QUANTILES),
+        "values": [float(v) for v in np.quantile(p_up, REFERENCE_QUANTILES)] if p_up.size else None,
+    }
 
 
 @dataclass(slots=True)
@@ -393,8 +390,9 @@ def _iso(t: int) -> str:
     return datetime.fromtimestamp(t / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def train(frame: BarFrame, out_dir: Path, config: TrainConfig, report: Report | None = None,
-          promote: bool = True) -> TrainResult:
+def train(
+    frame: BarFrame, out_dir: Path, config: TrainConfig, report: Report | None = None, promote: bool = True
+) -> TrainResult:
     """Walk-forward folds over the most recent data, then the final set, saved (and promoted) in `out_dir`."""
     started = time.monotonic()
     np.random.seed(config.seed)
@@ -419,9 +417,7 @@ def train(frame: BarFrame, out_dir: Path, config: TrainConfig, report: Report | 
         )
         folds.append(train_fold(ds, fold, config, report))
     if config.retrain_final or not folds:
-        final_fold = make_fold(
-            "final", data_end, None, config.val_days, config.train_days, data_start, purge_ms
-        )
+        final_fold = make_fold("final", data_end, None, config.val_days, config.train_days, data_start, purge_ms)
         final = train_fold(ds, final_fold, config, report)
     else:
         final = folds[-1]

@@ -9,12 +9,12 @@ size in onnxruntime, whose ReduceMean sums in a batch-dependent order.
 from __future__ import annotations
 
 import math
+from typing import Unpack
 
 import torch
 from torch import nn
 
-from models.neural_calibration import DEFAULT_CLIP
-from models.training.torch_training import TorchSequenceModel, TrainingConfig
+from models.training.torch_training import SequenceOptions, TorchSequenceModel
 
 
 class EncoderBlock(nn.Module):
@@ -32,9 +32,7 @@ class EncoderBlock(nn.Module):
         self.key_value = nn.Linear(d_model, 2 * d_model)
         self.attention_out = nn.Linear(d_model, d_model)
         self.feedforward_norm = nn.LayerNorm(d_model)
-        self.feedforward = nn.Sequential(
-            nn.Linear(d_model, feedforward), nn.GELU(), nn.Linear(feedforward, d_model)
-        )
+        self.feedforward = nn.Sequential(nn.Linear(d_model, feedforward), nn.GELU(), nn.Linear(feedforward, d_model))
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         batch, length, d_model = rows.shape
@@ -91,12 +89,9 @@ class TransformerModel(TorchSequenceModel):
         n_heads: int = 2,
         n_layers: int = 2,
         feedforward: int = 64,
-        calibration: str = "platt",
-        clip: tuple[float, float] = DEFAULT_CLIP,
-        training: TrainingConfig | None = None,
-        inputs: tuple[str, ...] | None = None,
+        **options: Unpack[SequenceOptions],
     ) -> None:
-        super().__init__(window, calibration, clip, training, inputs)
+        super().__init__(window, **options)
         self.d_model = d_model
         self.n_heads = n_heads
         self.n_layers = n_layers
@@ -111,6 +106,4 @@ class TransformerModel(TorchSequenceModel):
         }
 
     def build_network(self, n_features: int) -> nn.Module:
-        return TransformerNetwork(
-            n_features, self.window, self.d_model, self.n_heads, self.n_layers, self.feedforward
-        )
+        return TransformerNetwork(n_features, self.window, self.d_model, self.n_heads, self.n_layers, self.feedforward)

@@ -21,8 +21,14 @@ def trade_message(symbol: str, stream: str, row: dict[str, Any], futures: bool) 
     """A historicalTrades row as the `trade` websocket message; (trade id, bytes)."""
     trade_id, time_ms = int(row["id"]), int(row["time"])
     data: dict[str, Any] = {
-        "e": "trade", "E": time_ms, "T": time_ms, "s": symbol, "t": trade_id,
-        "p": str(row["price"]), "q": str(row["qty"]), "m": bool(row["isBuyerMaker"]),
+        "e": "trade",
+        "E": time_ms,
+        "T": time_ms,
+        "s": symbol,
+        "t": trade_id,
+        "p": str(row["price"]),
+        "q": str(row["qty"]),
+        "m": bool(row["isBuyerMaker"]),
     }
     if not futures:
         data["M"] = bool(row.get("isBestMatch", True))
@@ -33,8 +39,16 @@ def agg_trade_message(symbol: str, stream: str, row: dict[str, Any], futures: bo
     """An aggTrades row as the `aggTrade` websocket message; (aggregate id, bytes)."""
     agg_id, time_ms = int(row["a"]), int(row["T"])
     data: dict[str, Any] = {
-        "e": "aggTrade", "E": time_ms, "s": symbol, "a": agg_id, "p": str(row["p"]), "q": str(row["q"]),
-        "f": int(row["f"]), "l": int(row["l"]), "T": time_ms, "m": bool(row["m"]),
+        "e": "aggTrade",
+        "E": time_ms,
+        "s": symbol,
+        "a": agg_id,
+        "p": str(row["p"]),
+        "q": str(row["q"]),
+        "f": int(row["f"]),
+        "l": int(row["l"]),
+        "T": time_ms,
+        "m": bool(row["m"]),
     }
     if not futures:
         data["M"] = bool(row.get("M", True))

@@ -60,8 +60,15 @@ def stream_url(base_url: str, streams: list[str]) -> str:
 class StreamConnection:
     """The websocket for one group of streams, alive until `stop()`."""
 
-    def __init__(self, name: str, base_url: str, streams: list[str], handler: MessageHandler,
-                 silence_s: float, rotate_after_s: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        streams: list[str],
+        handler: MessageHandler,
+        silence_s: float,
+        rotate_after_s: float,
+    ) -> None:
         self.name = name
         self.url = stream_url(base_url, streams)
         self.streams = streams
@@ -114,9 +121,13 @@ class StreamConnection:
     async def _connect(self) -> aiohttp.ClientWebSocketResponse:
         assert self._session is not None
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            ws = await self._session.ws_connect(self.url, autoping=True, max_msg_size=MAX_MESSAGE_BYTES,
-                                                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-                                                receive_timeout=None)
+            ws = await self._session.ws_connect(
+                self.url,
+                autoping=True,
+                max_msg_size=MAX_MESSAGE_BYTES,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                receive_timeout=None,
+            )
         self.connected = True
         self._opened_at = time.monotonic()
         metrics.CONNECTS.inc()

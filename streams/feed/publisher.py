@@ -22,14 +22,19 @@ log = logging.getLogger(__name__)
 class Publisher:
     """One idempotent producer for the feed's messages, with at most `capacity` awaiting acknowledgement."""
 
-    def __init__(self, client_options: dict[str, Any], topic: str, capacity: int,
-                 delivery_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, client_options: dict[str, Any], topic: str, capacity: int, delivery_timeout_s: float = 120.0
+    ) -> None:
         """`client_options`: the brokers and security settings (`streams.kafka_security.client_options`)."""
         self.topic = topic
         self.capacity = capacity
         self._producer = AIOKafkaProducer(
-            **client_options, acks="all", enable_idempotence=True, linger_ms=5,
-            request_timeout_ms=int(delivery_timeout_s * 1000), max_batch_size=256 * 1024,
+            **client_options,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            request_timeout_ms=int(delivery_timeout_s * 1000),
+            max_batch_size=256 * 1024,
         )
         self._in_flight = 0
         self._changed = asyncio.Event()  # set on every acknowledgement

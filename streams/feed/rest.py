@@ -48,8 +48,9 @@ class BinanceRest:
 
     async def depth_snapshot(self, symbol: str) -> dict[str, Any]:
         """The order book at `depth_limit` levels a side, with its `lastUpdateId`."""
-        body = await self.get(self.venue.depth_path, {"symbol": symbol, "limit": self.venue.depth_limit},
-                              self.venue.depth_weight)
+        body = await self.get(
+            self.venue.depth_path, {"symbol": symbol, "limit": self.venue.depth_limit}, self.venue.depth_weight
+        )
         if not isinstance(body, dict) or not isinstance(body.get("lastUpdateId"), int):
             raise RestError(f"depth snapshot of {symbol} without lastUpdateId")
         if not isinstance(body.get("bids"), list) or not isinstance(body.get("asks"), list):
@@ -58,14 +59,18 @@ class BinanceRest:
 
     async def trades_from(self, symbol: str, from_id: int, limit: int = 1000) -> list[dict[str, Any]]:
         """Trades with id >= from_id, oldest first (historicalTrades)."""
-        body = await self.get(self.venue.trades_path, {"symbol": symbol, "fromId": from_id, "limit": limit},
-                              self.venue.trades_weight)
+        body = await self.get(
+            self.venue.trades_path, {"symbol": symbol, "fromId": from_id, "limit": limit}, self.venue.trades_weight
+        )
         return _list_of_objects(body, "historicalTrades")
 
     async def agg_trades_from(self, symbol: str, from_id: int, limit: int = 1000) -> list[dict[str, Any]]:
         """Aggregate trades with id >= from_id, oldest first."""
-        body = await self.get(self.venue.agg_trades_path, {"symbol": symbol, "fromId": from_id, "limit": limit},
-                              self.venue.agg_trades_weight)
+        body = await self.get(
+            self.venue.agg_trades_path,
+            {"symbol": symbol, "fromId": from_id, "limit": limit},
+            self.venue.agg_trades_weight,
+        )
         return _list_of_objects(body, "aggTrades")
 
     async def get(self, path: str, params: dict[str, Any], weight: int) -> Any:

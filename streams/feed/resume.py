@@ -27,8 +27,12 @@ async def last_trade_ids(client_options: dict[str, Any], topic: str, symbols: se
         described = await admin.describe_topics([topic])
     finally:
         await admin.close()
-    partitions = [TopicPartition(topic, p["partition"]) for d in described if d.get("topic") == topic
-                  for p in d.get("partitions", ())]
+    partitions = [
+        TopicPartition(topic, p["partition"])
+        for d in described
+        if d.get("topic") == topic
+        for p in d.get("partitions", ())
+    ]
     found: dict[tuple[str, str], int] = {}
     if not partitions:
         return found

@@ -67,8 +67,16 @@ class SymbolState:
 class FeedRouter:
     """Everything between the connections and Kafka; one instance for all connections."""
 
-    def __init__(self, venue: Venue, symbols: Iterable[str], kinds: Iterable[str], rest: BinanceRest,
-                 publisher: Publisher, gaps_topic: str, overflow_s: float) -> None:
+    def __init__(
+        self,
+        venue: Venue,
+        symbols: Iterable[str],
+        kinds: Iterable[str],
+        rest: BinanceRest,
+        publisher: Publisher,
+        gaps_topic: str,
+        overflow_s: float,
+    ) -> None:
         self.venue = venue
         self.kinds = tuple(kinds)
         self.rest = rest
@@ -165,8 +173,15 @@ class FeedRouter:
     async def _gap_event(self, symbol: str, kind: str, first_id: int, last_id: int, reason: str) -> None:
         metrics.UNFILLED_GAPS.labels(kind=kind, symbol=symbol).inc()
         log.error("%s %s ids %d..%d are lost: %s", symbol, kind, first_id, last_id, reason)
-        event = {"e": "feedGap", "s": symbol, "kind": kind, "first_id": first_id, "last_id": last_id,
-                 "reason": reason, "E": int(time.time() * 1000)}
+        event = {
+            "e": "feedGap",
+            "s": symbol,
+            "kind": kind,
+            "first_id": first_id,
+            "last_id": last_id,
+            "reason": reason,
+            "E": int(time.time() * 1000),
+        }
         await self._publish(symbol, orjson.dumps(event), self.gaps_topic)
 
     async def _publish(self, symbol: str, value: bytes, topic: str | None = None) -> None:
@@ -190,8 +205,13 @@ class FeedRouter:
         if outcome is Outcome.GAP:
             state.snapshot_pending = False  # it cannot be bridged: a consumer must not take it
             metrics.GAPS.labels(kind="depth", symbol=state.symbol).inc()
-            log.warning("%s: depth diff out of sequence (U=%d u=%d pu=%s); resyncing", state.symbol,
-                        diff.first_id, diff.last_id, diff.previous_id)
+            log.warning(
+                "%s: depth diff out of sequence (U=%d u=%d pu=%s); resyncing",
+                state.symbol,
+                diff.first_id,
+                diff.last_id,
+                diff.previous_id,
+            )
         if not state.book.synced and state.book.snapshot_id is None:
             self._request_snapshot(state)
 
@@ -222,8 +242,9 @@ class FeedRouter:
                 return
             if state.book.snapshot_id is not None:
                 return  # published by `handle` after the diff that bridges it
-            log.warning("%s: snapshot %d older than the buffered diffs; fetching another", state.symbol,
-                        body["lastUpdateId"])
+            log.warning(
+                "%s: snapshot %d older than the buffered diffs; fetching another", state.symbol, body["lastUpdateId"]
+            )
             await asyncio.sleep(SNAPSHOT_RETRY_S)
 
     async def _publish_snapshot(self, state: SymbolState) -> None:
@@ -236,8 +257,16 @@ class FeedRouter:
         state.snapshot_pending = False
         bids = sorted(book.bids.items(), reverse=True)[:MAX_LEVELS_PER_SIDE]
         asks = sorted(book.asks.items())[:MAX_LEVELS_PER_SIDE]
-        message = orjson.dumps({"e": "depthSnapshot", "s": state.symbol, "lastUpdateId": book.last_update_id,
-                                **state.snapshot_meta, "bids": bids, "asks": asks})
+        message = orjson.dumps(
+            {
+                "e": "depthSnapshot",
+                "s": state.symbol,
+                "lastUpdateId": book.last_update_id,
+                **state.snapshot_meta,
+                "bids": bids,
+                "asks": asks,
+            }
+        )
         metrics.RESYNCS.labels(symbol=state.symbol).inc()
         # waits for room but never overflows: the book already counts on this snapshot being published
         await self.publisher.publish(state.symbol, message)
@@ -251,8 +280,9 @@ class FeedRouter:
                     await state.snapshot_task
 
 
-def connection_groups(venue: Venue, base_url: str, symbols: list[str], kinds: tuple[str, ...],
-                      max_streams: int) -> list[list[str]]:
+def connection_groups(
+    venue: Venue, base_url: str, symbols: list[str], kinds: tuple[str, ...], max_streams: int
+) -> list[list[str]]:
     """Stream names split over connections: a symbol's streams stay together; within the stream and URL limits."""
     limit = min(max_streams, venue.max_streams_per_connection)
     groups: list[list[str]] = []
@@ -298,13 +328,27 @@ class FeedService:
         self.rest = BinanceRest(venue, settings.binance_rest_url or venue.rest_url, settings.binance_api_key)
         self.kafka_options = client_options(settings)
         self.publisher = Publisher(self.kafka_options, settings.market_data_topic, settings.feed_buffer_messages)
-        self.router = FeedRouter(venue, symbols, kinds, self.rest, self.publisher,
-                                 settings.topic("market-data-gaps"), overflow_s=settings.feed_silence_s)
+        self.router = FeedRouter(
+            venue,
+            symbols,
+            kinds,
+            self.rest,
+            self.publisher,
+            settings.topic("market-data-gaps"),
+            overflow_s=settings.feed_silence_s,
+        )
         self.connections = [
-            StreamConnection(f"{venue.name}#{i}", self.ws_url, streams, self.router, settings.feed_silence_s,
-                             settings.feed_rotate_after_s)
-            for i, streams in enumerate(connection_groups(venue, self.ws_url, symbols, kinds,
-                                                          settings.feed_max_streams))
+            StreamConnection(
+                f"{venue.name}#{i}",
+                self.ws_url,
+                streams,
+                self.router,
+                settings.feed_silence_s,
+                settings.feed_rotate_after_s,
+            )
+            for i, streams in enumerate(
+                connection_groups(venue, self.ws_url, symbols, kinds, settings.feed_max_streams)
+            )
         ]
         self._tasks: list[asyncio.Task[None]] = []
         self._web: web.AppRunner | None = None
@@ -313,13 +357,18 @@ class FeedService:
         """Create the topics, connect; with `serve_http`, /health and /metrics on MLRISK_WEB_BIND:MLRISK_FEED_PORT."""
         from streams.topics import create_missing_topics
 
-        await create_missing_topics(self.kafka_options, [
-            NewTopic(name, self.settings.partitions, self.settings.kafka_replication_factor)
-            for name in (self.settings.market_data_topic, self.settings.topic("market-data-gaps"))
-        ], create=self.settings.create_topics)
+        await create_missing_topics(
+            self.kafka_options,
+            [
+                NewTopic(name, self.settings.partitions, self.settings.kafka_replication_factor)
+                for name in (self.settings.market_data_topic, self.settings.topic("market-data-gaps"))
+            ],
+            create=self.settings.create_topics,
+        )
         await self.publisher.start()
-        for (symbol, kind), trade_id in (await last_trade_ids(
-                self.kafka_options, self.settings.market_data_topic, set(self.symbols))).items():
+        for (symbol, kind), trade_id in (
+            await last_trade_ids(self.kafka_options, self.settings.market_data_topic, set(self.symbols))
+        ).items():
             if kind in self.kinds:
                 self.router.states[symbol].last_ids[kind] = trade_id  # a restart back-fills from there
         self._tasks = [asyncio.create_task(c.run(), name=c.name) for c in self.connections]
@@ -369,8 +418,9 @@ class FeedService:
     def _web_app(self) -> web.Application:
         async def health(_: web.Request) -> web.Response:
             healthy, body = self.health()
-            return web.Response(body=orjson.dumps(body), status=200 if healthy else 503,
-                                content_type="application/json")
+            return web.Response(
+                body=orjson.dumps(body), status=200 if healthy else 503, content_type="application/json"
+            )
 
         async def metrics_view(_: web.Request) -> web.Response:
             return web.Response(body=process_metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

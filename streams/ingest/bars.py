@@ -124,8 +124,20 @@ class SymbolBars:
             "watermark_ms": self.watermark_ms,
             "last_closed_open_time": self.last_closed_open_time,
             "open_bars": [
-                [b.open_time, b.open, b.high, b.low, b.close, b.volume, b.quote_volume, b.trades,
-                 b.taker_buy_base, b.taker_buy_quote, b.sides_known, b.ids]
+                [
+                    b.open_time,
+                    b.open,
+                    b.high,
+                    b.low,
+                    b.close,
+                    b.volume,
+                    b.quote_volume,
+                    b.trades,
+                    b.taker_buy_base,
+                    b.taker_buy_quote,
+                    b.sides_known,
+                    b.ids,
+                ]
                 for b in self.open_bars.values()
             ],
         }

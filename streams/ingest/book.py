@@ -40,7 +40,8 @@ class OrderBook:
             self.buffered.append(event)
             self.buffered_levels += len(event.bids) + len(event.asks)
             while len(self.buffered) > MAX_BUFFERED_DIFFS or (
-                    self.buffered_levels > MAX_BUFFERED_LEVELS and len(self.buffered) > 1):
+                self.buffered_levels > MAX_BUFFERED_LEVELS and len(self.buffered) > 1
+            ):
                 dropped = self.buffered.pop(0)
                 self.buffered_levels -= len(dropped.bids) + len(dropped.asks)
 

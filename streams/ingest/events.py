@@ -177,24 +177,37 @@ def _check_times(event: MarketEvent, latest_ms: int) -> None:
     if isinstance(event, Trade):
         times["T"] = event.trade_time_ms
         if abs(event.trade_time_ms - event.event_time_ms) > MAX_EVENT_SKEW_MS:
-            raise BadEvent("inconsistent_times", f"trade time {event.trade_time_ms} and event time "
-                                                 f"{event.event_time_ms} are more than {MAX_EVENT_SKEW_MS} ms apart")
+            raise BadEvent(
+                "inconsistent_times",
+                f"trade time {event.trade_time_ms} and event time "
+                f"{event.event_time_ms} are more than {MAX_EVENT_SKEW_MS} ms apart",
+            )
     elif isinstance(event, Kline):
         times.update({"k.t": event.open_time, "k.T": event.close_time})
         if event.close_time != event.open_time + MINUTE_MS - 1:
-            raise BadEvent("inconsistent_times", f"a 1m kline closes 59,999 ms after it opens: t={event.open_time}, "
-                                                 f"T={event.close_time}")
+            raise BadEvent(
+                "inconsistent_times",
+                f"a 1m kline closes 59,999 ms after it opens: t={event.open_time}, T={event.close_time}",
+            )
         if not event.open_time <= event.event_time_ms <= event.close_time + MAX_EVENT_SKEW_MS:
-            raise BadEvent("inconsistent_times", f"kline event time {event.event_time_ms} is outside its minute "
-                                                 f"{event.open_time}..{event.close_time} (+{MAX_EVENT_SKEW_MS} ms)")
-    elif isinstance(event, MarkPrice) and event.next_funding_time_ms is not None and \
-            event.next_funding_time_ms > event.event_time_ms + MAX_FUNDING_AHEAD_MS:
-        raise BadEvent("inconsistent_times", f"next funding time {event.next_funding_time_ms} is more than a "
-                                             "day after the event")
+            raise BadEvent(
+                "inconsistent_times",
+                f"kline event time {event.event_time_ms} is outside its minute "
+                f"{event.open_time}..{event.close_time} (+{MAX_EVENT_SKEW_MS} ms)",
+            )
+    elif (
+        isinstance(event, MarkPrice)
+        and event.next_funding_time_ms is not None
+        and event.next_funding_time_ms > event.event_time_ms + MAX_FUNDING_AHEAD_MS
+    ):
+        raise BadEvent(
+            "inconsistent_times", f"next funding time {event.next_funding_time_ms} is more than a day after the event"
+        )
     for name, time_ms in times.items():
         if time_ms is not None and time_ms > latest_ms:
-            raise BadEvent("future_timestamp", f"{name} = {time_ms} is ahead of the receiver's clock "
-                                               f"(latest accepted {latest_ms})")
+            raise BadEvent(
+                "future_timestamp", f"{name} = {time_ms} is ahead of the receiver's clock (latest accepted {latest_ms})"
+            )
 
 
 def _field(message: dict[str, Any], key: str) -> Any:

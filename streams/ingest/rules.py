@@ -38,8 +38,15 @@ DLQ_MAX_KEY_BYTES = 64
 SYMBOL_IDLE_EVICT_MS = 15 * 60_000  # a symbol quiet this long (wall clock) may make room for a new one
 
 
-def dead_letter(error: BadEvent | str, topic: str, partition: int, offset: int, raw: bytes | None,
-                received_at_ms: int, keep_raw: bool = True) -> bytes:
+def dead_letter(
+    error: BadEvent | str,
+    topic: str,
+    partition: int,
+    offset: int,
+    raw: bytes | None,
+    received_at_ms: int,
+    keep_raw: bool = True,
+) -> bytes:
     """The DLQ message of the contract: the reason, where the message came from, and its original bytes, bounded
     (`keep_raw=False`: the description of the bytes without them, for when even the bounded record was refused)."""
     raw = raw or b""
@@ -87,8 +94,11 @@ class MarketView:
             market["mark_price"] = self.mark_price
         analysis = self.book.analysis() if self.book is not None else None
         if analysis is not None:
-            market.update(spread_bps=analysis["spread_bps"], depth_usdt=analysis["depth_usdt"],
-                          book_imbalance=analysis["book_imbalance"])
+            market.update(
+                spread_bps=analysis["spread_bps"],
+                depth_usdt=analysis["depth_usdt"],
+                book_imbalance=analysis["book_imbalance"],
+            )
         elif self.bid_price and self.ask_price and self.ask_price > self.bid_price:
             mid = (self.bid_price + self.ask_price) / 2
             market["spread_bps"] = (self.ask_price - self.bid_price) / mid * 1e4
@@ -108,9 +118,15 @@ class IngestResult:
 class Ingest:
     """Per-message ingest logic over a bar-state mapping (symbol → `SymbolBars.to_dict()`)."""
 
-    def __init__(self, builder: BarBuilder, bar_states: Any, max_future_ms: int,
-                 book_factory: Callable[[str], Any] | None = None, symbols: tuple[str, ...] = (),
-                 max_symbols: int = 300) -> None:
+    def __init__(
+        self,
+        builder: BarBuilder,
+        bar_states: Any,
+        max_future_ms: int,
+        book_factory: Callable[[str], Any] | None = None,
+        symbols: tuple[str, ...] = (),
+        max_symbols: int = 300,
+    ) -> None:
         self.builder = builder
         self.bar_states = bar_states
         self.max_future_ms = max_future_ms
@@ -160,14 +176,24 @@ class Ingest:
         known = self.views.keys() | self.bar_states.keys()
         if len(known) < self.max_symbols:
             return
-        idle = [(view.last_event_wall_ms, name) for name, view in self.views.items()
-                if now_ms - view.last_event_wall_ms >= SYMBOL_IDLE_EVICT_MS and name not in self.working
-                and not self.has_open_bars(name)]
-        idle += [(0, name) for name in self.bar_states.keys() - self.views.keys()
-                 if name not in self.working and not self.has_open_bars(name)]  # restored, not seen since
+        idle = [
+            (view.last_event_wall_ms, name)
+            for name, view in self.views.items()
+            if now_ms - view.last_event_wall_ms >= SYMBOL_IDLE_EVICT_MS
+            and name not in self.working
+            and not self.has_open_bars(name)
+        ]
+        idle += [
+            (0, name)
+            for name in self.bar_states.keys() - self.views.keys()
+            if name not in self.working and not self.has_open_bars(name)
+        ]  # restored, not seen since
         if not idle:
-            raise BadEvent("too_many_symbols", f"{symbol} would be symbol {len(known) + 1} of at most "
-                                               f"{self.max_symbols} (MLRISK_MAX_SYMBOLS), none quiet enough to evict")
+            raise BadEvent(
+                "too_many_symbols",
+                f"{symbol} would be symbol {len(known) + 1} of at most "
+                f"{self.max_symbols} (MLRISK_MAX_SYMBOLS), none quiet enough to evict",
+            )
         self.evict(min(idle)[1])
 
     def evict(self, symbol: str) -> None:
@@ -178,8 +204,9 @@ class Ingest:
         metrics.forget_symbol(symbol)
         self.evicted.append(symbol)
 
-    def handle(self, raw: bytes, key: bytes | None, topic: str, partition: int, offset: int,
-               now_ms: int) -> IngestResult:
+    def handle(
+        self, raw: bytes, key: bytes | None, topic: str, partition: int, offset: int, now_ms: int
+    ) -> IngestResult:
         try:
             event = parse_event(raw, now_ms, self.max_future_ms)
             symbol = event.symbol

@@ -52,8 +52,14 @@ IDLE_CHECK_MS = 1_000  # how often quiet symbols are looked for
 COMMIT_EVERY_MS = 500  # offsets are committed at most this often, and on every stop and rebalance
 STOP_GRACE_S = 15.0  # a stop waits this long for the batch in hand
 # refusals that no retry cures: the message itself is the problem
-REFUSED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, CorruptRecordException,
-           InvalidMessageError, InvalidTimestampError)
+REFUSED = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+    InvalidMessageError,
+    InvalidTimestampError,
+)
 
 
 def state_topic(settings: Settings) -> str:
@@ -94,8 +100,9 @@ class _Rebalance(ConsumerRebalanceListener):
 class IngestService(Service):
     """Runs the ingest loop beside the Faust app; `ingest` holds the rules and the per-symbol market views."""
 
-    def __init__(self, settings: Settings, ingest: Ingest, crash: Callable[[BaseException], Awaitable[None]],
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, settings: Settings, ingest: Ingest, crash: Callable[[BaseException], Awaitable[None]], **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.ingest = ingest
@@ -119,11 +126,15 @@ class IngestService(Service):
 
     async def on_start(self) -> None:
         kafka = client_options(self.settings)
-        self.producer = AIOKafkaProducer(**kafka, acks="all", enable_idempotence=True,
-                                         linger_ms=2, max_batch_size=262_144)
+        self.producer = AIOKafkaProducer(
+            **kafka, acks="all", enable_idempotence=True, linger_ms=2, max_batch_size=262_144
+        )
         self.consumer = AIOKafkaConsumer(
-            **kafka, group_id=ingest_group(self.settings), enable_auto_commit=False,
-            auto_offset_reset="earliest", session_timeout_ms=int(self.settings.session_timeout_s * 1000),
+            **kafka,
+            group_id=ingest_group(self.settings),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(self.settings.session_timeout_s * 1000),
             heartbeat_interval_ms=int(max(1.0, self.settings.session_timeout_s / 5) * 1000),
             max_partition_fetch_bytes=4 * 1_048_576,
         )
@@ -153,8 +164,9 @@ class IngestService(Service):
         if self.restore_failure is not None:
             return stalled(f"restoring assigned partitions failed: {self.restore_failure}", **detail)
         if self.publishing.failing_s(now) > stall_s:
-            return stalled(f"publishing has failed for {self.publishing.failing_s(now):.0f} s: "
-                           f"{self.publishing.failure}", **detail)
+            return stalled(
+                f"publishing has failed for {self.publishing.failing_s(now):.0f} s: {self.publishing.failure}", **detail
+            )
         if self.loop_progress.idle_s(now) > stall_s:
             return stalled(f"no batch for {self.loop_progress.idle_s(now):.0f} s", **detail)
         return healthy(**detail)
@@ -173,8 +185,9 @@ class IngestService(Service):
                         self.rewind(records)
                 self.loop_progress.moved()
         except Exception as error:
-            log.critical("ingest failed; stopping the worker so that it resumes from the recorded state",
-                         exc_info=error)
+            log.critical(
+                "ingest failed; stopping the worker so that it resumes from the recorded state", exc_info=error
+            )
             metrics.ERRORS.labels("ingest").inc()
             await self.crash_worker(error)
 
@@ -204,13 +217,14 @@ class IngestService(Service):
                 if symbol is not None:
                     last[symbol] = (tp.partition, message.offset)
                 if len(out) > len(sent):  # on its way at once: a bar's latency does not wait for the batch
-                    sent += [await self.send(item) for item in out[len(sent):]]
+                    sent += [await self.send(item) for item in out[len(sent) :]]
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
-                max(0, (self.consumer.highwater(tp) or 0) - commits[tp]))
+                max(0, (self.consumer.highwater(tp) or 0) - commits[tp])
+            )
         if received - self.last_idle_check >= IDLE_CHECK_MS:
             self.last_idle_check = received
             self.flush_quiet(received, out)
-            sent += [await self.send(item) for item in out[len(sent):]]
+            sent += [await self.send(item) for item in out[len(sent) :]]
         await self.settle(out, sent)  # bars, dead letters, re-keyed: acknowledged before the states say so
         states = []
         for symbol, state in ingest.take_dirty().items():
@@ -219,8 +233,14 @@ class IngestService(Service):
             self.states[symbol] = data
             self.applied[symbol] = (partition, offset)
             self.partition_of[symbol] = partition
-            states.append(Outgoing(state_topic(settings), symbol.encode(),
-                                   dumps({"state": data, "partition": partition, "offset": offset}), partition))
+            states.append(
+                Outgoing(
+                    state_topic(settings),
+                    symbol.encode(),
+                    dumps({"state": data, "partition": partition, "offset": offset}),
+                    partition,
+                )
+            )
         for symbol in ingest.take_evicted():  # a tombstone: a restore must not bring an evicted symbol back
             owner = self.applied.pop(symbol, None)
             self.partition_of.pop(symbol, None)
@@ -256,8 +276,9 @@ class IngestService(Service):
         """One message (`name`: its key, decoded); the symbol whose bar state it changed, if any."""
         settings = self.settings
         try:
-            result = self.ingest.handle(message.value, message.key, message.topic, message.partition,
-                                        message.offset, received)
+            result = self.ingest.handle(
+                message.value, message.key, message.topic, message.partition, message.offset, received
+            )
         except Exception as exc:  # a bug must not stop ingest: park the message with the reason
             log.exception("ingest failed on %s[%s]@%s", message.topic, message.partition, message.offset)
             metrics.ERRORS.labels("ingest").inc()
@@ -265,14 +286,28 @@ class IngestService(Service):
             out.append(self.parked(message, BadEvent("internal_error", repr(exc)), received))
             return None
         if result.dead_letter is not None:
-            out.append(Outgoing(settings.dlq_topic, dead_letter_key(message.key), result.dead_letter,
-                                fallback=lambda: self.parked(message, BadEvent("dlq_refused", "the dead letter was "
-                                                                               "refused"), received, keep_raw=False)))
+            out.append(
+                Outgoing(
+                    settings.dlq_topic,
+                    dead_letter_key(message.key),
+                    result.dead_letter,
+                    fallback=lambda: self.parked(
+                        message, BadEvent("dlq_refused", "the dead letter was refused"), received, keep_raw=False
+                    ),
+                )
+            )
             return None
         if result.rekey_symbol is not None:
-            out.append(Outgoing(settings.market_data_topic, result.rekey_symbol.encode(), message.value,
-                                fallback=lambda: self.parked(message, BadEvent("rekey_refused", "re-keying it was "
-                                                                               "refused"), received)))
+            out.append(
+                Outgoing(
+                    settings.market_data_topic,
+                    result.rekey_symbol.encode(),
+                    message.value,
+                    fallback=lambda: self.parked(
+                        message, BadEvent("rekey_refused", "re-keying it was refused"), received
+                    ),
+                )
+            )
             return None
         symbol = name  # a message that is neither parked nor re-keyed is keyed by its symbol
         assert symbol is not None
@@ -282,8 +317,11 @@ class IngestService(Service):
 
     def parked(self, message: Any, error: BadEvent, received: int, keep_raw: bool = True) -> Outgoing:
         """A dead letter for `message`, falling back to one without the original bytes if the broker refuses it."""
-        record = Outgoing(self.settings.dlq_topic, dead_letter_key(message.key), dead_letter(
-            error, message.topic, message.partition, message.offset, message.value, received, keep_raw))
+        record = Outgoing(
+            self.settings.dlq_topic,
+            dead_letter_key(message.key),
+            dead_letter(error, message.topic, message.partition, message.offset, message.value, received, keep_raw),
+        )
         if keep_raw:
             record.fallback = lambda: self.parked(message, error, received, keep_raw=False)
         return record
@@ -292,8 +330,13 @@ class IngestService(Service):
         view = self.ingest.views.get(symbol)
         market = view.snapshot() if view is not None else {}
         for bar in bars:
-            out.append(Outgoing(self.settings.bars_topic, symbol.encode(),
-                                dumps({**bar.to_dict(), "received_ms": received, "market": market})))
+            out.append(
+                Outgoing(
+                    self.settings.bars_topic,
+                    symbol.encode(),
+                    dumps({**bar.to_dict(), "received_ms": received, "market": market}),
+                )
+            )
 
     def flush_quiet(self, now: int, out: list[Outgoing]) -> None:
         """Close the finished minutes of symbols whose feed went quiet."""
@@ -317,8 +360,7 @@ class IngestService(Service):
             refused.set_exception(error)
             return refused
 
-    async def settle(self, items: list[Outgoing], futures: list[asyncio.Future[Any]],
-                     max_delay_s: float = 5.0) -> None:
+    async def settle(self, items: list[Outgoing], futures: list[asyncio.Future[Any]], max_delay_s: float = 5.0) -> None:
         """Wait for every acknowledgement, sending what failed again with backoff until it is through. A message
         the broker refuses for good goes out as its fallback (a dead letter without the original bytes), or is
         dropped with an error if it has none: one message never stops ingest."""

@@ -41,14 +41,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"mlrisk: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIGURATION
     except TopicCreationError as error:
-        print(f"mlrisk: {error} (check MLRISK_KAFKA_REPLICATION_FACTOR, MLRISK_PARTITIONS and the user's ACLs, "
-              "or provision the topics and set MLRISK_CREATE_TOPICS=false)", file=sys.stderr)
+        print(
+            f"mlrisk: {error} (check MLRISK_KAFKA_REPLICATION_FACTOR, MLRISK_PARTITIONS and the user's ACLs, "
+            "or provision the topics and set MLRISK_CREATE_TOPICS=false)",
+            file=sys.stderr,
+        )
         return EXIT_CONFIGURATION
     except KafkaError as error:
         print(f"mlrisk: {asyncio.run(connection_failure(settings, error))}", file=sys.stderr)
         return EXIT_CRASH
-    worker = BoundedStopWorker(runtime.app, stop_timeout_s=settings.stop_timeout_s, loglevel=settings.log_level,
-                               quiet=args.quiet)
+    worker = BoundedStopWorker(
+        runtime.app, stop_timeout_s=settings.stop_timeout_s, loglevel=settings.log_level, quiet=args.quiet
+    )
     worker.execute_from_commandline()
     return EXIT_OK
 
@@ -68,17 +72,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print("mlrisk replay: no data matches the folder, symbols and time range", file=sys.stderr)
         return 1
     asyncio.run(ensure_topics(settings))
-    with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=args.quiet) as bar:
+    with Progress(
+        TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=args.quiet
+    ) as bar:
         task = bar.add_task("replay", total=len(messages))
         sent = asyncio.run(
-            publish(messages, client_options(settings), settings.market_data_topic, args.speed or None,
-                    lambda n: bar.update(task, completed=n))
+            publish(
+                messages,
+                client_options(settings),
+                settings.market_data_topic,
+                args.speed or None,
+                lambda n: bar.update(task, completed=n),
+            )
         )
     first = datetime.fromtimestamp(messages[0].time_ms / 1000, UTC).isoformat()
     last = datetime.fromtimestamp(messages[-1].time_ms / 1000, UTC).isoformat()
-    print(f"replayed {sent} messages of {len({m.symbol for m in messages})} symbol(s), {first} .. {last}, "
-          f"to {settings.market_data_topic}")
+    print(
+        f"replayed {sent} messages of {len({m.symbol for m in messages})} symbol(s), {first} .. {last}, "
+        f"to {settings.market_data_topic}"
+    )
     return 0
 
 
@@ -96,15 +108,23 @@ def cmd_db(args: argparse.Namespace) -> int:
     elif args.action == "init":
         url = database_url(settings)
         version = init_schema(url, args.retention_days, args.compress_after_days, timescaledb=not args.plain)
-        compression = (f"compression after {args.compress_after_days} days" if args.compress_after_days
-                       else "no compression")
-        engine = (f"TimescaleDB {version}: hypertables, {compression}, continuous aggregates" if version
-                  else "plain PostgreSQL (no TimescaleDB)")
-        print(f"schema applied to {url.split('@')[-1].split('?')[0]} on {engine} (TimescaleDB hypertables: "
-              f"{'yes' if version else 'no'})")
+        compression = (
+            f"compression after {args.compress_after_days} days" if args.compress_after_days else "no compression"
+        )
+        engine = (
+            f"TimescaleDB {version}: hypertables, {compression}, continuous aggregates"
+            if version
+            else "plain PostgreSQL (no TimescaleDB)"
+        )
+        print(
+            f"schema applied to {url.split('@')[-1].split('?')[0]} on {engine} (TimescaleDB hypertables: "
+            f"{'yes' if version else 'no'})"
+        )
         if version is None and not args.plain and not settings.database_url and pgserver.timescaledb_installed():
-            print("TimescaleDB is installed, but the running embedded server was started without it: "
-                  "`mlrisk db stop`, then `mlrisk db init`")
+            print(
+                "TimescaleDB is installed, but the running embedded server was started without it: "
+                "`mlrisk db stop`, then `mlrisk db init`"
+            )
     return 0
 
 
@@ -132,20 +152,39 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        watch(settings, Path(args.data), args.symbol.upper(), quick=args.quick, holdout_days=args.holdout_days,
-              margin=margin, schedule_s=args.schedule_hours * 3600, poll_s=args.poll_seconds,
-              end_ms=parse_iso_ms(args.end), max_runs=1 if args.once else None)
+        watch(
+            settings,
+            Path(args.data),
+            args.symbol.upper(),
+            quick=args.quick,
+            holdout_days=args.holdout_days,
+            margin=margin,
+            schedule_s=args.schedule_hours * 3600,
+            poll_s=args.poll_seconds,
+            end_ms=parse_iso_ms(args.end),
+            max_runs=1 if args.once else None,
+        )
         return 0
-    decision = retrain_once(settings, Path(args.data), args.symbol.upper(), quick=args.quick,
-                            end_ms=parse_iso_ms(args.end), holdout_days=args.holdout_days, margin=margin,
-                            trigger="command", progress=not args.quiet)
+    decision = retrain_once(
+        settings,
+        Path(args.data),
+        args.symbol.upper(),
+        quick=args.quick,
+        end_ms=parse_iso_ms(args.end),
+        holdout_days=args.holdout_days,
+        margin=margin,
+        trigger="command",
+        progress=not args.quiet,
+    )
     figures = decision.figures
     for role in ("champion", "challenger"):
         if role in figures:
             e = figures[role]["ensemble"]
             name = decision.champion if role == "champion" else decision.challenger
-            print(f"{role:10} {name}: holdout log-loss {e['log_loss']:.5f}, IC {e['ic']:+.4f}, "
-                  f"hit rate {e['hit_rate']:.4f}")
+            print(
+                f"{role:10} {name}: holdout log-loss {e['log_loss']:.5f}, IC {e['ic']:+.4f}, "
+                f"hit rate {e['hit_rate']:.4f}"
+            )
     print(f"{'promoted' if decision.promoted else 'not promoted'}: {decision.reason}")
     return 0
 
@@ -174,15 +213,22 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         print(f"mlrisk: configuration error: {error}", file=sys.stderr)
         return 2
     report = backtest_cli(
-        Path(args.data), args.symbol.upper(), Path(args.models), Path(args.out),
+        Path(args.data),
+        args.symbol.upper(),
+        Path(args.models),
+        Path(args.out),
         signals_out=Path(args.signals_out) if args.signals_out else None,
-        start=args.start, end=args.end, risk_config=risk_config,
+        start=args.start,
+        end=args.end,
+        risk_config=risk_config,
     )
-    print(f"{report['symbol']}: {report['bars']} bars, signals {report['signals']}, trades {report['trades']}, "
-          f"net return {report['net_return']:+.4%} (buy and hold "
-          f"{report['baselines']['buy_and_hold']['net_return']:+.4%}), max drawdown {report['max_drawdown']:.2%}, "
-          f"liquidations {report['liquidations']}, invariant violations {report['invariant_violations']} "
-          f"→ {args.out}")
+    print(
+        f"{report['symbol']}: {report['bars']} bars, signals {report['signals']}, trades {report['trades']}, "
+        f"net return {report['net_return']:+.4%} (buy and hold "
+        f"{report['baselines']['buy_and_hold']['net_return']:+.4%}), max drawdown {report['max_drawdown']:.2%}, "
+        f"liquidations {report['liquidations']}, invariant violations {report['invariant_violations']} "
+        f"→ {args.out}"
+    )
     return 0
 
 
@@ -218,12 +264,13 @@ def cmd_state(args: argparse.Namespace) -> int:
         print(f"mlrisk state: not a symbol: {args.symbol!r}", file=sys.stderr)
         return 2
     records = asyncio.run(state_admin.find(settings, symbol))
-    print(orjson.dumps({"symbol": symbol, "state": state_admin.describe(records)},
-                       option=orjson.OPT_INDENT_2).decode())
+    print(orjson.dumps({"symbol": symbol, "state": state_admin.describe(records)}, option=orjson.OPT_INDENT_2).decode())
     if args.action == "reset" and records:
         asyncio.run(state_admin.reset(settings, records))
-        print(f"mlrisk state: {symbol} reset in {len(records)} topic(s); the next worker to own it starts it afresh",
-              file=sys.stderr)
+        print(
+            f"mlrisk state: {symbol} reset in {len(records)} topic(s); the next worker to own it starts it afresh",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -235,10 +282,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _days(most: int) -> Callable[[str], int]:
     """An argparse type: a whole number of days in 0..most."""
+
     def parse(raw: str) -> int:
         if not raw.isdigit() or int(raw) > most:
             raise argparse.ArgumentTypeError(f"must be a whole number of days in 0..{most}, got {raw!r}")
         return int(raw)
+
     return parse
 
 
@@ -263,12 +312,23 @@ def _replay_command(sub: Any) -> None:
 def _db_command(sub: Any) -> None:
     db = sub.add_parser("db", help="the database: init applies schema.sql; start/stop the embedded server")
     db.add_argument("action", choices=("init", "start", "stop", "url"))
-    db.add_argument("--retention-days", type=_days(36_500), default=365,
-                    help="drop chunks created longer ago (TimescaleDB; 0: keep forever)")
-    db.add_argument("--compress-after-days", type=_days(3_650), default=7,
-                    help="compress chunks whose data is older (TimescaleDB; 0: never)")
-    db.add_argument("--plain", action="store_true",
-                    help="keep a database without TimescaleDB plain even where the extension is installed")
+    db.add_argument(
+        "--retention-days",
+        type=_days(36_500),
+        default=365,
+        help="drop chunks created longer ago (TimescaleDB; 0: keep forever)",
+    )
+    db.add_argument(
+        "--compress-after-days",
+        type=_days(3_650),
+        default=7,
+        help="compress chunks whose data is older (TimescaleDB; 0: never)",
+    )
+    db.add_argument(
+        "--plain",
+        action="store_true",
+        help="keep a database without TimescaleDB plain even where the extension is installed",
+    )
     db.set_defaults(func=cmd_db)
 
 
@@ -290,11 +350,15 @@ def _retrain_command(sub: Any) -> None:
     retrain.add_argument("--quick", action="store_true", help="small and fast: for tests and the demo")
     retrain.add_argument("--end", help="ISO date/time: use bars before it (default: all)")
     retrain.add_argument("--holdout-days", type=float, default=7.0, help="most recent days, out of sample for both")
-    retrain.add_argument("--margin", type=float, default=None,
-                         help="log-loss gain (nats per prediction) the challenger needs over the champion "
-                              "(default 0.0003)")
-    retrain.add_argument("--watch", action="store_true",
-                         help="run as a service: retrain on drift/decay events or on the schedule")
+    retrain.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help="log-loss gain (nats per prediction) the challenger needs over the champion (default 0.0003)",
+    )
+    retrain.add_argument(
+        "--watch", action="store_true", help="run as a service: retrain on drift/decay events or on the schedule"
+    )
     retrain.add_argument("--once", action="store_true", help="with --watch: stop after the first retraining")
     retrain.add_argument("--schedule-hours", type=float, default=24.0)
     retrain.add_argument("--poll-seconds", type=float, default=60.0)
@@ -324,8 +388,11 @@ def _feed_command(sub: Any) -> None:
     feed = sub.add_parser("feed", help="live Binance market data to market-data: connected, in sequence, complete")
     feed.add_argument("--venue", choices=("binance-usdm", "binance-spot"), default="binance-usdm")
     feed.add_argument("--symbols", required=True, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
-    feed.add_argument("--streams", default="trade,bookTicker,depth",
-                      help="comma-separated: trade, aggTrade, bookTicker, depth, markPrice (USD-M), kline_1m")
+    feed.add_argument(
+        "--streams",
+        default="trade,bookTicker,depth",
+        help="comma-separated: trade, aggTrade, bookTicker, depth, markPrice (USD-M), kline_1m",
+    )
     feed.set_defaults(func=cmd_feed)
 
 
@@ -340,14 +407,25 @@ def _bench_command(sub: Any) -> None:
     bench = sub.add_parser("bench", help="throughput, latency, sink and inference benchmarks")
     bench.add_argument("--out", default="bench.json")
     bench.add_argument("--events", type=int, default=100_000)
-    bench.add_argument("--only", default="", help="comma-separated parts: throughput, latency, sink, inference, "
-                       "burst, steady, scale (default: all)")
+    bench.add_argument(
+        "--only",
+        default="",
+        help="comma-separated parts: throughput, latency, sink, inference, burst, steady, scale (default: all)",
+    )
     bench.set_defaults(func=cmd_bench)
 
 
 COMMANDS = (
-    _worker_command, _replay_command, _db_command, _train_command, _retrain_command,
-    _rollback_command, _backtest_command, _feed_command, _state_command, _bench_command,
+    _worker_command,
+    _replay_command,
+    _db_command,
+    _train_command,
+    _retrain_command,
+    _rollback_command,
+    _backtest_command,
+    _feed_command,
+    _state_command,
+    _bench_command,
 )
 
 

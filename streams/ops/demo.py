@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,13 +22,13 @@ import orjson
 import psycopg
 
 from streams.config import REPO_ROOT, Settings
-from streams.ops.probe import metric, wait_ready
+from streams.ops.probe import metric
+from streams.ops.worker_process import WorkerProcess
 from streams.sink.db import database_url, init_schema
 
 # two real days where both BTCUSDT (kline dumps) and ETHUSDT (OHLCV windows) have bars; the first day warms up
 DEMO_DAYS = ("2024-10-14", "2024-10-16")
 SYMBOLS = "BTCUSDT,ETHUSDT"
-
 
 
 def ensure_models(data: Path, model_dir: Path) -> None:
@@ -47,8 +46,9 @@ async def subscribe(settings: Settings, stop: asyncio.Event, seen: list[dict]) -
 
     from streams.kafka_security import client_options
 
-    consumer = AIOKafkaConsumer(settings.signals_topic, **client_options(settings),
-                                auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        settings.signals_topic, **client_options(settings), auto_offset_reset="earliest", group_id=None
+    )
     await consumer.start()
     try:
         while not stop.is_set():
@@ -58,11 +58,13 @@ async def subscribe(settings: Settings, stop: asyncio.Event, seen: list[dict]) -
                     s = orjson.loads(record.value)
                     seen.append(s)
                     if s["signal_type"] in ("long", "short"):
-                        print(f"  signal {s['timestamp']} {s['symbol']:8} {s['signal_type']:5} "
-                              f"entry {s['entry_price']:.2f} lev {s['recommended_leverage']}x "
-                              f"size {s['position_size_usdt']:.2f} USDT stop {s['stop_loss_price']:.2f} "
-                              f"target {s['take_profit_price']:.2f} liq {s['liquidation_price']:.2f} "
-                              f"conf {s['confidence_score']:.3f} risk {s['risk_level']}")
+                        print(
+                            f"  signal {s['timestamp']} {s['symbol']:8} {s['signal_type']:5} "
+                            f"entry {s['entry_price']:.2f} lev {s['recommended_leverage']}x "
+                            f"size {s['position_size_usdt']:.2f} USDT stop {s['stop_loss_price']:.2f} "
+                            f"target {s['take_profit_price']:.2f} liq {s['liquidation_price']:.2f} "
+                            f"conf {s['confidence_score']:.3f} risk {s['risk_level']}"
+                        )
                     else:
                         print(f"  signal {s['timestamp']} {s['symbol']:8} {s['signal_type']}")
     finally:
@@ -84,38 +86,56 @@ def main(argv: list[str] | None = None) -> int:
     # demo shows the whole signal path; the defaults (0.04 %, 1.25x) make nearly every minute a hold
     env.setdefault("MLRISK_TAKER_FEE_RATE", "0.0002")
     env.setdefault("MLRISK_MIN_EDGE_TO_COST", "0.8")
-    print(f"costs: taker fee {env['MLRISK_TAKER_FEE_RATE']} a side, edge must cover costs x"
-          f"{env['MLRISK_MIN_EDGE_TO_COST']}")
+    print(
+        f"costs: taker fee {env['MLRISK_TAKER_FEE_RATE']} a side, edge must cover costs x"
+        f"{env['MLRISK_MIN_EDGE_TO_COST']}"
+    )
     settings = Settings.from_env(env)
     url = database_url(settings)
     init_schema(url)
     log_path = settings.home / "demo-worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    worker = subprocess.Popen([sys.executable, "-m", "streams.ops.cli", "worker", "--quiet"], env=env,
-                              stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=REPO_ROOT)  # noqa: SIM115
+    log_path.unlink(missing_ok=True)  # this run's log only
+    worker = WorkerProcess(env, log_path)
     try:
-        wait_ready(settings.web_port, worker, log=f"see {log_path}")
+        worker.start(timeout_s=120.0)
         print(f"worker: ready on :{settings.web_port} (topics prefixed {settings.topic_prefix!r})")
         replay = subprocess.run(
-            [sys.executable, "-m", "streams.ops.cli", "replay", "--quiet", "--data", str(data), "--source", "bars",
-             "--symbols", SYMBOLS, "--start", DEMO_DAYS[0], "--end", DEMO_DAYS[1]],
-            env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+            [
+                sys.executable,
+                "-m",
+                "streams.ops.cli",
+                "replay",
+                "--quiet",
+                "--data",
+                str(data),
+                "--source",
+                "bars",
+                "--symbols",
+                SYMBOLS,
+                "--start",
+                DEMO_DAYS[0],
+                "--end",
+                DEMO_DAYS[1],
+            ],
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        )
         if replay.returncode != 0:
             raise SystemExit(f"replay failed: {replay.stderr.strip()}")
         print(replay.stdout.strip())
         seen: list[dict] = []
-        asyncio.run(_follow(settings, seen, worker))
+        assert worker.proc is not None
+        asyncio.run(_follow(settings, seen, worker.proc))
         _summary(settings, url, seen)
         if args.keep_running:
             print("worker keeps running; Ctrl-C stops it")
-            worker.wait()
+            assert worker.proc is not None
+            worker.proc.wait()
     finally:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        worker.stop()
     return 0
 
 
@@ -140,12 +160,20 @@ def _summary(settings: Settings, url: str, seen: list[dict]) -> None:
     decided = metric(port, "mlrisk_signals_total")
     with psycopg.connect(url) as conn:
         ids = [s["signal_id"] for s in seen]
-        by_type: dict[str, int] = dict(conn.execute(
-            "SELECT signal_type, count(*) FROM actionable_trade_signals WHERE signal_id = ANY(%s::uuid[]) "
-            "GROUP BY signal_type", (ids,)).fetchall())
-        executions: dict[str, int] = dict(conn.execute(
-            "SELECT execution_status, count(*) FROM signal_execution_logs WHERE signal_id = ANY(%s::uuid[]) "
-            "GROUP BY execution_status", (ids,)).fetchall())
+        by_type: dict[str, int] = dict(
+            conn.execute(
+                "SELECT signal_type, count(*) FROM actionable_trade_signals WHERE signal_id = ANY(%s::uuid[]) "
+                "GROUP BY signal_type",
+                (ids,),
+            ).fetchall()
+        )
+        executions: dict[str, int] = dict(
+            conn.execute(
+                "SELECT execution_status, count(*) FROM signal_execution_logs WHERE signal_id = ANY(%s::uuid[]) "
+                "GROUP BY execution_status",
+                (ids,),
+            ).fetchall()
+        )
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/ml-risk/performance", timeout=5) as resp:
         performance = orjson.loads(resp.read())
     latencies = np.array([s["latency_ms"] for s in seen]) if seen else np.array([0.0])
@@ -156,14 +184,19 @@ def _summary(settings: Settings, url: str, seen: list[dict]) -> None:
     print(f"  signals by type    {dict(Counter(s['signal_type'] for s in seen))} (database: {by_type})")
     print(f"  executions         {executions}")
     paper = performance["paper"]
-    print(f"  paper PnL          {paper['pnl_usdt']:+.2f} USDT on {paper['trades']} trades, "
-          f"fees {paper['fees_usdt']:.2f}, drawdown {paper['drawdown']:.2%}, liquidations {paper['liquidations']}")
-    print(f"  latency            p50 {np.percentile(latencies, 50):.1f} ms, p99 {np.percentile(latencies, 99):.1f} ms "
-          "(event in → signal out, replay at full speed)")
-    print(f"  API                http://localhost:{port}/ml-risk/performance, /ml-risk/risk-analysis, "
-          f"/ml-risk/market-regime?symbol=BTCUSDT, /openapi.json")
-    print(f"  metrics            http://localhost:{port}/metrics (Grafana: docker compose up, "
-          "http://localhost:3000)")
+    print(
+        f"  paper PnL          {paper['pnl_usdt']:+.2f} USDT on {paper['trades']} trades, "
+        f"fees {paper['fees_usdt']:.2f}, drawdown {paper['drawdown']:.2%}, liquidations {paper['liquidations']}"
+    )
+    print(
+        f"  latency            p50 {np.percentile(latencies, 50):.1f} ms, p99 {np.percentile(latencies, 99):.1f} ms "
+        "(event in → signal out, replay at full speed)"
+    )
+    print(
+        f"  API                http://localhost:{port}/ml-risk/performance, /ml-risk/risk-analysis, "
+        f"/ml-risk/market-regime?symbol=BTCUSDT, /openapi.json"
+    )
+    print(f"  metrics            http://localhost:{port}/metrics (Grafana: docker compose up, http://localhost:3000)")
 
 
 if __name__ == "__main__":

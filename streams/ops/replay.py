@@ -111,14 +111,18 @@ def capture_messages(path: Path, start_ms: int | None, end_ms: int | None) -> li
     ]
 
 
-def collect(data_dir: Path, symbols: list[str] | None, start_ms: int | None, end_ms: int | None,
-            source: str = "auto") -> list[Iterator[ReplayMessage]]:
+def collect(
+    data_dir: Path, symbols: list[str] | None, start_ms: int | None, end_ms: int | None, source: str = "auto"
+) -> list[Iterator[ReplayMessage]]:
     """The ordered message streams to merge: bar files per symbol and capture files."""
     wanted = {s.upper() for s in symbols} if symbols else None
     streams: list[Iterator[ReplayMessage]] = []
     if source in ("auto", "bars"):
-        bar_symbols = sorted({symbol_from_path(p) for p in bar_files(data_dir)} & (wanted or set())) if wanted else \
-            sorted({symbol_from_path(p) for p in bar_files(data_dir)})
+        bar_symbols = (
+            sorted({symbol_from_path(p) for p in bar_files(data_dir)} & (wanted or set()))
+            if wanted
+            else sorted({symbol_from_path(p) for p in bar_files(data_dir)})
+        )
         for symbol in bar_symbols:
             frame = load_bars(data_dir, symbol, start_ms, end_ms)
             if len(frame):
@@ -145,8 +149,7 @@ async def publish(
     """Send the messages in order, keyed by symbol; `speed` x real time, or as fast as possible when None.
 
     `kafka`: the client options of `streams.kafka_security.client_options`."""
-    producer = AIOKafkaProducer(**kafka, linger_ms=5, acks="all",
-                                max_batch_size=256 * 1024, enable_idempotence=True)
+    producer = AIOKafkaProducer(**kafka, linger_ms=5, acks="all", max_batch_size=256 * 1024, enable_idempotence=True)
     await producer.start()
     sent = 0
     try:

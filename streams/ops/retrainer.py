@@ -27,8 +27,9 @@ log = logging.getLogger("mlrisk.retrainer")
 SOURCE = f"retrainer@{socket.gethostname()}"[:50]
 
 
-def record_event(settings: Settings, event_type: str, model_version: str, details: dict[str, Any],
-                 attempts: int = 5) -> bool:
+def record_event(
+    settings: Settings, event_type: str, model_version: str, details: dict[str, Any], attempts: int = 5
+) -> bool:
     """Insert one ml_model_events row, retrying a database outage; False (and a warning) when it stays away."""
     row = event_row(event_type, model_version, SOURCE, details)
     delay = 0.5
@@ -60,10 +61,28 @@ def drift_events_since(settings: Settings, since: datetime) -> list[dict[str, An
     return [dict(zip(EVENT_COLUMNS, row, strict=True)) for row in rows]
 
 
-def retrain_once(settings: Settings, data_dir: Path, symbol: str, *, quick: bool, end_ms: int | None,
-                 holdout_days: float, margin: float, trigger: str, progress: bool = False) -> Decision:
-    decision = retrain(data_dir, symbol, settings.model_dir, end_ms=end_ms, holdout_days=holdout_days,
-                       quick=quick, margin=margin, progress=progress)
+def retrain_once(
+    settings: Settings,
+    data_dir: Path,
+    symbol: str,
+    *,
+    quick: bool,
+    end_ms: int | None,
+    holdout_days: float,
+    margin: float,
+    trigger: str,
+    progress: bool = False,
+) -> Decision:
+    decision = retrain(
+        data_dir,
+        symbol,
+        settings.model_dir,
+        end_ms=end_ms,
+        holdout_days=holdout_days,
+        quick=quick,
+        margin=margin,
+        progress=progress,
+    )
     details = {**decision.to_dict(), "trigger": trigger}
     record_event(settings, "promotion" if decision.promoted else "rejection", decision.challenger, details)
     return decision
@@ -75,8 +94,19 @@ def rollback_once(settings: Settings) -> tuple[str, str]:
     return current, previous
 
 
-def watch(settings: Settings, data_dir: Path, symbol: str, *, quick: bool, holdout_days: float, margin: float,
-          schedule_s: float, poll_s: float, end_ms: int | None = None, max_runs: int | None = None) -> None:
+def watch(
+    settings: Settings,
+    data_dir: Path,
+    symbol: str,
+    *,
+    quick: bool,
+    holdout_days: float,
+    margin: float,
+    schedule_s: float,
+    poll_s: float,
+    end_ms: int | None = None,
+    max_runs: int | None = None,
+) -> None:
     """Retrain when workers recorded drift or decay since the last run, or every `schedule_s` seconds
     (`end_ms`: train on bars before it instead of all; `max_runs`: stop after that many retrainings)."""
     last_run = datetime.now(UTC)
@@ -95,8 +125,17 @@ def watch(settings: Settings, data_dir: Path, symbol: str, *, quick: bool, holdo
         trigger = f"{len(events)} drift/decay event(s)" if events else "schedule"
         log.info("retraining (%s)", trigger)
         last_run, last_run_clock = datetime.now(UTC), time.monotonic()
-        decision = retrain_once(settings, data_dir, symbol, quick=quick, end_ms=end_ms,
-                                holdout_days=holdout_days, margin=margin, trigger=trigger)
-        log.info("%s: %s (%s)", decision.challenger, "promoted" if decision.promoted else "not promoted",
-                 decision.reason)
+        decision = retrain_once(
+            settings,
+            data_dir,
+            symbol,
+            quick=quick,
+            end_ms=end_ms,
+            holdout_days=holdout_days,
+            margin=margin,
+            trigger=trigger,
+        )
+        log.info(
+            "%s: %s (%s)", decision.challenger, "promoted" if decision.promoted else "not promoted", decision.reason
+        )
         runs += 1

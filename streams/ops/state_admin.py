@@ -69,8 +69,11 @@ async def find(settings: Settings, symbol: str) -> list[Record]:
                 for tp, messages in batch.items():
                     for message in messages:
                         if message.key in keys:
-                            latest[topic] = None if message.value is None else Record(
-                                topic, tp.partition, message.offset, message.key, message.value)
+                            latest[topic] = (
+                                None
+                                if message.value is None
+                                else Record(topic, tp.partition, message.offset, message.key, message.value)
+                            )
                     if messages and messages[-1].offset + 1 >= ends[tp]:
                         waiting.discard(tp)
     finally:
@@ -88,8 +91,11 @@ def describe(records: list[Record]) -> dict[str, Any]:
             data = orjson.loads(record.value)
             state = data["state"]
             entry.update(
-                applied_offset=data["offset"], source=state["source"], last_trade_id=state.get("last_trade_id"),
-                watermark=_iso(state["watermark_ms"]), last_closed_bar=_iso(state["last_closed_open_time"]),
+                applied_offset=data["offset"],
+                source=state["source"],
+                last_trade_id=state.get("last_trade_id"),
+                watermark=_iso(state["watermark_ms"]),
+                last_closed_bar=_iso(state["last_closed_open_time"]),
                 open_bars=[_iso(row[0]) for row in state["open_bars"]],
             )
         out[record.topic] = entry

@@ -46,8 +46,9 @@ class ModelSwitch:
         try:
             version = current_version(self.model_dir)
         except FileNotFoundError:
-            log.warning("no trained models under %s: bars are built, no signals until `mlrisk train` runs",
-                        self.model_dir)
+            log.warning(
+                "no trained models under %s: bars are built, no signals until `mlrisk train` runs", self.model_dir
+            )
             return None
         except RegistryError as error:
             self._fail(_pointer_text(self.model_dir), (), error)
@@ -66,8 +67,12 @@ class ModelSwitch:
         if self.failed.get(key) == fingerprint:
             return
         reason = str(error)[:500]
-        log.error("model version %r cannot be served (%s); serving %s", key[:100], reason,
-                  self.serving or "nothing: no signals until a good version is promoted")
+        log.error(
+            "model version %r cannot be served (%s); serving %s",
+            key[:100],
+            reason,
+            self.serving or "nothing: no signals until a good version is promoted",
+        )
         self.failed[key] = fingerprint
         self.problem = f"model version {key[:100]!r} cannot be served: {reason}"
         self.failures.append((key[:100], {"error": reason, "serving": self.serving}))

@@ -83,9 +83,16 @@ class PerformanceTracker:
             return
         decayed = ensemble["ic"] <= DECAY_IC
         if decayed != self.decayed:
-            self.events.append({"kind": "decay", "decayed": decayed, "ic": ensemble["ic"],
-                                "hit_rate": ensemble["hit_rate"], "resolved": figures["resolved"],
-                                "threshold": DECAY_IC})
+            self.events.append(
+                {
+                    "kind": "decay",
+                    "decayed": decayed,
+                    "ic": ensemble["ic"],
+                    "hit_rate": ensemble["hit_rate"],
+                    "resolved": figures["resolved"],
+                    "threshold": DECAY_IC,
+                }
+            )
             self.decayed = decayed
 
     def record(self, symbol: str, bar: Bar, signal: dict[str, Any]) -> None:
@@ -123,8 +130,7 @@ class PerformanceTracker:
             returns, columns = table[:, 0], dict(zip(self.names, table[:, 1:].T, strict=True))
         else:
             returns = np.array([r for r, _ in self.resolved])
-            columns = {name: np.array([p.get(name, np.nan) for _, p in self.resolved])
-                       for name in self.resolved[-1][1]}
+            columns = {name: np.array([p.get(name, np.nan) for _, p in self.resolved]) for name in self.resolved[-1][1]}
         for name, scores in columns.items():
             ok = np.isfinite(scores) & (returns != 0)
             hits = float(np.mean((scores[ok] > 0.5) == (returns[ok] > 0))) if ok.any() else None
@@ -142,8 +148,14 @@ class DriftMonitor:
     below it) is an event, kept in `events` until the caller records it.
     """
 
-    def __init__(self, reference: dict[str, Any] | None, version: str, prediction_reference: dict[str, Any] | None,
-                 window: int = 1_440, every: int = 60) -> None:
+    def __init__(
+        self,
+        reference: dict[str, Any] | None,
+        version: str,
+        prediction_reference: dict[str, Any] | None,
+        window: int = 1_440,
+        every: int = 60,
+    ) -> None:
         self.reference, self.version = reference, version
         self.prediction_reference = prediction_reference
         self.rows = np.full((window, len(FEATURE_NAMES)), np.nan, dtype=np.float32)
@@ -177,23 +189,40 @@ class DriftMonitor:
             values["prediction"] = self.prediction_psi
         drifted = {name for name, value in values.items() if value > PSI_DRIFT}
         if drifted != self.drifted:
-            self.events.append({"kind": "drift", "started": sorted(drifted - self.drifted),
-                                "ended": sorted(self.drifted - drifted), "rows": n,
-                                "psi": {name: round(values[name], 4) for name in sorted(drifted)},
-                                "threshold": PSI_DRIFT})
+            self.events.append(
+                {
+                    "kind": "drift",
+                    "started": sorted(drifted - self.drifted),
+                    "ended": sorted(self.drifted - drifted),
+                    "rows": n,
+                    "psi": {name: round(values[name], 4) for name in sorted(drifted)},
+                    "threshold": PSI_DRIFT,
+                }
+            )
             self.drifted = drifted
 
     def report(self) -> dict[str, Any]:
         drifted = sorted((n for n in self.drifted if n != "prediction"), key=lambda n: -self.latest[n])
-        return {"rows": min(self.count, self.rows.shape[0]), "psi": self.latest, "drifted_features": drifted,
-                "prediction_psi": self.prediction_psi, "threshold": PSI_DRIFT}
+        return {
+            "rows": min(self.count, self.rows.shape[0]),
+            "psi": self.latest,
+            "drifted_features": drifted,
+            "prediction_psi": self.prediction_psi,
+            "threshold": PSI_DRIFT,
+        }
 
 
 class SignalStage:
     """Per-batch logic of the signal agent; tables are injected (Faust tables in the worker)."""
 
-    def __init__(self, engine: SignalEngine, engine_states: Any, paper_books: Any, broker: PaperBroker,
-                 publish_hold: bool = False) -> None:
+    def __init__(
+        self,
+        engine: SignalEngine,
+        engine_states: Any,
+        paper_books: Any,
+        broker: PaperBroker,
+        publish_hold: bool = False,
+    ) -> None:
         self.engine = engine
         self.engine_states = engine_states
         self.paper_books = paper_books
@@ -212,8 +241,9 @@ class SignalStage:
         self.engine = engine
         self.tracker = PerformanceTracker(engine.horizon)
         metadata = engine.bundle.metadata
-        self.drift = DriftMonitor(metadata.get("training_reference"), engine.bundle.version,
-                                  metadata.get("prediction_reference"))
+        self.drift = DriftMonitor(
+            metadata.get("training_reference"), engine.bundle.version, metadata.get("prediction_reference")
+        )
 
     def load_state(self, symbol: str) -> SymbolState:
         blob = self.engine_states.get(symbol)
@@ -236,16 +266,18 @@ class SignalStage:
         self.broker.account.books[symbol] = book
         return book
 
-    async def process(self, items: Sequence[BarEvent], persist: Callable[[BarEvent, str, SymbolState, PaperBook],
-                                                                          None],
-                      emit: Callable[[dict[str, Any], list[dict[str, Any]], BarEvent], Awaitable[None]]) -> int:
+    async def process(
+        self,
+        items: Sequence[BarEvent],
+        persist: Callable[[BarEvent, str, SymbolState, PaperBook], None],
+        emit: Callable[[dict[str, Any], list[dict[str, Any]], BarEvent], Awaitable[None]],
+    ) -> int:
         """Run the batch in rounds (one bar of each symbol a round, in the order they came); `persist` stores a
         symbol's state, `emit` publishes a signal and fills. Returns how many bars were decided."""
         stage_started = time.perf_counter()
         clock = _CpuClock()
 
-        async def emit_outside(signal: dict[str, Any] | None, executions: list[dict[str, Any]], item: BarEvent
-                               ) -> None:
+        async def emit_outside(signal: dict[str, Any] | None, executions: list[dict[str, Any]], item: BarEvent) -> None:
             with clock.paused():
                 await emit(signal, executions, item)  # type: ignore[arg-type]
 
@@ -282,10 +314,13 @@ class SignalStage:
         metrics.SIGNAL_STAGE_CPU_SECONDS.inc(clock.total())
         return decided
 
-    async def _admit(self, round_items: list[BarEvent], states: dict[str, SymbolState],
-                     papers: dict[str, PaperBook],
-                     emit: Callable[[dict[str, Any] | None, list[dict[str, Any]], BarEvent], Awaitable[None]],
-                     ) -> list[tuple[BarEvent, SymbolState, PaperBook, list[dict[str, Any]]]]:
+    async def _admit(
+        self,
+        round_items: list[BarEvent],
+        states: dict[str, SymbolState],
+        papers: dict[str, PaperBook],
+        emit: Callable[[dict[str, Any] | None, list[dict[str, Any]], BarEvent], Awaitable[None]],
+    ) -> list[tuple[BarEvent, SymbolState, PaperBook, list[dict[str, Any]]]]:
         """The round's bars that move their symbol on, each with its state, paper book and the fills the bar
         caused. A bar at or before the symbol's last decided one is a redelivery after a crash: its decision is
         published again under the same id (the sink keeps one), and it moves nothing."""
@@ -310,7 +345,8 @@ class SignalStage:
         started = time.perf_counter()
         with clock.paused():
             predictions, score_cpu_s = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._score, pendings)
+                self.executor, self._score, pendings
+            )
         clock.add(score_cpu_s)
         metrics.INFERENCE.labels("ensemble").observe(time.perf_counter() - started)
         return predictions

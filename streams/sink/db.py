@@ -25,8 +25,9 @@ def database_url(settings: Settings, start_embedded: bool = True) -> str:
     return pgserver.url(settings.home)
 
 
-def init_schema(url: str, retention_days: int = 365, compress_after_days: int = 7,
-                timescaledb: bool = True) -> str | None:
+def init_schema(
+    url: str, retention_days: int = 365, compress_after_days: int = 7, timescaledb: bool = True
+) -> str | None:
     """Apply schema.sql (idempotent) and return the TimescaleDB version in use, or None on plain PostgreSQL.
 
     `retention_days`: chunks created longer ago are dropped; `compress_after_days`: chunks whose data is older are
@@ -34,8 +35,11 @@ def init_schema(url: str, retention_days: int = 365, compress_after_days: int = 
     """
     sql = SCHEMA_PATH.read_text()
     with psycopg.connect(url, autocommit=True) as conn:
-        for name, value in (("retention_days", retention_days), ("compress_after_days", compress_after_days),
-                            ("timescaledb", "on" if timescaledb else "off")):
+        for name, value in (
+            ("retention_days", retention_days),
+            ("compress_after_days", compress_after_days),
+            ("timescaledb", "on" if timescaledb else "off"),
+        ):
             conn.execute("SELECT set_config(%s, %s, false)", (f"mlrisk.{name}", str(value)))
         conn.execute(sql)  # noqa: S608
         row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()

@@ -31,8 +31,10 @@ DATABASE = "mlrisk"
 SERVICE_USER = "embedded_postgres"
 # TimescaleDB must be preloaded; telemetry stays off (nothing leaves the machine). Every database that has the
 # extension runs a job scheduler in its own background worker, so tests' scratch databases need room for them.
-TIMESCALEDB_OPTIONS = ("-c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off "
-                       "-c max_worker_processes=32 -c timescaledb.max_background_workers=24")
+TIMESCALEDB_OPTIONS = (
+    "-c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off "
+    "-c max_worker_processes=32 -c timescaledb.max_background_workers=24"
+)
 
 
 def _bin(name: str) -> str:
@@ -69,8 +71,10 @@ def password(home: Path) -> str:
 
 def url(home: Path, database: str = DATABASE) -> str:
     """The URL of the embedded server, with its password; SCRAM required of the server as well."""
-    return (f"postgresql://postgres:{password(home)}@127.0.0.1:{port()}/{database}"
-            "?require_auth=scram-sha-256&connect_timeout=10")
+    return (
+        f"postgresql://postgres:{password(home)}@127.0.0.1:{port()}/{database}"
+        "?require_auth=scram-sha-256&connect_timeout=10"
+    )
 
 
 def _run_as() -> dict[str, object]:
@@ -136,7 +140,9 @@ def start(home: Path) -> str:
             options += " " + TIMESCALEDB_OPTIONS
         subprocess.run(
             [_bin("pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"],
-            check=True, capture_output=True, **as_user,  # type: ignore[call-overload]
+            check=True,
+            capture_output=True,
+            **as_user,  # type: ignore[call-overload]
         )
         deadline = time.monotonic() + 30
         while not answers():
@@ -160,9 +166,20 @@ def _initdb(home: Path, data: Path, as_user: dict[str, object]) -> None:
     try:
         _own(draft)
         subprocess.run(
-            [_bin("initdb"), "-D", str(data), "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
-             f"--pwfile={draft}", "--encoding=UTF8", "-U", "postgres"],
-            check=True, capture_output=True, **as_user,  # type: ignore[call-overload]
+            [
+                _bin("initdb"),
+                "-D",
+                str(data),
+                "--auth-local=scram-sha-256",
+                "--auth-host=scram-sha-256",
+                f"--pwfile={draft}",
+                "--encoding=UTF8",
+                "-U",
+                "postgres",
+            ],
+            check=True,
+            capture_output=True,
+            **as_user,  # type: ignore[call-overload]
         )
     finally:
         draft.unlink()
@@ -210,8 +227,10 @@ def _asks_for_password() -> bool:
 def _assert_data_directory(conn: psycopg.Connection[Any], data: Path) -> None:
     row = conn.execute("SHOW data_directory").fetchone()
     if row is None or os.path.realpath(row[0]) != os.path.realpath(data):
-        raise RuntimeError(f"the PostgreSQL server on 127.0.0.1:{port()} serves {row[0] if row else '?'}, not "
-                           f"{data}: another server holds the port; stop it or set MLRISK_PG_PORT")
+        raise RuntimeError(
+            f"the PostgreSQL server on 127.0.0.1:{port()} serves {row[0] if row else '?'}, not "
+            f"{data}: another server holds the port; stop it or set MLRISK_PG_PORT"
+        )
 
 
 def _check_own_server(home: Path, data: Path) -> None:
@@ -245,5 +264,7 @@ def stop(home: Path, mode: str = "fast") -> None:
         return
     subprocess.run(
         [_bin("pg_ctl"), "-D", str(data), "-m", mode, "-w", "-t", "60", "stop"],
-        check=False, capture_output=True, **_run_as(),  # type: ignore[call-overload]
+        check=False,
+        capture_output=True,
+        **_run_as(),  # type: ignore[call-overload]
     )

@@ -29,24 +29,73 @@ SINK_BATCH = 2_000  # rows per transaction: large enough that per-statement cost
 QUARANTINE_MAX_CHARS = 65_536  # of a refused row's text
 
 SIGNAL_COLUMNS = (
-    "timestamp", "signal_id", "symbol", "signal_type", "signal_strength", "confidence_score", "risk_level",
-    "market_regime", "recommended_leverage", "position_size_usdt", "stop_loss_price", "take_profit_price",
-    "risk_reward_ratio", "ml_confidence", "ml_prediction", "model_contributions", "risk_score", "liquidation_risk",
-    "portfolio_impact", "volatility_score", "liquidity_score", "market_depth_analysis", "metadata",
+    "timestamp",
+    "signal_id",
+    "symbol",
+    "signal_type",
+    "signal_strength",
+    "confidence_score",
+    "risk_level",
+    "market_regime",
+    "recommended_leverage",
+    "position_size_usdt",
+    "stop_loss_price",
+    "take_profit_price",
+    "risk_reward_ratio",
+    "ml_confidence",
+    "ml_prediction",
+    "model_contributions",
+    "risk_score",
+    "liquidation_risk",
+    "portfolio_impact",
+    "volatility_score",
+    "liquidity_score",
+    "market_depth_analysis",
+    "metadata",
 )
 POSITION_COLUMNS = (
-    "timestamp", "signal_id", "symbol", "signal_type", "base_position_size", "risk_adjusted_size",
-    "leverage_multiplier", "stop_loss_adjustment", "take_profit_adjustment", "risk_factors", "confidence_boost",
-    "market_regime", "volatility_score", "liquidity_score", "metadata",
+    "timestamp",
+    "signal_id",
+    "symbol",
+    "signal_type",
+    "base_position_size",
+    "risk_adjusted_size",
+    "leverage_multiplier",
+    "stop_loss_adjustment",
+    "take_profit_adjustment",
+    "risk_factors",
+    "confidence_boost",
+    "market_regime",
+    "volatility_score",
+    "liquidity_score",
+    "metadata",
 )
 EXECUTION_COLUMNS = (
-    "timestamp", "signal_id", "symbol", "execution_status", "execution_price", "execution_size",
-    "execution_leverage", "actual_stop_loss", "actual_take_profit", "execution_time_ms", "error_message",
+    "timestamp",
+    "signal_id",
+    "symbol",
+    "execution_status",
+    "execution_price",
+    "execution_size",
+    "execution_leverage",
+    "actual_stop_loss",
+    "actual_take_profit",
+    "execution_time_ms",
+    "error_message",
     "metadata",
 )
 METRICS_COLUMNS = (
-    "timestamp", "service_name", "signals_generated", "signals_executed", "average_confidence",
-    "average_risk_score", "success_rate", "total_pnl", "processing_time_ms", "error_count", "metadata",
+    "timestamp",
+    "service_name",
+    "signals_generated",
+    "signals_executed",
+    "average_confidence",
+    "average_risk_score",
+    "success_rate",
+    "total_pnl",
+    "processing_time_ms",
+    "error_count",
+    "metadata",
 )
 EVENT_COLUMNS = ("timestamp", "event_type", "model_version", "source", "details")
 CONFLICT_KEYS = {
@@ -63,8 +112,15 @@ COLUMNS = {
     "ml_risk_integration_metrics": METRICS_COLUMNS,
     "ml_model_events": EVENT_COLUMNS,
 }
-SIGNAL_FIELDS_IN_METADATA = ("entry_price", "quantity", "liquidation_price", "bar_close_time", "model_version",
-                             "latency_ms", "schema_version")
+SIGNAL_FIELDS_IN_METADATA = (
+    "entry_price",
+    "quantity",
+    "liquidation_price",
+    "bar_close_time",
+    "model_version",
+    "latency_ms",
+    "schema_version",
+)
 
 
 def json_value(value: Any) -> str | None:
@@ -81,8 +137,11 @@ def signal_row(signal: dict[str, Any]) -> tuple[Any, ...]:
     meta.pop("risk_adjusted_positions", None)
     for name in SIGNAL_FIELDS_IN_METADATA:
         meta[name] = signal.get(name)
-    values = {"model_contributions": json_value(signal.get("model_contributions")),
-              "market_depth_analysis": json_value(depth), "metadata": json_value(meta)}
+    values = {
+        "model_contributions": json_value(signal.get("model_contributions")),
+        "market_depth_analysis": json_value(depth),
+        "metadata": json_value(meta),
+    }
     return tuple(values[c] if c in values else signal[c] for c in SIGNAL_COLUMNS)
 
 
@@ -91,10 +150,14 @@ def position_row(signal: dict[str, Any]) -> tuple[Any, ...]:
     factors = adjusted.pop("risk_factors", None)
     values = {
         **adjusted,
-        "timestamp": signal["timestamp"], "signal_id": signal["signal_id"], "symbol": signal["symbol"],
-        "signal_type": signal["signal_type"], "risk_factors": json_value(factors),
+        "timestamp": signal["timestamp"],
+        "signal_id": signal["signal_id"],
+        "symbol": signal["symbol"],
+        "signal_type": signal["signal_type"],
+        "risk_factors": json_value(factors),
         "market_regime": signal["market_regime"],
-        "volatility_score": signal["volatility_score"], "liquidity_score": signal["liquidity_score"],
+        "volatility_score": signal["volatility_score"],
+        "liquidity_score": signal["liquidity_score"],
         "metadata": json_value({"model_version": signal.get("model_version")}),
     }
     return tuple(values.get(c) for c in POSITION_COLUMNS)
@@ -110,8 +173,9 @@ def metrics_row(row: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(values.get(c) for c in METRICS_COLUMNS)
 
 
-def event_row(event_type: str, model_version: str, source: str, details: dict[str, Any],
-              timestamp: str | None = None) -> tuple[Any, ...]:
+def event_row(
+    event_type: str, model_version: str, source: str, details: dict[str, Any], timestamp: str | None = None
+) -> tuple[Any, ...]:
     """A row of ml_model_events (timestamp: ISO8601, now when omitted)."""
     stamp = timestamp or datetime.now(UTC).isoformat(timespec="milliseconds")
     return (stamp, event_type, model_version, source[:50], json_value(details))
@@ -120,8 +184,10 @@ def event_row(event_type: str, model_version: str, source: str, details: dict[st
 def insert_sql(table: str, rows: int) -> str:
     columns = COLUMNS[table]
     one = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * rows)} "
-            f"ON CONFLICT {CONFLICT_KEYS[table]} DO NOTHING")
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * rows)} "
+        f"ON CONFLICT {CONFLICT_KEYS[table]} DO NOTHING"
+    )
 
 
 async def copy_rows(conn: psycopg.AsyncConnection[Any], table: str, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -149,11 +215,19 @@ class Sink:
         self.url = url
         # reconnect_timeout: a reconnection attempt gives up after 10 s and the next request starts a fresh one;
         # the pool's default backs off to minutes, which a worker then waited after the database came back
-        self.pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False, timeout=10.0, reconnect_timeout=10.0,
-                                        kwargs={"autocommit": True, "connect_timeout": 3})
+        self.pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=4,
+            open=False,
+            timeout=10.0,
+            reconnect_timeout=10.0,
+            kwargs={"autocommit": True, "connect_timeout": 3},
+        )
         # the API reads through its own connections, so that its queries never wait behind the sink's writes
-        self.read_pool = AsyncConnectionPool(url, min_size=0, max_size=2, open=False, timeout=5.0,
-                                             kwargs={"autocommit": True, "connect_timeout": 3})
+        self.read_pool = AsyncConnectionPool(
+            url, min_size=0, max_size=2, open=False, timeout=5.0, kwargs={"autocommit": True, "connect_timeout": 3}
+        )
         self.max_retry_delay_s = max_retry_delay_s
         self.healthy = False
         self.rows_written = 0
@@ -198,11 +272,14 @@ class Sink:
         """Stalled while the database does not answer, or while writes have failed for `stall_s`."""
         detail = {"rows_written": self.rows_written, "last_write_s_ago": round(self.progress.idle_s(now), 1)}
         if not self.healthy:
-            return stalled("the database does not answer" + (f": {self.progress.failure}" if self.progress.failure
-                                                              else ""), **detail)
+            return stalled(
+                "the database does not answer" + (f": {self.progress.failure}" if self.progress.failure else ""),
+                **detail,
+            )
         if self.progress.failing_s(now) > stall_s:
-            return stalled(f"writes have failed for {self.progress.failing_s(now):.0f} s: {self.progress.failure}",
-                           **detail)
+            return stalled(
+                f"writes have failed for {self.progress.failing_s(now):.0f} s: {self.progress.failure}", **detail
+            )
         return healthy(**detail)
 
     async def write(self, table: str, rows: Sequence[tuple[Any, ...]], oldest_ms: float | None = None) -> None:
@@ -252,14 +329,17 @@ class Sink:
         counted in `mlrisk_sink_quarantined_rows_total`; wait for the database like any write."""
         text = orjson.dumps(list(row), default=str).decode().replace("\\u0000", "")[:QUARANTINE_MAX_CHARS]
         reason = str(error).replace("\x00", "")[:1_000]
-        log.error("the database refused a row of %s (%s); kept in sink_quarantine", table,
-                  (reason.splitlines() or [""])[0])
+        log.error(
+            "the database refused a row of %s (%s); kept in sink_quarantine", table, (reason.splitlines() or [""])[0]
+        )
         delay = 0.2
         while True:
             try:
                 async with self.pool.connection() as conn:
-                    await conn.execute("INSERT INTO sink_quarantine (table_name, error, row_data) VALUES (%s, %s, %s)",
-                                       (table, reason, text))
+                    await conn.execute(
+                        "INSERT INTO sink_quarantine (table_name, error, row_data) VALUES (%s, %s, %s)",
+                        (table, reason, text),
+                    )
                 metrics.SINK_QUARANTINED.labels(table).inc()
                 return
             except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as failure:
@@ -270,8 +350,9 @@ class Sink:
 
     async def write_signals(self, signals: Sequence[dict[str, Any]], received_ms: float | None = None) -> None:
         await self.write("actionable_trade_signals", [signal_row(s) for s in signals], received_ms)
-        await self.write("risk_adjusted_positions", [position_row(s) for s in signals if s["signal_type"] != "hold"],
-                         received_ms)
+        await self.write(
+            "risk_adjusted_positions", [position_row(s) for s in signals if s["signal_type"] != "hold"], received_ms
+        )
 
     async def write_executions(self, executions: Sequence[dict[str, Any]], received_ms: float | None = None) -> None:
         await self.write("signal_execution_logs", [execution_row(e) for e in executions], received_ms)

@@ -82,8 +82,9 @@ def feed(items: list[tuple[bytes, bytes | None, int]], ingest: Ingest | None = N
     return Run(bars, [orjson.loads(d) for d in letters], letters, ingest, rekeyed)
 
 
-def with_hostile(genuine: list[tuple[bytes, int]], hostile: list[bytes], at: int = INJECT_AT,
-                 key: bytes | None = SYMBOL.encode()) -> list[tuple[bytes, bytes | None, int]]:
+def with_hostile(
+    genuine: list[tuple[bytes, int]], hostile: list[bytes], at: int = INJECT_AT, key: bytes | None = SYMBOL.encode()
+) -> list[tuple[bytes, bytes | None, int]]:
     now = genuine[at - 1][1] + CLOCK_LEAD_MS
     items = [(raw, SYMBOL.encode(), e + CLOCK_LEAD_MS) for raw, e in genuine[:at]]
     items += [(raw, key, now) for raw in hostile]

@@ -21,9 +21,21 @@ from streams import metrics
 from streams.messages import InvalidMessage, check_execution, check_signal, decode_bar
 from streams.sink.writer import Sink, execution_row, signal_row
 
-BAR = {"symbol": "BTCUSDT", "open_time": 1_723_161_240_000, "open": 61800.3, "high": 61839.8, "low": 61800.0,
-       "close": 61807.8, "volume": 125.966, "quote_volume": 7_786_000.5, "trades": 252, "taker_buy_base": 60.1,
-       "taker_buy_quote": 3_714_000.2, "received_ms": 1_723_161_300_123, "market": {"mark_price": 61805.1}}
+BAR = {
+    "symbol": "BTCUSDT",
+    "open_time": 1_723_161_240_000,
+    "open": 61800.3,
+    "high": 61839.8,
+    "low": 61800.0,
+    "close": 61807.8,
+    "volume": 125.966,
+    "quote_volume": 7_786_000.5,
+    "trades": 252,
+    "taker_buy_base": 60.1,
+    "taker_buy_quote": 3_714_000.2,
+    "received_ms": 1_723_161_300_123,
+    "market": {"mark_price": 61805.1},
+}
 
 
 def _bar(**changes: Any) -> bytes:
@@ -33,18 +45,46 @@ def _bar(**changes: Any) -> bytes:
 def _signal(**changes: Any) -> dict[str, Any]:
     """A long signal shaped as the engine makes them (models.signal.build_signal)."""
     signal = {
-        "schema_version": 1, "signal_id": str(uuid.uuid4()), "symbol": "QUARUSDT",
-        "timestamp": "2024-08-08T23:54:00Z", "bar_close_time": 1_723_161_299_999, "signal_type": "long",
-        "signal_strength": "buy", "confidence_score": 0.61, "ml_confidence": 0.2, "ml_prediction": "up",
-        "risk_level": "low", "market_regime": "ranging", "entry_price": 61807.8, "recommended_leverage": 5,
-        "position_size_usdt": 488.0, "quantity": 0.0079, "stop_loss_price": 61500.0, "take_profit_price": 62300.0,
-        "risk_reward_ratio": 1.6, "liquidation_price": 55000.0, "risk_score": 20.0, "liquidation_risk": 3.0,
-        "portfolio_impact": 0.05, "volatility_score": 0.3, "liquidity_score": 0.9,
-        "model_contributions": {"lightgbm": {"p_up": 0.6, "weight": 1.0}}, "model_version": "v-test",
-        "latency_ms": 1.5, "metadata": {"p_up": 0.6, "risk_adjusted_positions": {
-            "base_position_size": 1000.0, "risk_adjusted_size": 488.0, "leverage_multiplier": 1.0,
-            "stop_loss_adjustment": 1.0, "take_profit_adjustment": 1.0, "confidence_boost": 0.1,
-            "risk_factors": {}}},
+        "schema_version": 1,
+        "signal_id": str(uuid.uuid4()),
+        "symbol": "QUARUSDT",
+        "timestamp": "2024-08-08T23:54:00Z",
+        "bar_close_time": 1_723_161_299_999,
+        "signal_type": "long",
+        "signal_strength": "buy",
+        "confidence_score": 0.61,
+        "ml_confidence": 0.2,
+        "ml_prediction": "up",
+        "risk_level": "low",
+        "market_regime": "ranging",
+        "entry_price": 61807.8,
+        "recommended_leverage": 5,
+        "position_size_usdt": 488.0,
+        "quantity": 0.0079,
+        "stop_loss_price": 61500.0,
+        "take_profit_price": 62300.0,
+        "risk_reward_ratio": 1.6,
+        "liquidation_price": 55000.0,
+        "risk_score": 20.0,
+        "liquidation_risk": 3.0,
+        "portfolio_impact": 0.05,
+        "volatility_score": 0.3,
+        "liquidity_score": 0.9,
+        "model_contributions": {"lightgbm": {"p_up": 0.6, "weight": 1.0}},
+        "model_version": "v-test",
+        "latency_ms": 1.5,
+        "metadata": {
+            "p_up": 0.6,
+            "risk_adjusted_positions": {
+                "base_position_size": 1000.0,
+                "risk_adjusted_size": 488.0,
+                "leverage_multiplier": 1.0,
+                "stop_loss_adjustment": 1.0,
+                "take_profit_adjustment": 1.0,
+                "confidence_boost": 0.1,
+                "risk_factors": {},
+            },
+        },
     }
     signal.update(changes)
     return signal
@@ -107,41 +147,79 @@ def test_a_bad_signal_is_refused_before_the_sink(case: str, signal: dict[str, An
 
 def test_a_genuine_signal_and_execution_pass() -> None:
     check_signal(orjson.dumps(_signal()))
-    check_signal(orjson.dumps(_signal(signal_type="hold", recommended_leverage=None, position_size_usdt=None,
-                                      quantity=None, stop_loss_price=None, take_profit_price=None,
-                                      risk_reward_ratio=None, liquidation_price=None)))
-    check_execution(orjson.dumps({"timestamp": "2024-08-08T23:55:00Z", "signal_id": str(uuid.uuid4()),
-                                  "symbol": "BTCUSDT", "execution_status": "executed", "execution_price": 61800.0,
-                                  "execution_size": 488.0, "execution_leverage": 5, "actual_stop_loss": 61500.0,
-                                  "actual_take_profit": 62300.0, "execution_time_ms": 0, "error_message": None,
-                                  "metadata": {"signal_type": "long"}}))
+    check_signal(
+        orjson.dumps(
+            _signal(
+                signal_type="hold",
+                recommended_leverage=None,
+                position_size_usdt=None,
+                quantity=None,
+                stop_loss_price=None,
+                take_profit_price=None,
+                risk_reward_ratio=None,
+                liquidation_price=None,
+            )
+        )
+    )
+    check_execution(
+        orjson.dumps(
+            {
+                "timestamp": "2024-08-08T23:55:00Z",
+                "signal_id": str(uuid.uuid4()),
+                "symbol": "BTCUSDT",
+                "execution_status": "executed",
+                "execution_price": 61800.0,
+                "execution_size": 488.0,
+                "execution_leverage": 5,
+                "actual_stop_loss": 61500.0,
+                "actual_take_profit": 62300.0,
+                "execution_time_ms": 0,
+                "error_message": None,
+                "metadata": {"signal_type": "long"},
+            }
+        )
+    )
     with pytest.raises(InvalidMessage):
-        check_execution(orjson.dumps({"timestamp": "2024-08-08T23:55:00Z", "signal_id": "x", "symbol": "BTCUSDT",
-                                      "execution_status": "teleported"}))
+        check_execution(
+            orjson.dumps(
+                {
+                    "timestamp": "2024-08-08T23:55:00Z",
+                    "signal_id": "x",
+                    "symbol": "BTCUSDT",
+                    "execution_status": "teleported",
+                }
+            )
+        )
 
 
 def _quarantined(url: str, marker: str) -> list[tuple[str, str]]:
     with psycopg.connect(url) as conn:
-        return conn.execute("SELECT table_name, error FROM sink_quarantine WHERE row_data LIKE %s",
-                            (f"%{marker}%",)).fetchall()
+        return conn.execute(
+            "SELECT table_name, error FROM sink_quarantine WHERE row_data LIKE %s", (f"%{marker}%",)
+        ).fetchall()
 
 
 def _stored(url: str, ids: list[str]) -> set[str]:
     with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT signal_id::text FROM actionable_trade_signals WHERE signal_id = ANY(%s::uuid[])",
-                            (ids,)).fetchall()
+        rows = conn.execute(
+            "SELECT signal_id::text FROM actionable_trade_signals WHERE signal_id = ANY(%s::uuid[])", (ids,)
+        ).fetchall()
     return {r[0] for r in rows}
 
 
-@pytest.mark.parametrize(("case", "bad"), [
-    ("stop-loss-1e9-overflows-decimal-15-6", {"stop_loss_price": 1e9}),
-    ("position-size-1e14-overflows-decimal-15-2", {"position_size_usdt": 1e14}),
-    ("signal-id-not-a-uuid", {"signal_id": "not-a-uuid"}),
-    ("risk-level-21-characters", {"ml_prediction": "u" * 21}),
-    ("nul-character-in-text", {"ml_prediction": "up\x00"}),
-])
+@pytest.mark.parametrize(
+    ("case", "bad"),
+    [
+        ("stop-loss-1e9-overflows-decimal-15-6", {"stop_loss_price": 1e9}),
+        ("position-size-1e14-overflows-decimal-15-2", {"position_size_usdt": 1e14}),
+        ("signal-id-not-a-uuid", {"signal_id": "not-a-uuid"}),
+        ("risk-level-21-characters", {"ml_prediction": "u" * 21}),
+        ("nul-character-in-text", {"ml_prediction": "up\x00"}),
+    ],
+)
 def test_rows_the_database_refuses_are_quarantined_and_the_rest_of_the_batch_is_written(
-        database_url: str, case: str, bad: dict[str, Any]) -> None:
+    database_url: str, case: str, bad: dict[str, Any]
+) -> None:
     """One refused row used to leave its batch unacknowledged for ever (only connection errors were retried)."""
     marker = uuid.uuid4().hex
     signals = [_signal(model_version=marker) for _ in range(40)]
@@ -169,9 +247,19 @@ def test_rows_the_database_refuses_are_quarantined_and_the_rest_of_the_batch_is_
 def test_an_execution_log_without_a_signal_id_is_quarantined_not_retried_for_ever(database_url: str) -> None:
     """The paper broker logs a close with signal_id "" when it lost the opening signal; "" is not a UUID."""
     marker = uuid.uuid4().hex
-    logs = [{"timestamp": "2024-08-08T23:55:00Z", "signal_id": sid, "symbol": "QUARUSDT",
-             "execution_status": "closed", "execution_price": 61800.0, "execution_size": 10.0,
-             "execution_time_ms": 0, "metadata": {"marker": marker}} for sid in (str(uuid.uuid4()), "")]
+    logs = [
+        {
+            "timestamp": "2024-08-08T23:55:00Z",
+            "signal_id": sid,
+            "symbol": "QUARUSDT",
+            "execution_status": "closed",
+            "execution_price": 61800.0,
+            "execution_size": 10.0,
+            "execution_time_ms": 0,
+            "metadata": {"marker": marker},
+        }
+        for sid in (str(uuid.uuid4()), "")
+    ]
 
     async def write() -> None:
         sink = Sink(database_url)

@@ -42,8 +42,18 @@ class Context:
 
 
 def _trade(ctx: Context, **changes: Any) -> bytes:
-    body = {"e": "trade", "E": ctx.now_ms - 40, "T": ctx.now_ms - 42, "s": SYMBOL, "t": ctx.last_id + 1,
-            "p": "61000.5", "q": "0.01", "X": "MARKET", "m": True, **changes}
+    body = {
+        "e": "trade",
+        "E": ctx.now_ms - 40,
+        "T": ctx.now_ms - 42,
+        "s": SYMBOL,
+        "t": ctx.last_id + 1,
+        "p": "61000.5",
+        "q": "0.01",
+        "X": "MARKET",
+        "m": True,
+        **changes,
+    }
     return orjson.dumps({"stream": "btcusdt@trade", "data": {k: v for k, v in body.items() if v is not ...}})
 
 
@@ -56,8 +66,22 @@ def _raw_trade(ctx: Context, field: str, literal: str) -> bytes:
 def _kline(ctx: Context, t: int | None = None, big_t: int | None = None, e: int | None = None) -> bytes:
     open_time = ctx.minute_ms - 60_000 if t is None else t
     close_time = open_time + 59_999 if big_t is None else big_t
-    k = {"t": open_time, "T": close_time, "s": SYMBOL, "i": "1m", "o": "61000", "c": "61001", "h": "61002",
-         "l": "60999", "v": "3.5", "n": 100, "x": True, "q": "213500", "V": "1.5", "Q": "91500"}
+    k = {
+        "t": open_time,
+        "T": close_time,
+        "s": SYMBOL,
+        "i": "1m",
+        "o": "61000",
+        "c": "61001",
+        "h": "61002",
+        "l": "60999",
+        "v": "3.5",
+        "n": 100,
+        "x": True,
+        "q": "213500",
+        "V": "1.5",
+        "Q": "91500",
+    }
     return orjson.dumps({"e": "kline", "E": close_time + 1 if e is None else e, "s": SYMBOL, "k": k})
 
 
@@ -66,18 +90,50 @@ def _tick(ctx: Context, **changes: Any) -> bytes:
 
 
 def _mark(ctx: Context, **changes: Any) -> bytes:
-    return orjson.dumps({"e": "markPriceUpdate", "E": ctx.now_ms, "s": SYMBOL, "p": "61000", "i": "61001",
-                         "r": "0.0001", "T": ctx.now_ms + 3_600_000, **changes})
+    return orjson.dumps(
+        {
+            "e": "markPriceUpdate",
+            "E": ctx.now_ms,
+            "s": SYMBOL,
+            "p": "61000",
+            "i": "61001",
+            "r": "0.0001",
+            "T": ctx.now_ms + 3_600_000,
+            **changes,
+        }
+    )
 
 
 def _depth(ctx: Context, levels: int = 2, **changes: Any) -> bytes:
-    return orjson.dumps({"e": "depthUpdate", "E": ctx.now_ms, "s": SYMBOL, "U": 1, "u": 2, "pu": 0,
-                         "b": [[60000 - i, 1] for i in range(levels)], "a": [["61000", "1"]], **changes})
+    return orjson.dumps(
+        {
+            "e": "depthUpdate",
+            "E": ctx.now_ms,
+            "s": SYMBOL,
+            "U": 1,
+            "u": 2,
+            "pu": 0,
+            "b": [[60000 - i, 1] for i in range(levels)],
+            "a": [["61000", "1"]],
+            **changes,
+        }
+    )
 
 
 def _book_ticker(ctx: Context, **changes: Any) -> bytes:
-    return orjson.dumps({"e": "bookTicker", "E": ctx.now_ms, "s": SYMBOL, "u": 5, "b": "60999", "B": "1",
-                         "a": "61000", "A": "2", **changes})
+    return orjson.dumps(
+        {
+            "e": "bookTicker",
+            "E": ctx.now_ms,
+            "s": SYMBOL,
+            "u": 5,
+            "b": "60999",
+            "B": "1",
+            "a": "61000",
+            "A": "2",
+            **changes,
+        }
+    )
 
 
 def _nested(depth: int) -> bytes:
@@ -95,15 +151,18 @@ CASES: list[tuple[str, str, Hostile, str | None]] = [
     ("oversized", "900KB-valid-trade-field", lambda c: _trade(c, X="M" * 900_000), DROPPED),
     ("oversized", "long-price-string", lambda c: _trade(c, p="1" + "0" * 5_000), "bad_type"),
     ("binary", "random-bytes", lambda c: bytes((i * 131 + 7) % 256 for i in range(4_096)), "not_json"),
-    ("binary", "invalid-utf8-in-symbol", lambda c: _trade(c).replace(b'"BTCUSDT"', b'"BTC\xff\xfeUSDT"'),
-     "not_json"),
+    ("binary", "invalid-utf8-in-symbol", lambda c: _trade(c).replace(b'"BTCUSDT"', b'"BTC\xff\xfeUSDT"'), "not_json"),
     ("binary", "utf16-json", lambda c: _trade(c).decode().encode("utf-16"), "not_json"),
     ("binary", "nul-in-symbol", lambda c: _trade(c, s="BTC\x00USDT"), "bad_symbol"),
     ("binary", "empty", lambda c: b"", "not_json"),
     ("nesting", "100k-arrays", lambda c: b"[" * 100_000 + b"]" * 100_000, "not_json"),
     ("nesting", "2k-objects-in-symbol", lambda c: _nested(2_000), "not_json"),
-    ("nesting", "wrapped-twice", lambda c: orjson.dumps({"stream": "x", "data": {"stream": "y", "data": orjson.loads(
-        _trade(c))}}), "unknown_event"),
+    (
+        "nesting",
+        "wrapped-twice",
+        lambda c: orjson.dumps({"stream": "x", "data": {"stream": "y", "data": orjson.loads(_trade(c))}}),
+        "unknown_event",
+    ),
     ("nesting", "data-not-object", lambda c: b'{"stream":"btcusdt@trade","data":"x"}', "not_object"),
     ("huge-numbers", "price-1e308", lambda c: _trade(c, p=1e308), "out_of_range"),
     ("huge-numbers", "price-string-1e400", lambda c: _trade(c, p="1e400"), "non_finite"),
@@ -117,10 +176,18 @@ CASES: list[tuple[str, str, Hostile, str | None]] = [
     ("non-finite", "Infinity-literal", lambda c: _raw_trade(c, "q", "Infinity"), "not_json"),
     ("non-finite", "price-string-nan", lambda c: _trade(c, p="nan"), "non_finite"),
     ("non-finite", "quantity-string--inf", lambda c: _trade(c, q="-inf"), "non_finite"),
-    ("far-future", "E-59-minutes-ahead", lambda c: _trade(c, E=c.now_ms + 59 * 60_000, T=c.now_ms + 59 * 60_000),
-     "future_timestamp"),
-    ("far-future", "E-and-T-10s-ahead", lambda c: _trade(c, E=c.now_ms + 10_000, T=c.now_ms + 10_000),
-     "future_timestamp"),
+    (
+        "far-future",
+        "E-59-minutes-ahead",
+        lambda c: _trade(c, E=c.now_ms + 59 * 60_000, T=c.now_ms + 59 * 60_000),
+        "future_timestamp",
+    ),
+    (
+        "far-future",
+        "E-and-T-10s-ahead",
+        lambda c: _trade(c, E=c.now_ms + 10_000, T=c.now_ms + 10_000),
+        "future_timestamp",
+    ),
     ("far-future", "T-in-2100", lambda c: _trade(c, T=YEAR_2100_MS), "inconsistent_times"),
     ("far-future", "E-and-T-in-2100", lambda c: _trade(c, E=YEAR_2100_MS, T=YEAR_2100_MS), "future_timestamp"),
     ("far-future", "kline-t-in-2100-current-E", lambda c: _kline(c, t=YEAR_2100_MS, e=c.now_ms), "inconsistent_times"),
@@ -140,17 +207,33 @@ CASES: list[tuple[str, str, Hostile, str | None]] = [
     ("far-past", "tick-ts-in-seconds", lambda c: _tick(c, ts=1_700_000), "bad_timestamp"),
     ("far-past", "mark-E-in-2005", lambda c: _mark(c, E=YEAR_2005_MS), "bad_timestamp"),
     ("nanoseconds", "E-and-T", lambda c: _trade(c, E=c.now_ms * 10**6, T=c.now_ms * 10**6), "bad_timestamp"),
-    ("nanoseconds", "kline-t-and-T", lambda c: _kline(c, t=(c.minute_ms - 60_000) * 10**6,
-                                                     big_t=(c.minute_ms - 1) * 10**6), "bad_timestamp"),
+    (
+        "nanoseconds",
+        "kline-t-and-T",
+        lambda c: _kline(c, t=(c.minute_ms - 60_000) * 10**6, big_t=(c.minute_ms - 1) * 10**6),
+        "bad_timestamp",
+    ),
     ("nanoseconds", "tick-ts", lambda c: _tick(c, ts=c.now_ms * 10**6), "bad_timestamp"),
     ("nanoseconds", "depth-E", lambda c: _depth(c, E=c.now_ms * 10**6), "bad_timestamp"),
     ("inconsistent-times", "kline-T-not-t+59999", lambda c: _kline(c, big_t=c.minute_ms - 2), "inconsistent_times"),
-    ("inconsistent-times", "kline-two-minutes-long", lambda c: _kline(c, big_t=c.minute_ms + 59_999),
-     "inconsistent_times"),
-    ("inconsistent-times", "kline-E-before-its-minute", lambda c: _kline(c, e=c.minute_ms - 120_000),
-     "inconsistent_times"),
-    ("inconsistent-times", "trade-T-2-minutes-before-E", lambda c: _trade(c, T=c.now_ms - 120_000),
-     "inconsistent_times"),
+    (
+        "inconsistent-times",
+        "kline-two-minutes-long",
+        lambda c: _kline(c, big_t=c.minute_ms + 59_999),
+        "inconsistent_times",
+    ),
+    (
+        "inconsistent-times",
+        "kline-E-before-its-minute",
+        lambda c: _kline(c, e=c.minute_ms - 120_000),
+        "inconsistent_times",
+    ),
+    (
+        "inconsistent-times",
+        "trade-T-2-minutes-before-E",
+        lambda c: _trade(c, T=c.now_ms - 120_000),
+        "inconsistent_times",
+    ),
     ("id-jump", "id-2**62", lambda c: _trade(c, t=2**62), "implausible_trade_id"),
     ("id-jump", "id-plus-1e9", lambda c: _trade(c, t=c.last_id + 10**9), "implausible_trade_id"),
     ("id-jump", "id-plus-60000-same-ms", lambda c: _trade(c, t=c.last_id + 60_000), "implausible_trade_id"),
@@ -172,12 +255,21 @@ CASES: list[tuple[str, str, Hostile, str | None]] = [
     ("wrong-types", "price-null", lambda c: _trade(c, p=None), "bad_type"),
     ("wrong-types", "symbol-list", lambda c: _trade(c, s=[SYMBOL]), "bad_symbol"),
     ("wrong-types", "maker-null", lambda c: _trade(c, m=None), "bad_type"),
-    ("wrong-types", "kline-k-list", lambda c: orjson.dumps({"e": "kline", "E": c.now_ms, "s": SYMBOL, "k": []}),
-     "bad_type"),
+    (
+        "wrong-types",
+        "kline-k-list",
+        lambda c: orjson.dumps({"e": "kline", "E": c.now_ms, "s": SYMBOL, "k": []}),
+        "bad_type",
+    ),
     ("depth", "100k-levels", lambda c: _depth(c, levels=100_000), "too_many_levels"),
-    ("depth", "10k-levels-in-a-snapshot", lambda c: orjson.dumps({"e": "depthSnapshot", "s": SYMBOL, "lastUpdateId": 1,
-                                                                  "bids": [[1, 1]] * 10_000, "asks": []}),
-     "too_many_levels"),
+    (
+        "depth",
+        "10k-levels-in-a-snapshot",
+        lambda c: orjson.dumps(
+            {"e": "depthSnapshot", "s": SYMBOL, "lastUpdateId": 1, "bids": [[1, 1]] * 10_000, "asks": []}
+        ),
+        "too_many_levels",
+    ),
     ("depth", "levels-not-pairs", lambda c: _depth(c, b=[["1"]]), "bad_type"),
     ("depth", "level-price-NaN-string", lambda c: _depth(c, b=[["NaN", "1"]]), "non_finite"),
 ]
@@ -185,8 +277,8 @@ CASES: list[tuple[str, str, Hostile, str | None]] = [
 
 @pytest.mark.parametrize(("kind", "case", "hostile", "reason"), CASES, ids=[f"{k}:{c}" for k, c, _, _ in CASES])
 def test_hostile_message_is_parked_and_later_bars_are_unchanged(
-        genuine: list[tuple[bytes, int]], clean_bars: list[Any], kind: str, case: str, hostile: Hostile,
-        reason: str | None) -> None:
+    genuine: list[tuple[bytes, int]], clean_bars: list[Any], kind: str, case: str, hostile: Hostile, reason: str | None
+) -> None:
     """Without the fix this message crashed ingest, outgrew the DLQ, or shifted the symbol's bars for good."""
     last = orjson.loads(genuine[INJECT_AT - 1][0])["data"]
     now = genuine[INJECT_AT - 1][1] + 50
@@ -207,7 +299,8 @@ def test_hostile_cases_cover_fifteen_classes_and_sixty_inputs() -> None:
 
 
 def test_a_barrage_of_every_hostile_message_at_once_leaves_the_bars_unchanged(
-        genuine: list[tuple[bytes, int]], clean_bars: list[Any]) -> None:
+    genuine: list[tuple[bytes, int]], clean_bars: list[Any]
+) -> None:
     """All of them, back to back, mid-stream: one symbol's state must survive the lot (none poisons the next)."""
     last = orjson.loads(genuine[INJECT_AT - 1][0])["data"]
     context = Context(genuine[INJECT_AT - 1][1] + 50, last["t"], last["T"] - last["T"] % 60_000)
@@ -218,12 +311,14 @@ def test_a_barrage_of_every_hostile_message_at_once_leaves_the_bars_unchanged(
 
 
 def test_a_modest_forged_id_jump_does_not_make_later_genuine_trades_duplicates(
-        genuine: list[tuple[bytes, int]], clean_bars: list[Any]) -> None:
+    genuine: list[tuple[bytes, int]], clean_bars: list[Any]
+) -> None:
     """A trade 1,000 ids ahead is plausible and taken, but the genuine trades whose ids it skipped still count:
     with a high-water mark they were all dropped as duplicates until the stream caught up."""
     last = orjson.loads(genuine[INJECT_AT - 1][0])["data"]
-    forged = _trade(Context(genuine[INJECT_AT - 1][1] + 50, last["t"], 0), t=last["t"] + 1_000, q="0.5",
-                    T=last["T"], E=last["E"])
+    forged = _trade(
+        Context(genuine[INJECT_AT - 1][1] + 50, last["t"], 0), t=last["t"] + 1_000, q="0.5", T=last["T"], E=last["E"]
+    )
     run = feed(with_hostile(genuine, [forged]))
     assert run.dead_letters == []
     changed = [(a, b) for a, b in zip(clean_bars, run.bars, strict=True) if a != b]
@@ -257,7 +352,8 @@ def test_an_800kB_message_makes_a_dead_letter_the_producer_accepts() -> None:
 
 
 def test_unknown_symbols_beyond_the_cap_are_refused_and_the_known_one_is_untouched(
-        genuine: list[tuple[bytes, int]], clean_bars: list[Any]) -> None:
+    genuine: list[tuple[bytes, int]], clean_bars: list[Any]
+) -> None:
     """20,000 one-tick junk symbols cost state, changelog and metric series each: the cap holds them at
     MLRISK_MAX_SYMBOLS and BTCUSDT, known before the flood, keeps its bars."""
     last = orjson.loads(genuine[INJECT_AT - 1][0])["data"]

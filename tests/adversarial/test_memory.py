@@ -35,14 +35,17 @@ def _metrics_bytes(port: int) -> int:
 
 
 def test_a_hundred_thousand_junk_symbols_leave_the_worker_within_50_mb(
-        start_worker: Any, worker_env: dict[str, str], tmp_path: Path) -> None:
+    start_worker: Any, worker_env: dict[str, str], tmp_path: Path
+) -> None:
     worker = start_worker(MLRISK_MODEL_DIR=str(tmp_path / "no-models"))
     assert worker.proc is not None
     prefix = worker_env["MLRISK_TOPIC_PREFIX"]
     now = int(time.time() * 1000)
     # a clean worker that has taken some input: the same kind of ticks for the symbols it keeps
-    warm = [(f"WARM{i:03d}".encode(), orjson.dumps({"symbol": f"WARM{i:03d}", "ts": now, "price": 1.5, "qty": 1}))
-            for i in range(50)]
+    warm = [
+        (f"WARM{i:03d}".encode(), orjson.dumps({"symbol": f"WARM{i:03d}", "ts": now, "price": 1.5, "qty": 1}))
+        for i in range(50)
+    ]
     asyncio.run(produce(prefix + "market-data", warm))
     deadline = time.monotonic() + 60
     while metric(worker.port, "mlrisk_events_in_total") < len(warm) and time.monotonic() < deadline:
@@ -51,8 +54,10 @@ def test_a_hundred_thousand_junk_symbols_leave_the_worker_within_50_mb(
     clean_rss, clean_metrics = _rss_bytes(worker.proc.pid), _metrics_bytes(worker.port)
 
     now = int(time.time() * 1000)
-    junk = [(f"J{i:07d}".encode(), orjson.dumps({"symbol": f"J{i:07d}", "ts": now, "price": 1.5, "qty": 1}))
-            for i in range(JUNK)]
+    junk = [
+        (f"J{i:07d}".encode(), orjson.dumps({"symbol": f"J{i:07d}", "ts": now, "price": 1.5, "qty": 1}))
+        for i in range(JUNK)
+    ]
     asyncio.run(produce(prefix + "market-data", junk))
     refused = JUNK - (300 - len(warm))  # MLRISK_MAX_SYMBOLS defaults to 300
     deadline = time.monotonic() + 120

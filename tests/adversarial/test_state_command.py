@@ -26,15 +26,22 @@ YEAR_2100_MS = 4_102_444_800_000
 
 
 def _state(env: dict[str, str], action: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "streams.ops.cli", "state", action, "btc/usdt"], cwd=REPO_ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.ops.cli", "state", action, "btc/usdt"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     shown: dict[str, Any] = orjson.loads(done.stdout)
     return shown
 
 
 def test_a_poisoned_symbol_state_is_shown_reset_and_rebuilt(
-        data_dir: Path, start_worker: Any, worker_env: dict[str, str], tmp_path: Path) -> None:
+    data_dir: Path, start_worker: Any, worker_env: dict[str, str], tmp_path: Path
+) -> None:
     prefix = worker_env["MLRISK_TOPIC_PREFIX"]
     state_topic = f"mlrisk-{prefix}-ingest-state"
     genuine, _ = _retimed_spot_trades(data_dir)
@@ -61,6 +68,9 @@ def test_a_poisoned_symbol_state_is_shown_reset_and_rebuilt(
     start_worker(MLRISK_MODEL_DIR=str(tmp_path / "no-models"))
     asyncio.run(produce(prefix + "market-data", [(key, raw) for raw in genuine[half:]]))
     expected = feed([(raw, key, orjson.loads(raw)["data"]["E"] + 50) for raw in genuine[half:]]).bars
-    bars = [Bar.from_dict(orjson.loads(m.value)) for m in read_topic(prefix + "bars", len(before) + len(expected),
-                                                                       timeout_s=90) if m.value not in before]
-    assert bars[-len(expected):] == expected
+    bars = [
+        Bar.from_dict(orjson.loads(m.value))
+        for m in read_topic(prefix + "bars", len(before) + len(expected), timeout_s=90)
+        if m.value not in before
+    ]
+    assert bars[-len(expected) :] == expected

@@ -69,7 +69,8 @@ def _bar_fields(bar: dict[str, Any]) -> Bar:
 
 @pytest.mark.timeout(300)
 def test_hostile_input_through_the_broker_leaves_the_worker_alive_and_the_bars_exact(
-        data_dir: Path, start_worker: Any, worker_env: dict[str, str], tmp_path: Path) -> None:
+    data_dir: Path, start_worker: Any, worker_env: dict[str, str], tmp_path: Path
+) -> None:
     # no models: ingest and the sink are what hostile input reaches (the signal stage's decoding is proven on
     # its own function), and training them would cost this suite a minute and a half
     worker = start_worker(MLRISK_MAX_SYMBOLS=str(MAX_SYMBOLS), MLRISK_MODEL_DIR=str(tmp_path / "no-models"))
@@ -79,8 +80,13 @@ def test_hostile_input_through_the_broker_leaves_the_worker_alive_and_the_bars_e
     before = orjson.loads(genuine[inject_at - 1])["data"]
     context = Context(before["E"] + 50, before["t"], before["T"] - before["T"] % 60_000)
     hostile = [(case, hostile(context), reason) for _, case, hostile, reason in CASES if case not in NOT_SENT]
-    junk = [(f"JUNK{i:05d}".encode(), orjson.dumps({"symbol": f"JUNK{i:05d}", "ts": context.now_ms,
-                                                      "price": 1.5, "qty": 2.0})) for i in range(JUNK_SYMBOLS)]
+    junk = [
+        (
+            f"JUNK{i:05d}".encode(),
+            orjson.dumps({"symbol": f"JUNK{i:05d}", "ts": context.now_ms, "price": 1.5, "qty": 2.0}),
+        )
+        for i in range(JUNK_SYMBOLS)
+    ]
     key = SYMBOL.encode()
 
     # BTCUSDT is known before the junk arrives (its messages lead its partition; the junk spreads over all)
@@ -93,8 +99,11 @@ def test_hostile_input_through_the_broker_leaves_the_worker_alive_and_the_bars_e
     asyncio.run(produce(prefix + "executions", [(key, raw) for _, raw in BAD_BARS[:4] if raw]))
 
     expected = feed([(raw, key, orjson.loads(raw)["data"]["E"] + 50) for raw in genuine]).bars
-    bars = [orjson.loads(m.value) for m in read_topic(prefix + "bars", len(expected) + (MAX_SYMBOLS - 1),
-                                                      timeout_s=120) if m.key == key]
+    bars = [
+        orjson.loads(m.value)
+        for m in read_topic(prefix + "bars", len(expected) + (MAX_SYMBOLS - 1), timeout_s=120)
+        if m.key == key
+    ]
     produced = [_bar_fields(b) for b in bars]
     assert produced == expected
 
@@ -108,8 +117,10 @@ def test_hostile_input_through_the_broker_leaves_the_worker_alive_and_the_bars_e
         assert bar.volume == pytest.approx(row[5], rel=1e-12)
         assert bar.quote_volume == pytest.approx(row[7], rel=1e-12)
 
-    wanted = sorted([reason for _, _, reason in hostile if reason is not DROPPED]
-                    + ["too_many_symbols"] * (JUNK_SYMBOLS - (MAX_SYMBOLS - 1)))
+    wanted = sorted(
+        [reason for _, _, reason in hostile if reason is not DROPPED]
+        + ["too_many_symbols"] * (JUNK_SYMBOLS - (MAX_SYMBOLS - 1))
+    )
     letters = read_topic(prefix + "market-data-dlq", len(wanted), timeout_s=60)
     assert sorted(orjson.loads(m.value)["reason"] for m in letters) == wanted
     by_sha = {orjson.loads(m.value)["raw_sha256"]: m for m in letters}
@@ -132,8 +143,7 @@ def test_hostile_input_through_the_broker_leaves_the_worker_alive_and_the_bars_e
     assert SYMBOL in symbols and len(symbols) <= MAX_SYMBOLS
 
 
-def test_a_record_the_broker_refuses_goes_out_as_its_fallback_and_ingest_goes_on(
-        kafka: str, topic_prefix: str) -> None:
+def test_a_record_the_broker_refuses_goes_out_as_its_fallback_and_ingest_goes_on(kafka: str, topic_prefix: str) -> None:
     """A dead letter above the producer's request limit raised out of the send, and ingest stopped the worker;
     the restart read the same message again. Here the limit is 2,000 bytes and the dead letter 20,000."""
     from aiokafka import AIOKafkaProducer
@@ -169,13 +179,23 @@ def test_a_record_the_broker_refuses_goes_out_as_its_fallback_and_ingest_goes_on
 
 
 def test_the_signal_stage_parks_garbage_bars_and_symbols_outside_the_allow_list(
-        model_dir: Path, start_worker: Any, worker_env: dict[str, str]) -> None:
+    model_dir: Path, start_worker: Any, worker_env: dict[str, str]
+) -> None:
     """A bad message on `bars` was decoded outside the agent's error handling: Faust restarted the agent in place
     and the rest of its batch was lost; a bar of any symbol made an engine state of 44 KB."""
     worker = start_worker(MLRISK_MODEL_DIR=str(model_dir), MLRISK_SYMBOLS="BTCUSDT")
     prefix = worker_env["MLRISK_TOPIC_PREFIX"]
-    bar = {"symbol": "BTCUSDT", "open_time": 1_723_161_240_000, "open": 61800.3, "high": 61839.8, "low": 61800.0,
-           "close": 61807.8, "volume": 125.966, "received_ms": 1_723_161_300_123, "market": {}}
+    bar = {
+        "symbol": "BTCUSDT",
+        "open_time": 1_723_161_240_000,
+        "open": 61800.3,
+        "high": 61839.8,
+        "low": 61800.0,
+        "close": 61807.8,
+        "volume": 125.966,
+        "received_ms": 1_723_161_300_123,
+        "market": {},
+    }
     sent = [(b"BTCUSDT", raw) for _, raw in BAD_BARS if raw]
     sent += [(b"ETHUSDT", orjson.dumps({**bar, "symbol": "ETHUSDT"})), (b"BTCUSDT", orjson.dumps(bar))]
     asyncio.run(produce(prefix + "bars", sent))

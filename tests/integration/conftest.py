@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 
+from streams.ops.worker_process import WorkerProcess  # noqa: F401  (the tests import it from here)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BROKERS = "localhost:9092"
-
 
 
 def _answers(host: str, port: int) -> bool:
@@ -69,45 +70,9 @@ def listening_addresses(port: int) -> set[str]:
                 if width == 8:
                     addresses.add(socket.inet_ntop(socket.AF_INET, raw[::-1]))
                 else:
-                    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
                     addresses.add(socket.inet_ntop(socket.AF_INET6, words))
     return addresses
-
-
-class WorkerProcess:
-    """One `mlrisk worker` subprocess with its own topics (a unique prefix), home folder and web port."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.port = int(env["MLRISK_WEB_PORT"])
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, wait_ready: bool = True) -> WorkerProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.ops.cli", "worker", "--quiet"],
-            cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        if wait_ready:
-            self.wait_ready()
-        return self
-
-    def wait_ready(self, timeout_s: float = 90.0) -> None:
-        from streams.ops.probe import wait_ready
-
-        assert self.proc is not None
-        wait_ready(self.port, self.proc, timeout_s, log=self.log_path.read_text()[-3000:])
-
-    def stop(self, kill: bool = False, timeout_s: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
 
 
 class PrivateBroker:
@@ -122,14 +87,23 @@ class PrivateBroker:
             libs.symlink_to(Settings.from_env().home.resolve() / "kafka" / "libs")
         self.home = home
         self.port = free_port()
-        self.env = {**os.environ, "MLRISK_HOME": str(home), "MLRISK_KAFKA_PORT": str(self.port),
-                    "MLRISK_KAFKA_CONTROLLER_PORT": str(free_port()),
-                    "MLRISK_KAFKA_AUTO_CREATE_TOPICS": "true" if auto_create_topics else "false"}
+        self.env = {
+            **os.environ,
+            "MLRISK_HOME": str(home),
+            "MLRISK_KAFKA_PORT": str(self.port),
+            "MLRISK_KAFKA_CONTROLLER_PORT": str(free_port()),
+            "MLRISK_KAFKA_AUTO_CREATE_TOPICS": "true" if auto_create_topics else "false",
+        }
         self.url = f"kafka://localhost:{self.port}"
 
     def start(self) -> None:
-        subprocess.run([str(REPO_ROOT / "ops" / "kafka" / "kafka.sh"), "start"], env=self.env, check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [str(REPO_ROOT / "ops" / "kafka" / "kafka.sh"), "start"],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     def kill(self) -> None:
         pid_file = self.home / "kafka" / "kafka.pid"
@@ -185,15 +159,22 @@ def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
         worker.stop(kill=True)
 
 
-async def consume_all(topic: str, expected: int | None, timeout_s: float, idle_s: float = 5.0,
-                      into: list[Any] | None = None, brokers: str = BROKERS) -> list[Any]:
+async def consume_all(
+    topic: str,
+    expected: int | None,
+    timeout_s: float,
+    idle_s: float = 5.0,
+    into: list[Any] | None = None,
+    brokers: str = BROKERS,
+) -> list[Any]:
     """Read a topic from the beginning until `expected` messages arrived, or nothing new for `idle_s`.
 
     `into`: the list to append to as messages arrive, so that another thread can watch the progress."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=brokers, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=brokers, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+    )
     await consumer.start()
     messages: list[Any] = [] if into is None else into
     try:
@@ -235,7 +216,11 @@ async def produce(topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
 def replay(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "streams.ops.cli", "replay", "--quiet", *args],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
 
 

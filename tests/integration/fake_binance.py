@@ -56,9 +56,10 @@ class Capture:
                         snapshots[symbol] = message
                         continue
                     stream: str = message["stream"]
-                    data_bytes = payload[payload.index(b'"data":') + 7: payload.rindex(b"}")]
-                    lines.append(Line(to_epoch_ms(int(stamp)), symbol, stream.split("@")[1], message["data"],
-                                      data_bytes))
+                    data_bytes = payload[payload.index(b'"data":') + 7 : payload.rindex(b"}")]
+                    lines.append(
+                        Line(to_epoch_ms(int(stamp)), symbol, stream.split("@")[1], message["data"], data_bytes)
+                    )
         lines.sort(key=lambda line: line.receive_ms)  # stable: one file's lines keep their order
         first = lines[0].receive_ms + start_s * 1000
         last = first + duration_s * 1000 if duration_s is not None else float("inf")
@@ -252,9 +253,14 @@ class FakeBinance:
         elif line.kind == "trade":
             rows = self.trades.setdefault(line.symbol, [])
             self.trade_index.setdefault(line.symbol, {})[line.data["t"]] = len(rows)
-            row = {"id": line.data["t"], "price": line.data["p"], "qty": line.data["q"],
-                   "quoteQty": f"{float(line.data['p']) * float(line.data['q']):.8f}",
-                   "time": line.data["T"], "isBuyerMaker": line.data["m"]}
+            row = {
+                "id": line.data["t"],
+                "price": line.data["p"],
+                "qty": line.data["q"],
+                "quoteQty": f"{float(line.data['p']) * float(line.data['q']):.8f}",
+                "time": line.data["T"],
+                "isBuyerMaker": line.data["m"],
+            }
             if not self.futures:
                 row["isBestMatch"] = True
             rows.append(row)
@@ -299,8 +305,9 @@ class FakeBinance:
         if limited is not None:
             return limited
         book = self.books[request.query["symbol"]]
-        return web.Response(body=orjson.dumps(book.rest_body()), content_type="application/json",
-                            headers={"X-MBX-USED-WEIGHT-1M": "20"})
+        return web.Response(
+            body=orjson.dumps(book.rest_body()), content_type="application/json", headers={"X-MBX-USED-WEIGHT-1M": "20"}
+        )
 
     async def _historical_trades(self, request: web.Request) -> web.Response:
         limited = self._limited("historicalTrades")
@@ -314,8 +321,11 @@ class FakeBinance:
         start = self.trade_index.get(symbol, {}).get(from_id)
         if start is None:  # older than the capture, or not traded yet
             start = 0 if rows and from_id < rows[0]["id"] else len(rows)
-        return web.Response(body=orjson.dumps(rows[start: start + limit]), content_type="application/json",
-                            headers={"X-MBX-USED-WEIGHT-1M": "25"})
+        return web.Response(
+            body=orjson.dumps(rows[start : start + limit]),
+            content_type="application/json",
+            headers={"X-MBX-USED-WEIGHT-1M": "25"},
+        )
 
     async def _agg_trades(self, request: web.Request) -> web.Response:
         limited = self._limited("aggTrades")

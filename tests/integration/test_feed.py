@@ -70,8 +70,10 @@ def offline_book(capture: Capture, symbol: str, futures: bool, last_update_id: i
         if line.symbol == symbol and line.kind == "depth" and line.data["u"] <= last_update_id:
             book.apply(line.data)
     assert book.last_update_id == last_update_id, "the published book ends on an id the capture does not have"
-    return {"bids": {float(p): float(q) for p, q in book.bids.items()},
-            "asks": {float(p): float(q) for p, q in book.asks.items()}}
+    return {
+        "bids": {float(p): float(q) for p, q in book.bids.items()},
+        "asks": {float(p): float(q) for p, q in book.asks.items()},
+    }
 
 
 def check_books(capture: Capture, futures: bool, events: list[Any], symbol: str) -> tuple[int, int]:
@@ -101,18 +103,30 @@ def check_books(capture: Capture, futures: bool, events: list[Any], symbol: str)
 
 
 async def run_scenario(
-    capture: Capture, venue_name: str, topic_prefix: str, kinds: tuple[str, ...],
-    faults: Callable[[FakeBinance], Awaitable[None]], brokers: str = "localhost:9092", **settings_overrides: str,
+    capture: Capture,
+    venue_name: str,
+    topic_prefix: str,
+    kinds: tuple[str, ...],
+    faults: Callable[[FakeBinance], Awaitable[None]],
+    brokers: str = "localhost:9092",
+    **settings_overrides: str,
 ) -> tuple[FeedService, list[Any], dict[str, float]]:
     venue = VENUES[venue_name]
     server = FakeBinance(capture, venue.futures, SPEED)
     address = await server.start()
     settings = feed_settings(topic_prefix, address, MLRISK_KAFKA_BROKERS=brokers, **settings_overrides)
     symbols = sorted(capture.snapshots)
-    names = ("mlrisk_feed_reconnects_total", "mlrisk_feed_backfilled_trades_total", "mlrisk_feed_resyncs_total",
-             "mlrisk_feed_duplicates_total", "mlrisk_feed_rest_limited_total", "mlrisk_feed_published_total",
-             "mlrisk_feed_unfilled_gaps_total", "mlrisk_feed_buffer_overflows_total",
-             "mlrisk_feed_publish_failures_total")
+    names = (
+        "mlrisk_feed_reconnects_total",
+        "mlrisk_feed_backfilled_trades_total",
+        "mlrisk_feed_resyncs_total",
+        "mlrisk_feed_duplicates_total",
+        "mlrisk_feed_rest_limited_total",
+        "mlrisk_feed_published_total",
+        "mlrisk_feed_unfilled_gaps_total",
+        "mlrisk_feed_buffer_overflows_total",
+        "mlrisk_feed_publish_failures_total",
+    )
     causes = ("closed", "error", "silent", "rotate", "overflow")
     before = {n: metric(n) for n in names} | {c: metric("mlrisk_feed_reconnects_total", cause=c) for c in causes}
     service = FeedService(settings, venue, symbols, kinds)
@@ -123,8 +137,10 @@ async def run_scenario(
         server.play()
         await faults(server)
         await server.finished.wait()
-        last_trade = {s: max(line.data["t"] for line in capture.lines if line.symbol == s and line.kind == "trade")
-                      for s in symbols}
+        last_trade = {
+            s: max(line.data["t"] for line in capture.lines if line.symbol == s and line.kind == "trade")
+            for s in symbols
+        }
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(
             service.router.states[s].last_ids.get("trade") != last_trade[s]
@@ -164,7 +180,11 @@ def check_trades(capture: Capture, records: list[Any]) -> int:
         for trade in trades:
             original = captured[symbol][trade["t"]]
             assert (trade["p"], trade["q"], trade["T"], trade["m"]) == (
-                original["p"], original["q"], original["T"], original["m"])
+                original["p"],
+                original["q"],
+                original["T"],
+                original["m"],
+            )
     return backfilled
 
 
@@ -186,8 +206,9 @@ def check_bars_equal_replay(capture: Capture, folder: Path, records: list[Any]) 
     trades = [line.data for line in capture.lines if line.kind == "trade"]
     start_ms, end_ms = min(t["E"] for t in trades), max(t["E"] for t in trades) + 1
     symbols = sorted(capture.snapshots)
-    replayed = worker_bars((m.symbol.encode(), m.value)
-                           for m in merged(collect(folder, symbols, start_ms, end_ms, "captures")))
+    replayed = worker_bars(
+        (m.symbol.encode(), m.value) for m in merged(collect(folder, symbols, start_ms, end_ms, "captures"))
+    )
     compared = 0
     for symbol in symbols:
         minutes = sorted(minute for s, minute in fed if s == symbol)
@@ -265,8 +286,15 @@ def test_spot_feed_rotates_with_overlap_over_split_connections(data_dir: Path, k
         await server.drop(refuse_s=1.0)
 
     service, records, delta = asyncio.run(
-        run_scenario(capture, "binance-spot", topic_prefix, ("trade", "bookTicker", "depth"), faults,
-                     MLRISK_FEED_ROTATE_AFTER_S="3", MLRISK_FEED_MAX_STREAMS="3")
+        run_scenario(
+            capture,
+            "binance-spot",
+            topic_prefix,
+            ("trade", "bookTicker", "depth"),
+            faults,
+            MLRISK_FEED_ROTATE_AFTER_S="3",
+            MLRISK_FEED_MAX_STREAMS="3",
+        )
     )
     assert len(service.connections) == 2  # three streams a connection: one symbol each
     backfilled = check_trades(capture, records)
@@ -286,12 +314,21 @@ class PrivateBroker:
         libs = REPO_ROOT / ".mlrisk" / "kafka" / "libs"
         (home / "kafka").mkdir(parents=True)
         (home / "kafka" / "libs").symlink_to(libs)  # the jars are fetched once, for the shared broker
-        self.env = {**os.environ, "MLRISK_HOME": str(home), "MLRISK_KAFKA_PORT": str(self.port),
-                    "MLRISK_KAFKA_CONTROLLER_PORT": str(free_port())}
+        self.env = {
+            **os.environ,
+            "MLRISK_HOME": str(home),
+            "MLRISK_KAFKA_PORT": str(self.port),
+            "MLRISK_KAFKA_CONTROLLER_PORT": str(free_port()),
+        }
 
     def run(self, action: str) -> None:
-        subprocess.run([str(REPO_ROOT / "ops" / "kafka" / "kafka.sh"), action], env=self.env, check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [str(REPO_ROOT / "ops" / "kafka" / "kafka.sh"), action],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     def signal(self, sig: signal.Signals) -> None:
         os.kill(int((Path(self.env["MLRISK_HOME"]) / "kafka" / "kafka.pid").read_text()), sig)
@@ -328,8 +365,15 @@ def test_feed_holds_back_while_kafka_is_unavailable_for_20_s(
         server_finished_before_kafka.append(server.finished.is_set())
 
     service, records, delta = asyncio.run(
-        run_scenario(capture, "binance-usdm", topic_prefix, ("trade", "bookTicker", "depth"), faults,
-                     brokers=f"localhost:{private_broker.port}", MLRISK_FEED_BUFFER_MESSAGES="2000")
+        run_scenario(
+            capture,
+            "binance-usdm",
+            topic_prefix,
+            ("trade", "bookTicker", "depth"),
+            faults,
+            brokers=f"localhost:{private_broker.port}",
+            MLRISK_FEED_BUFFER_MESSAGES="2000",
+        )
     )
     assert stopped_for_s[0] >= 20 and not server_finished_before_kafka[0]
     assert delta["mlrisk_feed_buffer_overflows_total"] >= 1 and delta["overflow"] >= 1
@@ -344,8 +388,9 @@ def test_feed_command_resumes_after_a_restart_publishes_a_lost_gap_and_serves_he
     data_dir: Path, kafka: str, topic_prefix: str
 ) -> None:
     folder = data_dir / "binance-spot-ws"
-    capture = Capture.load([folder / "btcusdt_20240808.gz", folder / "btcusdt_20240809.gz"], futures=False,
-                           start_s=60, duration_s=120)
+    capture = Capture.load(
+        [folder / "btcusdt_20240808.gz", folder / "btcusdt_20240809.gz"], futures=False, start_s=60, duration_s=120
+    )
     port = free_port()
 
     async def scenario() -> tuple[list[int], list[int], str, list[Any], list[Any], tuple[int, int]]:
@@ -353,16 +398,34 @@ def test_feed_command_resumes_after_a_restart_publishes_a_lost_gap_and_serves_he
 
         server = FakeBinance(capture, False, SPEED)
         address = await server.start()
-        env = {**os.environ, "MLRISK_TOPIC_PREFIX": topic_prefix, "MLRISK_PARTITIONS": "2",
-               "MLRISK_BINANCE_WS_URL": f"ws://{address}", "MLRISK_BINANCE_REST_URL": f"http://{address}",
-               "MLRISK_FEED_PORT": str(port), "MLRISK_FEED_SILENCE_S": "2"}
+        env = {
+            **os.environ,
+            "MLRISK_TOPIC_PREFIX": topic_prefix,
+            "MLRISK_PARTITIONS": "2",
+            "MLRISK_BINANCE_WS_URL": f"ws://{address}",
+            "MLRISK_BINANCE_REST_URL": f"http://{address}",
+            "MLRISK_FEED_PORT": str(port),
+            "MLRISK_FEED_SILENCE_S": "2",
+        }
 
         async def start_feed() -> asyncio.subprocess.Process:
             clients = len(server.clients)
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "streams.ops.cli", "feed", "--venue", "binance-spot", "--symbols", "BTCUSDT",
-                "--streams", "trade,depth", cwd=REPO_ROOT, env=env,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                sys.executable,
+                "-m",
+                "streams.ops.cli",
+                "feed",
+                "--venue",
+                "binance-spot",
+                "--symbols",
+                "BTCUSDT",
+                "--streams",
+                "trade,depth",
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
             await asyncio.wait_for(server.wait_clients(clients + 1), 60)
             return process
 
@@ -376,9 +439,11 @@ def test_feed_command_resumes_after_a_restart_publishes_a_lost_gap_and_serves_he
         try:
             server.play()
             async with aiohttp.ClientSession() as http:
+
                 async def health() -> int:
                     async with http.get(f"http://127.0.0.1:{port}/health") as response:
                         return response.status
+
                 await server.wait_played(0.2)
                 statuses.append(await health())  # connected and fed
                 await server.drop(refuse_s=1.0)
@@ -412,20 +477,46 @@ def test_feed_command_resumes_after_a_restart_publishes_a_lost_gap_and_serves_he
     assert lost_to >= lost_from  # trades were played while the feed was cut off
     [gap] = [orjson.loads(record.value) for record in gaps]
     assert (gap["e"], gap["s"], gap["kind"], gap["first_id"], gap["last_id"]) == (
-        "feedGap", "BTCUSDT", "trade", lost_from, lost_to)
-    lost = {line.data["t"] for line in capture.lines
-            if line.kind == "trade" and lost_from <= line.data["t"] <= lost_to}
-    kept = Capture([line for line in capture.lines if line.kind != "trade" or line.data["t"] not in lost],
-                   capture.snapshots)
+        "feedGap",
+        "BTCUSDT",
+        "trade",
+        lost_from,
+        lost_to,
+    )
+    lost = {line.data["t"] for line in capture.lines if line.kind == "trade" and lost_from <= line.data["t"] <= lost_to}
+    kept = Capture(
+        [line for line in capture.lines if line.kind != "trade" or line.data["t"] not in lost], capture.snapshots
+    )
     check_trades(kept, records)  # every other trade once, in order, across the restart too
 
 
 def test_feed_command_refuses_bad_settings_and_streams_naming_them() -> None:
     env = {**os.environ, "MLRISK_FEED_SILENCE_S": "never"}
-    bad_setting = subprocess.run([sys.executable, "-m", "streams.ops.cli", "feed", "--symbols", "BTCUSDT"], env=env,
-                                 cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    bad_setting = subprocess.run(
+        [sys.executable, "-m", "streams.ops.cli", "feed", "--symbols", "BTCUSDT"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad_setting.returncode == 2 and "MLRISK_FEED_SILENCE_S" in bad_setting.stderr
     bad_stream = subprocess.run(
-        [sys.executable, "-m", "streams.ops.cli", "feed", "--venue", "binance-spot", "--symbols", "BTCUSDT",
-         "--streams", "trade,markPrice"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "streams.ops.cli",
+            "feed",
+            "--venue",
+            "binance-spot",
+            "--symbols",
+            "BTCUSDT",
+            "--streams",
+            "trade,markPrice",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad_stream.returncode == 2 and "markPrice exists on binance-usdm only" in bad_stream.stderr

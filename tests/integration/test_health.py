@@ -53,8 +53,7 @@ def _worker_env(base: dict[str, str], model_dir: Path, tmp_path: Path, **extra: 
     version = current_version(model_dir)
     shutil.copytree(model_dir / version, models / version)
     (models / CURRENT_FILE).write_text(version + "\n")
-    return {**base, "MLRISK_MODEL_DIR": str(models), "MLRISK_MODEL_POLL_S": "1", "MLRISK_HEALTH_STALL_S": "8",
-            **extra}
+    return {**base, "MLRISK_MODEL_DIR": str(models), "MLRISK_MODEL_POLL_S": "1", "MLRISK_HEALTH_STALL_S": "8", **extra}
 
 
 def test_live_answers_and_ready_names_a_corrupt_model_version_until_it_is_repaired(
@@ -109,8 +108,7 @@ def test_ready_names_a_refused_dead_letter_topic_then_a_dead_broker_and_recovers
             producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all")
             await producer.start()
             try:
-                await producer.send_and_wait(env["MLRISK_TOPIC_PREFIX"] + "market-data", b"not json",
-                                             key=b"BTCUSDT")
+                await producer.send_and_wait(env["MLRISK_TOPIC_PREFIX"] + "market-data", b"not json", key=b"BTCUSDT")
             finally:
                 await producer.stop()
 
@@ -131,8 +129,14 @@ def test_ready_names_a_refused_dead_letter_topic_then_a_dead_broker_and_recovers
 
 
 def _db(env: dict[str, str], action: str) -> None:
-    subprocess.run([sys.executable, "-m", "streams.ops.cli", "db", action], cwd=REPO_ROOT, env=env, check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "streams.ops.cli", "db", action],
+        cwd=REPO_ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def test_ready_names_a_stopped_database_and_recovers_when_it_is_back(

@@ -28,8 +28,9 @@ ROUTES = [  # (method, path, body): each answers 200 once the worker has seen BT
 ]
 
 
-def _call(port: int, method: str, path: str, body: bytes | None, authorization: str | None
-          ) -> tuple[int, dict[str, str], Any]:
+def _call(
+    port: int, method: str, path: str, body: bytes | None, authorization: str | None
+) -> tuple[int, dict[str, str], Any]:
     headers = {"Content-Type": "application/json"}
     if authorization is not None:
         headers["Authorization"] = authorization
@@ -43,18 +44,39 @@ def _call(port: int, method: str, path: str, body: bytes | None, authorization: 
 
 
 @pytest.fixture(scope="module")
-def token_worker(kafka: str, database_url: str, model_dir: Path, data_dir: Path,
-                 tmp_path_factory: pytest.TempPathFactory) -> Any:
+def token_worker(
+    kafka: str, database_url: str, model_dir: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Any:
     """A worker reachable on every interface, with two tokens and debug logging, warmed up on real bars (every
     decision published, so that BTCUSDT has a latest signal)."""
     tmp = tmp_path_factory.mktemp("http-auth")
-    env = {**os.environ, "MLRISK_TOPIC_PREFIX": f"auth{int(time.time() * 1000)}-", "MLRISK_WEB_PORT": str(free_port()),
-           "MLRISK_HOME": str(tmp / "home"), "MLRISK_PARTITIONS": "1", "DATABASE_URL": database_url,
-           "MLRISK_MODEL_DIR": str(model_dir), "MLRISK_WEB_BIND": "0.0.0.0", "MLRISK_API_TOKENS": ",".join(TOKENS),
-           "MLRISK_LOG_LEVEL": "debug", "MLRISK_PUBLISH_HOLD": "true"}
+    env = {
+        **os.environ,
+        "MLRISK_TOPIC_PREFIX": f"auth{int(time.time() * 1000)}-",
+        "MLRISK_WEB_PORT": str(free_port()),
+        "MLRISK_HOME": str(tmp / "home"),
+        "MLRISK_PARTITIONS": "1",
+        "DATABASE_URL": database_url,
+        "MLRISK_MODEL_DIR": str(model_dir),
+        "MLRISK_WEB_BIND": "0.0.0.0",
+        "MLRISK_API_TOKENS": ",".join(TOKENS),
+        "MLRISK_LOG_LEVEL": "debug",
+        "MLRISK_PUBLISH_HOLD": "true",
+    }
     worker = WorkerProcess(env, tmp / "worker.log").start()
-    replay(env, "--data", str(data_dir), "--source", "bars", "--symbols", "BTCUSDT", "--start", "2024-10-14T00:00",
-           "--end", "2024-10-14T07:00")
+    replay(
+        env,
+        "--data",
+        str(data_dir),
+        "--source",
+        "bars",
+        "--symbols",
+        "BTCUSDT",
+        "--start",
+        "2024-10-14T00:00",
+        "--end",
+        "2024-10-14T07:00",
+    )
     deadline = time.monotonic() + 120
     while metric(worker.port, "mlrisk_signals_total") < 10 and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -67,8 +89,9 @@ def test_the_bind_setting_reaches_the_socket(token_worker: WorkerProcess) -> Non
 
 
 @pytest.mark.parametrize(("method", "path", "body"), ROUTES)
-def test_every_route_needs_a_right_token(token_worker: WorkerProcess, method: str, path: str,
-                                         body: bytes | None) -> None:
+def test_every_route_needs_a_right_token(
+    token_worker: WorkerProcess, method: str, path: str, body: bytes | None
+) -> None:
     port = token_worker.port
     for authorization in (None, f"Bearer {WRONG}", f"Basic {TOKENS[0]}", "Bearer ", f"Bearer {TOKENS[0]}x"):
         status, headers, answer = _call(port, method, path, body, authorization)

@@ -20,7 +20,6 @@ from tests.unit.streams.test_events import BAD_INPUTS
 DAY_START, DAY_END = "2023-03-24", "2023-03-25"  # the day of the trading halt: flat minutes, then 80 missing
 
 
-
 def _csv_day(data_dir: Path) -> np.ndarray:
     with gzip.open(data_dir / "binance-spot-klines-1m" / "BTCUSDT-1m-2023-03.csv.gz", "rt") as handle:
         table = np.loadtxt(handle, delimiter=",")
@@ -33,14 +32,38 @@ def _bars(messages: list) -> list[dict]:
 
 
 def _as_rows(bars: list[dict]) -> np.ndarray:
-    return np.array([[b["open_time"], b["open"], b["high"], b["low"], b["close"], b["volume"], b["quote_volume"],
-                      b["trades"], b["taker_buy_base"], b["taker_buy_quote"]] for b in bars])
+    return np.array(
+        [
+            [
+                b["open_time"],
+                b["open"],
+                b["high"],
+                b["low"],
+                b["close"],
+                b["volume"],
+                b["quote_volume"],
+                b["trades"],
+                b["taker_buy_base"],
+                b["taker_buy_quote"],
+            ]
+            for b in bars
+        ]
+    )
 
 
 def test_replaying_a_real_day_yields_exactly_the_bars_of_the_csv(data_dir, start_worker, worker_env):
     start_worker()
-    replay(worker_env, "--data", str(data_dir / "binance-spot-klines-1m"), "--symbols", "BTCUSDT",
-           "--start", DAY_START, "--end", DAY_END)
+    replay(
+        worker_env,
+        "--data",
+        str(data_dir / "binance-spot-klines-1m"),
+        "--symbols",
+        "BTCUSDT",
+        "--start",
+        DAY_START,
+        "--end",
+        DAY_END,
+    )
     expected = _csv_day(data_dir)
     assert expected.shape[0] == 1440 - 80
     bars = _bars(read_topic(worker_env["MLRISK_TOPIC_PREFIX"] + "bars", expected.shape[0]))
@@ -73,11 +96,24 @@ def test_bad_messages_go_to_the_dlq_and_no_good_bar_is_lost(data_dir, start_work
     assert [b["open_time"] for b in bars] == [int(t) for t in frame.open_time]
 
 
-def _paced_replay(env: dict[str, str], data_dir: Path, symbols: str, start: str, end: str, speed: float
-                  ) -> threading.Thread:
+def _paced_replay(
+    env: dict[str, str], data_dir: Path, symbols: str, start: str, end: str, speed: float
+) -> threading.Thread:
     """Replay in the background at `speed` x real time, so that workers can stop and join while it runs."""
-    args = ("--data", str(data_dir), "--source", "bars", "--symbols", symbols, "--start", start, "--end", end,
-            "--speed", str(speed))
+    args = (
+        "--data",
+        str(data_dir),
+        "--source",
+        "bars",
+        "--symbols",
+        symbols,
+        "--start",
+        start,
+        "--end",
+        end,
+        "--speed",
+        str(speed),
+    )
     thread = threading.Thread(target=replay, args=(env, *args))
     thread.start()
     return thread
@@ -121,8 +157,9 @@ def test_workers_joining_and_leaving_mid_replay_hand_over_every_bar_once(data_di
     first.stop()
     feeder.join()
     span = parse_iso_ms(start), parse_iso_ms(end)
-    expected = {symbol: [int(t) for t in load_bars(data_dir, symbol, *span).open_time]
-                for symbol in ("BTCUSDT", "ETHUSDT")}
+    expected = {
+        symbol: [int(t) for t in load_bars(data_dir, symbol, *span).open_time] for symbol in ("BTCUSDT", "ETHUSDT")
+    }
     assert all(len(times) > 1000 for times in expected.values())
     seen = read_topic(worker_env["MLRISK_TOPIC_PREFIX"] + "bars", sum(map(len, expected.values())), timeout_s=150)
     _exactly_once(_bars(seen), expected)
@@ -133,8 +170,19 @@ def test_bars_carry_the_mark_price_and_the_order_book_of_their_close(data_dir, s
     """A real futures capture (REST snapshot, depth diffs, book tickers, mark prices, trades): every bar after the
     book is in sync carries the mark price, spread and depth the risk decision uses, measured at its close."""
     start_worker()
-    replay(worker_env, "--data", str(data_dir / "binance-futures-ws"), "--source", "captures",
-           "--symbols", "BTCUSDT", "--start", "2023-04-04T23:58:00", "--end", "2023-04-05T00:07:00")
+    replay(
+        worker_env,
+        "--data",
+        str(data_dir / "binance-futures-ws"),
+        "--source",
+        "captures",
+        "--symbols",
+        "BTCUSDT",
+        "--start",
+        "2023-04-04T23:58:00",
+        "--end",
+        "2023-04-05T00:07:00",
+    )
     bars = _bars(read_topic(worker_env["MLRISK_TOPIC_PREFIX"] + "bars", 8, timeout_s=60))
     assert len(bars) >= 8
     for bar in bars:

@@ -37,8 +37,10 @@ def _csv_minutes(data_dir: Path) -> list[int]:
 
 def _events(url: str, version: str, kind: str) -> list[tuple]:
     with psycopg.connect(url) as conn:
-        return conn.execute("SELECT timestamp, details FROM ml_model_events WHERE model_version = %s "
-                            "AND event_type = %s", (version, kind)).fetchall()
+        return conn.execute(
+            "SELECT timestamp, details FROM ml_model_events WHERE model_version = %s AND event_type = %s",
+            (version, kind),
+        ).fetchall()
 
 
 def _wait_for(check, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
@@ -60,10 +62,31 @@ def test_drift_retrain_promotion_and_swap_mid_replay(data_dir, start_worker, wor
     start_worker(**{k: env[k] for k in ("MLRISK_MODEL_DIR", "MLRISK_MODEL_POLL_S", "MLRISK_PUBLISH_HOLD")})
     retrainer_log = open(tmp_path / "retrainer.log", "wb")  # noqa: SIM115
     retrainer = subprocess.Popen(
-        [sys.executable, "-m", "streams.ops.cli", "retrain", "--watch", "--once", "--quick", "--data", str(klines),
-         "--end", RETRAIN_END, "--holdout-days", "3", "--poll-seconds", "1", "--schedule-hours", "1000",
-         "--margin", "0"],  # any gain promotes here: the margin's rule is tested on its own (unit tests)
-        cwd=REPO_ROOT, env=env, stdout=retrainer_log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "streams.ops.cli",
+            "retrain",
+            "--watch",
+            "--once",
+            "--quick",
+            "--data",
+            str(klines),
+            "--end",
+            RETRAIN_END,
+            "--holdout-days",
+            "3",
+            "--poll-seconds",
+            "1",
+            "--schedule-hours",
+            "1000",
+            "--margin",
+            "0",
+        ],  # any gain promotes here: the margin's rule is tested on its own (unit tests)
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=retrainer_log,
+        stderr=subprocess.STDOUT,
     )
     prefix = env["MLRISK_TOPIC_PREFIX"]
     try:
@@ -71,16 +94,32 @@ def test_drift_retrain_promotion_and_swap_mid_replay(data_dir, start_worker, wor
         drift = _wait_for(lambda: _events(database_url, champion, "drift"), 120, "the champion's drift event")
         assert any(len(d["started"]) >= 3 for _, d in drift), drift
         # the next day arrives at 1000x real time (about 90 s) while the retrainer works
-        slow = threading.Thread(target=replay, args=(env, "--data", str(klines), "--symbols", "BTCUSDT",
-                                                     "--start", DAYS[1], "--end", DAYS[2], "--speed", "1000"))
+        slow = threading.Thread(
+            target=replay,
+            args=(
+                env,
+                "--data",
+                str(klines),
+                "--symbols",
+                "BTCUSDT",
+                "--start",
+                DAYS[1],
+                "--end",
+                DAYS[2],
+                "--speed",
+                "1000",
+            ),
+        )
         slow.start()
         assert retrainer.wait(timeout=240) == 0, (tmp_path / "retrainer.log").read_text()[-3000:]
         challenger = current_version(models)
         assert challenger != champion, "the challenger was not promoted"
         decision = orjson.loads((models / "decisions.jsonl").read_bytes().splitlines()[-1])
         assert decision["promoted"] and decision["challenger"] == challenger and decision["champion"] == champion
-        assert decision["figures"]["challenger"]["ensemble"]["log_loss"] < \
-            decision["figures"]["champion"]["ensemble"]["log_loss"]
+        assert (
+            decision["figures"]["challenger"]["ensemble"]["log_loss"]
+            < decision["figures"]["champion"]["ensemble"]["log_loss"]
+        )
         slow.join(timeout=240)
         assert _events(database_url, challenger, "promotion")
         _wait_for(lambda: _events(database_url, challenger, "swap"), 60, "the worker's swap event")

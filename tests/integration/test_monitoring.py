@@ -57,8 +57,9 @@ class Monitored:
 
     def api(self, path: str, **params: str) -> Any:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.prometheus_port}/api/v1/{path}{query}",
-                                    timeout=10) as resp:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.prometheus_port}/api/v1/{path}{query}", timeout=10
+        ) as resp:
             body = json.loads(resp.read())
         assert body["status"] == "success", body
         return body["data"]
@@ -68,8 +69,9 @@ class Monitored:
 
 
 def _cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "streams.ops.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.ops.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, f"mlrisk {' '.join(args)}: {done.stderr[-2000:]}"
     return done.stdout.strip()
 
@@ -99,21 +101,45 @@ def monitored(kafka: str, model_dir: Path, data_dir: Path) -> Iterator[Monitored
     db_env = {**base, "MLRISK_HOME": str(tmp / "pg"), "MLRISK_PG_PORT": str(free_port())}
     _cli(db_env, "db", "init")
     database_url = _cli(db_env, "db", "url").splitlines()[-1]
-    env = {**base, **COSTS, "MLRISK_TOPIC_PREFIX": f"mon{int(time.time() * 1000)}-",
-           "MLRISK_WEB_PORT": str(free_port()), "MLRISK_HOME": str(tmp / "worker"), "MLRISK_PARTITIONS": "2",
-           "MLRISK_MODEL_DIR": str(model_dir), "DATABASE_URL": database_url, "MLRISK_LOG_LEVEL": "warn"}
+    env = {
+        **base,
+        **COSTS,
+        "MLRISK_TOPIC_PREFIX": f"mon{int(time.time() * 1000)}-",
+        "MLRISK_WEB_PORT": str(free_port()),
+        "MLRISK_HOME": str(tmp / "worker"),
+        "MLRISK_PARTITIONS": "2",
+        "MLRISK_MODEL_DIR": str(model_dir),
+        "DATABASE_URL": database_url,
+        "MLRISK_LOG_LEVEL": "warn",
+    }
     prometheus_port = free_port()
-    prom_env = {**base, "MLRISK_HOME": str(tmp / "prom"), "MLRISK_PROMETHEUS_PORT": str(prometheus_port),
-                "MLRISK_PROMETHEUS_TARGETS": f"127.0.0.1:{env['MLRISK_WEB_PORT']}",
-                "MLRISK_PROMETHEUS_SCRAPE_INTERVAL": "1s", "MLRISK_PROMETHEUS_EVAL_INTERVAL": "1s"}
+    prom_env = {
+        **base,
+        "MLRISK_HOME": str(tmp / "prom"),
+        "MLRISK_PROMETHEUS_PORT": str(prometheus_port),
+        "MLRISK_PROMETHEUS_TARGETS": f"127.0.0.1:{env['MLRISK_WEB_PORT']}",
+        "MLRISK_PROMETHEUS_SCRAPE_INTERVAL": "1s",
+        "MLRISK_PROMETHEUS_EVAL_INTERVAL": "1s",
+    }
     worker = WorkerProcess(env, tmp / "worker.log")
     try:
         subprocess.run([str(PROMETHEUS_SH), "start"], env=prom_env, check=True, capture_output=True)
         worker.start()
         mon = Monitored(worker, prometheus_port, database_url, db_env, env)
         asyncio.run(produce(env["MLRISK_TOPIC_PREFIX"] + "market-data", [(b"BTCUSDT", raw) for raw in HOSTILE]))
-        replay(env, "--data", str(data_dir / "binance-spot-klines-1m"), "--source", "bars", "--symbols", SYMBOL,
-               "--start", DAY, "--end", NEXT_DAY)
+        replay(
+            env,
+            "--data",
+            str(data_dir / "binance-spot-klines-1m"),
+            "--source",
+            "bars",
+            "--symbols",
+            SYMBOL,
+            "--start",
+            DAY,
+            "--end",
+            NEXT_DAY,
+        )
         minutes = len(load_bars(data_dir / "binance-spot-klines-1m", SYMBOL, parse_iso_ms(DAY), parse_iso_ms(NEXT_DAY)))
         _wait_for(lambda: _processed(mon, minutes), 180, "the day's signals in the database, as Prometheus sees it")
         yield mon
@@ -139,13 +165,13 @@ def _panels() -> list[dict[str, Any]]:
 
 
 def _promql_targets() -> list[tuple[str, str]]:
-    return [(p["title"], t["expr"]) for p in _panels() if p["datasource"]["type"] == "prometheus"
-            for t in p["targets"]]
+    return [(p["title"], t["expr"]) for p in _panels() if p["datasource"]["type"] == "prometheus" for t in p["targets"]]
 
 
 def _sql_targets() -> list[tuple[str, str]]:
-    return [(p["title"], t["rawSql"]) for p in _panels() if p["datasource"]["type"] != "prometheus"
-            for t in p["targets"]]
+    return [
+        (p["title"], t["rawSql"]) for p in _panels() if p["datasource"]["type"] != "prometheus" for t in p["targets"]
+    ]
 
 
 def _fill_promql(expr: str, symbol: str) -> str:
@@ -154,14 +180,18 @@ def _fill_promql(expr: str, symbol: str) -> str:
 
 def _fill_sql(sql: str, symbol: str, start: datetime, end: datetime) -> str:
     """Grafana's PostgreSQL macros and the template variable, as Grafana expands them for one symbol."""
+
     def time_group(match: re.Match[str]) -> str:
         column, interval = (part.strip().strip("'") for part in match.group(1).split(","))
         seconds = {"m": 60, "h": 3600, "d": 86400}[interval[-1]] * int(interval[:-1])
         return f'floor(extract(epoch from {column})/{seconds})*{seconds} AS "time"'
 
     sql = re.sub(r"\$__timeGroupAlias\(([^)]*)\)", time_group, sql)
-    sql = re.sub(r"\$__timeFilter\(([^)]*)\)",
-                 lambda m: f"{m.group(1)} BETWEEN '{start.isoformat()}' AND '{end.isoformat()}'", sql)
+    sql = re.sub(
+        r"\$__timeFilter\(([^)]*)\)",
+        lambda m: f"{m.group(1)} BETWEEN '{start.isoformat()}' AND '{end.isoformat()}'",
+        sql,
+    )
     sql = sql.replace("$__range_s", str(int((end - start).total_seconds())))
     sql = sql.replace("$symbol", f"'{symbol}'")
     assert "$" not in sql, f"a macro or variable this test does not expand: {sql}"
@@ -172,8 +202,12 @@ def _exported_names(port: int) -> set[str]:
     """Series names the worker's /metrics declares, with the suffixes each type's samples carry."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
-                "summary": ("_count", "_sum", "_created"), "gauge": ("",)}
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+        "summary": ("_count", "_sum", "_created"),
+        "gauge": ("",),
+    }
     names: set[str] = set()
     for family in text_string_to_metric_families(text):
         names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
@@ -208,8 +242,11 @@ def test_every_promql_panel_returns_data_through_prometheus(monitored: Monitored
 
 def test_feature_drift_alert_fires_on_the_regime_shift(monitored: Monitored) -> None:
     served = monitored.api("query", query="mlrisk_model_info == 1")["result"][0]["metric"]["version"]
-    firing = _wait_for(lambda: [a for a in monitored.alerts("MlriskFeatureDrift") if a["state"] == "firing"],
-                       30, "the feature drift alert")
+    firing = _wait_for(
+        lambda: [a for a in monitored.alerts("MlriskFeatureDrift") if a["state"] == "firing"],
+        30,
+        "the feature drift alert",
+    )
     assert [a["labels"]["model"] for a in firing] == [served]
 
 
@@ -226,25 +263,48 @@ def _stop_database(mon: Monitored) -> None:
     home = Path(mon.db_env["MLRISK_HOME"])
     pgserver.stop(home, mode="immediate")
     log = home / "postgres" / "server.log"
-    _wait_for(lambda: _refused(mon.database_url), 15,
-              f"the database to stop; its log ends: {log.read_text()[-1500:] if log.exists() else '(none)'}")
+    _wait_for(
+        lambda: _refused(mon.database_url),
+        15,
+        f"the database to stop; its log ends: {log.read_text()[-1500:] if log.exists() else '(none)'}",
+    )
 
 
 def test_database_outage_alert_goes_pending_then_firing_and_resolves(monitored: Monitored, data_dir: Path) -> None:
     assert monitored.alerts("MlriskDatabaseDown") == []
     # the next day arrives while the database is away: its rows wait in Kafka
-    feeding = threading.Thread(target=replay, args=(
-        monitored.env, "--data", str(data_dir / "binance-spot-klines-1m"), "--source", "bars", "--symbols", SYMBOL,
-        "--start", NEXT_DAY, "--end", DAY_AFTER))
+    feeding = threading.Thread(
+        target=replay,
+        args=(
+            monitored.env,
+            "--data",
+            str(data_dir / "binance-spot-klines-1m"),
+            "--source",
+            "bars",
+            "--symbols",
+            SYMBOL,
+            "--start",
+            NEXT_DAY,
+            "--end",
+            DAY_AFTER,
+        ),
+    )
     feeding.start()
     _stop_database(monitored)
     try:
-        pending = _wait_for(lambda: [a for a in monitored.alerts("MlriskDatabaseDown") if a["state"] == "pending"],
-                            30, f"the database alert pending {monitored.api('query', query='mlrisk_database_up')}")
+        pending = _wait_for(
+            lambda: [a for a in monitored.alerts("MlriskDatabaseDown") if a["state"] == "pending"],
+            30,
+            f"the database alert pending {monitored.api('query', query='mlrisk_database_up')}",
+        )
         assert pending[0]["labels"]["severity"] == "critical"
         since = datetime.fromisoformat(pending[0]["activeAt"].replace("Z", "+00:00"))
-        firing = _wait_for(lambda: [a for a in monitored.alerts("MlriskDatabaseDown") if a["state"] == "firing"],
-                           90, "the database alert firing", every_s=0.5)
+        firing = _wait_for(
+            lambda: [a for a in monitored.alerts("MlriskDatabaseDown") if a["state"] == "firing"],
+            90,
+            "the database alert firing",
+            every_s=0.5,
+        )
         # firing only once the rule's `for: 1m` has passed since it went pending (1 s evaluations)
         held_s = (datetime.now(UTC) - since).total_seconds()
         assert 60 <= held_s <= 75, held_s
@@ -255,9 +315,16 @@ def test_database_outage_alert_goes_pending_then_firing_and_resolves(monitored: 
     _wait_for(lambda: monitored.alerts("MlriskDatabaseDown") == [], 30, "the database alert to resolve")
     # and the rows that waited reach the database
     with psycopg.connect(monitored.database_url) as conn:
-        _wait_for(lambda: conn.execute("SELECT count(*) FROM actionable_trade_signals WHERE timestamp >= %s",
-                                       (NEXT_DAY,)).fetchone()[0] > 0,  # type: ignore[index]
-                  60, "the next day's signals in the database")
+        _wait_for(
+            lambda: (
+                conn.execute(
+                    "SELECT count(*) FROM actionable_trade_signals WHERE timestamp >= %s", (NEXT_DAY,)
+                ).fetchone()[0]
+                > 0
+            ),  # type: ignore[index]
+            60,
+            "the next day's signals in the database",
+        )
 
 
 def test_every_sql_panel_returns_rows_from_the_database(monitored: Monitored) -> None:
@@ -269,8 +336,11 @@ def test_every_sql_panel_returns_rows_from_the_database(monitored: Monitored) ->
     assert targets
     with psycopg.connect(monitored.database_url, autocommit=True) as conn:
         # the per-minute service row: written a minute after the worker started
-        _wait_for(lambda: conn.execute("SELECT count(*) FROM ml_risk_integration_metrics").fetchone()[0],  # type: ignore[index]
-                  60, "the worker's per-minute service row")
+        _wait_for(
+            lambda: conn.execute("SELECT count(*) FROM ml_risk_integration_metrics").fetchone()[0],  # type: ignore[index]
+            60,
+            "the worker's per-minute service row",
+        )
         for title, sql in targets:
             everything = _fill_sql(sql, SYMBOL, day, datetime.now(UTC))
             assert conn.execute(everything).fetchall(), title

@@ -25,8 +25,10 @@ def test_a_connection_without_the_password_is_refused(database_url: str) -> None
     home = Settings.from_env().home
     with psycopg.connect(database_url) as conn:  # the URL clients get carries the password
         assert conn.execute("SELECT 1").fetchone() == (1,)
-    for wrong in (f"postgresql://postgres@127.0.0.1:{pgserver.port()}/postgres",
-                  f"postgresql://postgres:wrong@127.0.0.1:{pgserver.port()}/postgres"):
+    for wrong in (
+        f"postgresql://postgres@127.0.0.1:{pgserver.port()}/postgres",
+        f"postgresql://postgres:wrong@127.0.0.1:{pgserver.port()}/postgres",
+    ):
         with pytest.raises(psycopg.OperationalError, match="password"):
             psycopg.connect(wrong, connect_timeout=5).close()
     mode = pgserver.password_file(home).stat().st_mode
@@ -37,12 +39,18 @@ def test_a_connection_without_the_password_is_refused(database_url: str) -> None
 def test_another_os_user_can_neither_connect_nor_read_the_password(database_url: str) -> None:
     home = Settings.from_env().home
     psql = pgserver._bin("psql")
-    result = subprocess.run([psql, "-h", "127.0.0.1", "-p", str(pgserver.port()), "-U", "postgres", "-w",
-                             "-c", "SELECT 1", "postgres"], user="nobody", capture_output=True, text=True,
-                            timeout=30, cwd="/")
+    result = subprocess.run(
+        [psql, "-h", "127.0.0.1", "-p", str(pgserver.port()), "-U", "postgres", "-w", "-c", "SELECT 1", "postgres"],
+        user="nobody",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+    )
     assert result.returncode != 0 and "password" in result.stderr
-    read = subprocess.run(["cat", str(pgserver.password_file(home))], user="nobody", capture_output=True,
-                          timeout=30, cwd="/")
+    read = subprocess.run(
+        ["cat", str(pgserver.password_file(home))], user="nobody", capture_output=True, timeout=30, cwd="/"
+    )
     assert read.returncode != 0 and read.stdout == b""
 
 
@@ -120,8 +128,7 @@ def cleartext_squatter(other_port: int) -> Iterator[CleartextSquatter]:
     squatter.close()
 
 
-def test_a_squatter_asking_for_the_password_gets_nothing(cleartext_squatter: CleartextSquatter,
-                                                          tmp_path: Path) -> None:
+def test_a_squatter_asking_for_the_password_gets_nothing(cleartext_squatter: CleartextSquatter, tmp_path: Path) -> None:
     home = tmp_path / "home"
     with pytest.raises(RuntimeError, match="not the embedded PostgreSQL") as caught:
         pgserver.start(home)

@@ -34,10 +34,18 @@ SYMBOLS = ("BTCUSDT", "ETHUSDT")
 # costs low enough that the rare confident bars become signals, and every decision published (holds too)
 COSTS = {"MLRISK_TAKER_FEE_RATE": "0.0002", "MLRISK_MIN_EDGE_TO_COST": "0.5", "MLRISK_PUBLISH_HOLD": "true"}
 BTC_BRACKETS = [  # the contract's table: (cap USDT, max leverage, maintenance margin rate)
-    (50e3, 125, 0.004), (600e3, 100, 0.005), (3e6, 75, 0.0065), (12e6, 50, 0.01), (70e6, 25, 0.02),
-    (100e6, 20, 0.025), (230e6, 10, 0.05), (480e6, 5, 0.125), (600e6, 4, 0.15), (800e6, 3, 0.25), (1.2e9, 2, 0.5),
+    (50e3, 125, 0.004),
+    (600e3, 100, 0.005),
+    (3e6, 75, 0.0065),
+    (12e6, 50, 0.01),
+    (70e6, 25, 0.02),
+    (100e6, 20, 0.025),
+    (230e6, 10, 0.05),
+    (480e6, 5, 0.125),
+    (600e6, 4, 0.15),
+    (800e6, 3, 0.25),
+    (1.2e9, 2, 0.5),
 ]
-
 
 
 def offline_signals(model_dir: Path, data_dir: Path, env: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -58,15 +66,23 @@ def _env(base: dict[str, str], model_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def _replay_days(env: dict[str, str], data_dir: Path) -> None:
-    replay(env, "--data", str(data_dir), "--source", "bars", "--symbols", ",".join(SYMBOLS), "--start", START,
-           "--end", END)
+    replay(
+        env, "--data", str(data_dir), "--source", "bars", "--symbols", ",".join(SYMBOLS), "--start", START, "--end", END
+    )
 
 
 def _same_decision(live: dict[str, Any], expected: dict[str, Any]) -> None:
     assert live["signal_type"] == expected["signal_type"]
     assert live["recommended_leverage"] == expected["recommended_leverage"]
-    for field in ("position_size_usdt", "stop_loss_price", "take_profit_price", "liquidation_price", "quantity",
-                  "confidence_score", "risk_score"):
+    for field in (
+        "position_size_usdt",
+        "stop_loss_price",
+        "take_profit_price",
+        "liquidation_price",
+        "quantity",
+        "confidence_score",
+        "risk_score",
+    ):
         if expected[field] is None:
             assert live[field] is None, field
         else:
@@ -74,13 +90,20 @@ def _same_decision(live: dict[str, Any], expected: dict[str, Any]) -> None:
 
 
 @pytest.fixture(scope="module")
-def live_run(kafka: str, database_url: str, model_dir: Path, data_dir: Path,
-             tmp_path_factory: pytest.TempPathFactory) -> Any:
+def live_run(
+    kafka: str, database_url: str, model_dir: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Any:
     """One worker, two real days of two symbols replayed; what the `signals` topic carried."""
     tmp = tmp_path_factory.mktemp("live")
-    env = _env(dict(os.environ), model_dir, MLRISK_TOPIC_PREFIX=f"live{int(time.time() * 1000)}-",
-               MLRISK_WEB_PORT=str(free_port()), MLRISK_HOME=str(tmp / "home"), MLRISK_PARTITIONS="2",
-               DATABASE_URL=database_url)
+    env = _env(
+        dict(os.environ),
+        model_dir,
+        MLRISK_TOPIC_PREFIX=f"live{int(time.time() * 1000)}-",
+        MLRISK_WEB_PORT=str(free_port()),
+        MLRISK_HOME=str(tmp / "home"),
+        MLRISK_PARTITIONS="2",
+        DATABASE_URL=database_url,
+    )
     worker = WorkerProcess(env, tmp / "worker.log").start()
     expected = offline_signals(model_dir, data_dir, env)
     _replay_days(env, data_dir)
@@ -99,8 +122,9 @@ def test_replay_through_kafka_gives_the_engines_signals(live_run: Any) -> None:
     assert sum(s["signal_type"] in ("long", "short") for s in live) >= 1
 
 
-def test_backtest_command_agrees_with_the_live_signals(live_run: Any, model_dir: Path, data_dir: Path,
-                                                       tmp_path: Path) -> None:
+def test_backtest_command_agrees_with_the_live_signals(
+    live_run: Any, model_dir: Path, data_dir: Path, tmp_path: Path
+) -> None:
     env, _, live, _ = live_run
     by_id = {s["signal_id"]: s for s in live if s["symbol"] == "BTCUSDT"}
     first_live = min(s["bar_close_time"] for s in by_id.values())
@@ -114,14 +138,35 @@ def test_backtest_command_agrees_with_the_live_signals(live_run: Any, model_dir:
     with open(data_only / "BTCUSDT-1m-window.csv", "w") as handle:
         for i in range(len(frame)):
             b = frame.bar(i)
-            handle.write(f"{b.open_time},{b.open!r},{b.high!r},{b.low!r},{b.close!r},{b.volume!r},{b.close_time},"
-                         f"{b.quote_volume!r},{b.trades},{b.taker_buy_base!r},{b.taker_buy_quote!r},0\n")
+            handle.write(
+                f"{b.open_time},{b.open!r},{b.high!r},{b.low!r},{b.close!r},{b.volume!r},{b.close_time},"
+                f"{b.quote_volume!r},{b.trades},{b.taker_buy_base!r},{b.taker_buy_quote!r},0\n"
+            )
     signals_out = tmp_path / "signals.jsonl"
     subprocess.run(
-        [sys.executable, "-m", "streams.ops.cli", "backtest", "--data", str(data_only), "--symbol", "BTCUSDT",
-         "--models", str(model_dir), "--out", str(tmp_path / "report.json"), "--signals-out", str(signals_out),
-         "--start", start],
-        cwd=REPO_ROOT, env=env, check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "streams.ops.cli",
+            "backtest",
+            "--data",
+            str(data_only),
+            "--symbol",
+            "BTCUSDT",
+            "--models",
+            str(model_dir),
+            "--out",
+            str(tmp_path / "report.json"),
+            "--signals-out",
+            str(signals_out),
+            "--start",
+            start,
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     backtest = [orjson.loads(line) for line in signals_out.read_text().splitlines()]
     assert backtest, "the backtest wrote no signals"
@@ -182,7 +227,9 @@ def _wait_for_rows(url: str, ids: set[str], timeout_s: float = 180) -> list[tupl
         with psycopg.connect(url) as conn:
             rows = conn.execute(
                 "SELECT signal_id::text, count(*) FROM actionable_trade_signals WHERE signal_id = ANY(%s::uuid[]) "
-                "GROUP BY signal_id", (list(ids),)).fetchall()
+                "GROUP BY signal_id",
+                (list(ids),),
+            ).fetchall()
         if len(rows) >= len(ids):
             break
         time.sleep(2)
@@ -196,9 +243,12 @@ def test_the_database_holds_each_published_signal_once(live_run: Any, database_u
 
 
 def _get(port: int, path: str, body: bytes | None = None) -> tuple[int, Any]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
-                                     method="POST" if body is not None else "GET",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=body,
+        method="POST" if body is not None else "GET",
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
@@ -216,8 +266,10 @@ def test_api_endpoints_and_bad_requests(live_run: Any, data_dir: Path) -> None:
     assert _get(port, "/ml-risk/generate-signal", b'{"symbol": ')[0] == 400
     assert _get(port, "/ml-risk/generate-signal", b'{"nosymbol": 1}')[0] == 400
     frame = load_bars(data_dir, "ETHUSDT", parse_iso_ms(START), parse_iso_ms(START) + 400 * 60_000)
-    bars = [{"open_time": b.open_time, "open": b.open, "high": b.high, "low": b.low, "close": b.close,
-             "volume": b.volume} for b in frame.bars()]
+    bars = [
+        {"open_time": b.open_time, "open": b.open, "high": b.high, "low": b.low, "close": b.close, "volume": b.volume}
+        for b in frame.bars()
+    ]
     status, body = _get(port, "/ml-risk/generate-signal", orjson.dumps({"symbol": "ETHUSDT", "bars": bars}))
     assert status == 200 and body["bar_close_time"] == bars[-1]["open_time"] + 59_999
     status, body = _get(port, "/ml-risk/generate-signal", orjson.dumps({"symbol": "ETHUSDT", "bars": bars[:20]}))
@@ -242,7 +294,12 @@ def test_api_endpoints_and_bad_requests(live_run: Any, data_dir: Path) -> None:
     assert set(body["symbols"]) == set(SYMBOLS)
     status, body = _get(port, "/ml-risk/market-regime?symbol=ETHUSDT")
     assert status == 200 and body["market_regime"] in (
-        "trending_up", "trending_down", "ranging", "volatile", "liquidation_event")
+        "trending_up",
+        "trending_down",
+        "ranging",
+        "volatile",
+        "liquidation_event",
+    )
     assert _get(port, "/ml-risk/market-regime?symbol=XRPUSDT")[0] == 404
     assert _get(port, "/ml-risk/market-regime")[0] == 400
     status, body = _get(port, "/health")
@@ -259,8 +316,9 @@ def _fault_mid_replay(env: dict[str, str], data_dir: Path, expected: int, fault:
     the first or after the last would prove nothing, so that fails the test instead of passing it vacuously."""
     seen: list[Any] = []
     watcher = threading.Thread(
-        target=read_topic, args=(env["MLRISK_TOPIC_PREFIX"] + "signals", expected), kwargs={"timeout_s": 400,
-                                                                                           "into": seen}
+        target=read_topic,
+        args=(env["MLRISK_TOPIC_PREFIX"] + "signals", expected),
+        kwargs={"timeout_s": 400, "into": seen},
     )
     watcher.start()
     _replay_days(env, data_dir)
@@ -275,7 +333,8 @@ def _fault_mid_replay(env: dict[str, str], data_dir: Path, expected: int, fault:
 
 
 def test_kill_9_mid_replay_leaves_every_signal_in_the_database_once(
-        start_worker: Any, worker_env: dict[str, str], model_dir: Path, data_dir: Path, database_url: str) -> None:
+    start_worker: Any, worker_env: dict[str, str], model_dir: Path, data_dir: Path, database_url: str
+) -> None:
     env = _env(worker_env, model_dir)
     worker = start_worker(**_env({}, model_dir))
     expected = offline_signals(model_dir, data_dir, env)
@@ -291,7 +350,8 @@ def test_kill_9_mid_replay_leaves_every_signal_in_the_database_once(
 
 
 def test_sigterm_mid_batch_stops_within_the_timeout_and_the_restart_loses_nothing(
-        start_worker: Any, worker_env: dict[str, str], model_dir: Path, data_dir: Path, database_url: str) -> None:
+    start_worker: Any, worker_env: dict[str, str], model_dir: Path, data_dir: Path, database_url: str
+) -> None:
     """SIGTERM in the middle of the stream: the worker exits within MLRISK_STOP_TIMEOUT_S, and its successor
     resumes from the committed offsets so that every decision is in the database exactly once."""
     env = _env(worker_env, model_dir, MLRISK_STOP_TIMEOUT_S="8")
@@ -316,7 +376,8 @@ def test_sigterm_mid_batch_stops_within_the_timeout_and_the_restart_loses_nothin
 
 
 def test_database_outage_of_30s_loses_and_duplicates_nothing(
-        start_worker: Any, worker_env: dict[str, str], model_dir: Path, data_dir: Path, database_url: str) -> None:
+    start_worker: Any, worker_env: dict[str, str], model_dir: Path, data_dir: Path, database_url: str
+) -> None:
     from streams.config import Settings
     from streams.sink import pgserver
 
@@ -339,15 +400,17 @@ def test_database_outage_of_30s_loses_and_duplicates_nothing(
 
 
 def test_two_workers_in_one_group_produce_the_signals_of_one(
-        start_worker: Any, worker_env: dict[str, str], model_dir: Path, data_dir: Path) -> None:
+    start_worker: Any, worker_env: dict[str, str], model_dir: Path, data_dir: Path
+) -> None:
     env = _env(worker_env, model_dir)
     first = start_worker(**_env({}, model_dir))
     second = start_worker(**_env({}, model_dir), MLRISK_WEB_PORT=str(free_port()))
     expected = offline_signals(model_dir, data_dir, env)
     second.wait_ready()
     _replay_days(env, data_dir)
-    live = [orjson.loads(m.value) for m in read_topic(env["MLRISK_TOPIC_PREFIX"] + "signals", len(expected),
-                                                      timeout_s=300)]
+    live = [
+        orjson.loads(m.value) for m in read_topic(env["MLRISK_TOPIC_PREFIX"] + "signals", len(expected), timeout_s=300)
+    ]
     by_id = {s["signal_id"]: s for s in live}
     assert len(live) == len(by_id) == len(expected)
     for signal_id, signal in expected.items():
@@ -363,7 +426,9 @@ def test_two_workers_in_one_group_produce_the_signals_of_one(
         assert [status for status, _ in answers] == [200, 200], answers
         assert answers[0][1] == answers[1][1]
         assert answers[0][1]["market_regime"] == newest["market_regime"]
-        posted = [_get(worker.port, "/ml-risk/generate-signal", orjson.dumps({"symbol": symbol}))
-                  for worker in (first, second)]
+        posted = [
+            _get(worker.port, "/ml-risk/generate-signal", orjson.dumps({"symbol": symbol}))
+            for worker in (first, second)
+        ]
         assert [status for status, _ in posted] == [200, 200], posted
         assert posted[0][1]["signal_id"] == posted[1][1]["signal_id"] == newest["signal_id"]

@@ -55,12 +55,20 @@ class SecureBroker:
 
     def env(self, user: str, password: str | None = None) -> dict[str, str]:
         """SASL_SSL settings for `user` (with `password` instead of the real one when given)."""
-        secret = {"MLRISK_KAFKA_SASL_PASSWORD": password} if password is not None else \
-            {"MLRISK_KAFKA_SASL_PASSWORD_FILE": str(self.home / "secrets" / f"{user}.password")}
-        return {"MLRISK_KAFKA_BROKERS": f"localhost:{self.port}", "MLRISK_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-                "MLRISK_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "MLRISK_KAFKA_SASL_USERNAME": user,
-                "MLRISK_KAFKA_SSL_CAFILE": str(self.home / "tls" / "ca.pem"), "MLRISK_TOPIC_PREFIX": self.prefix,
-                **secret}
+        secret = (
+            {"MLRISK_KAFKA_SASL_PASSWORD": password}
+            if password is not None
+            else {"MLRISK_KAFKA_SASL_PASSWORD_FILE": str(self.home / "secrets" / f"{user}.password")}
+        )
+        return {
+            "MLRISK_KAFKA_BROKERS": f"localhost:{self.port}",
+            "MLRISK_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "MLRISK_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "MLRISK_KAFKA_SASL_USERNAME": user,
+            "MLRISK_KAFKA_SSL_CAFILE": str(self.home / "tls" / "ca.pem"),
+            "MLRISK_TOPIC_PREFIX": self.prefix,
+            **secret,
+        }
 
     def options(self, user: str) -> dict[str, Any]:
         return client_options(Settings.from_env(self.env(user)))
@@ -72,8 +80,12 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
     home = tmp_path_factory.mktemp("kafka-secure")
     port = next(p for p in (random.randrange(20_000, 40_000) for _ in range(100)) if _ports_free(p, 3))
     prefix = f"sec{uuid.uuid4().hex[:8]}-"
-    env = {**os.environ, "MLRISK_KAFKA_SECURE_HOME": str(home), "MLRISK_KAFKA_SECURE_PORT": str(port),
-           "MLRISK_TOPIC_PREFIX": prefix}
+    env = {
+        **os.environ,
+        "MLRISK_KAFKA_SECURE_HOME": str(home),
+        "MLRISK_KAFKA_SECURE_PORT": str(port),
+        "MLRISK_TOPIC_PREFIX": prefix,
+    }
     script = str(REPO_ROOT / "ops" / "kafka" / "kafka.sh")
     try:
         subprocess.run([script, "start-secure"], env=env, check=True, capture_output=True, text=True, timeout=180)
@@ -85,10 +97,10 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
         subprocess.run([script, "stop-secure"], env=env, check=False, capture_output=True, timeout=60)
 
 
-async def _read(options: dict[str, Any], topic: str, expected: int, timeout_s: float, group: str | None
-                ) -> list[Any]:
-    consumer = AIOKafkaConsumer(topic, **options, group_id=group, auto_offset_reset="earliest",
-                                enable_auto_commit=False)
+async def _read(options: dict[str, Any], topic: str, expected: int, timeout_s: float, group: str | None) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic, **options, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     messages: list[Any] = []
     try:
@@ -117,20 +129,34 @@ def _offline_signals(model_dir: Path, data_dir: Path, env: dict[str, str]) -> di
 
 
 def test_worker_with_credentials_makes_the_engines_signals_and_the_subscriber_reads_them(
-        secure_broker: SecureBroker, database_url: str, model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    secure_broker: SecureBroker, database_url: str, model_dir: Path, data_dir: Path, tmp_path: Path
+) -> None:
     # the topics were provisioned by admin: the worker creates none
-    env = {**os.environ, **COSTS, **secure_broker.env("worker"), "MLRISK_MODEL_DIR": str(model_dir),
-           "MLRISK_WEB_PORT": str(free_port()), "MLRISK_HOME": str(tmp_path / "home"),
-           "DATABASE_URL": database_url, "MLRISK_CREATE_TOPICS": "false"}
+    env = {
+        **os.environ,
+        **COSTS,
+        **secure_broker.env("worker"),
+        "MLRISK_MODEL_DIR": str(model_dir),
+        "MLRISK_WEB_PORT": str(free_port()),
+        "MLRISK_HOME": str(tmp_path / "home"),
+        "DATABASE_URL": database_url,
+        "MLRISK_CREATE_TOPICS": "false",
+    }
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     try:
         # the HTTP server listens on the loopback address unless MLRISK_WEB_BIND says otherwise
         assert listening_addresses(worker.port) == {"127.0.0.1"}
         expected = _offline_signals(model_dir, data_dir, env)
-        replay(env, "--data", str(data_dir), "--source", "bars", "--symbols", "BTCUSDT", "--start", START,
-               "--end", END)
-        messages = asyncio.run(_read(secure_broker.options("subscriber"), secure_broker.prefix + "signals",
-                                     len(expected), 240, group=f"subscriber-{uuid.uuid4().hex[:6]}"))
+        replay(env, "--data", str(data_dir), "--source", "bars", "--symbols", "BTCUSDT", "--start", START, "--end", END)
+        messages = asyncio.run(
+            _read(
+                secure_broker.options("subscriber"),
+                secure_broker.prefix + "signals",
+                len(expected),
+                240,
+                group=f"subscriber-{uuid.uuid4().hex[:6]}",
+            )
+        )
     finally:
         worker.stop()
     live = {s["signal_id"]: s for s in (orjson.loads(m.value) for m in messages)}
@@ -143,13 +169,24 @@ def test_worker_with_credentials_makes_the_engines_signals_and_the_subscriber_re
 
 
 def test_a_wrong_password_stops_the_worker_naming_the_authentication_failure(
-        secure_broker: SecureBroker, tmp_path: Path) -> None:
-    env = {**os.environ, **secure_broker.env("worker", password="not-the-password"),
-           "MLRISK_WEB_PORT": str(free_port()), "MLRISK_HOME": str(tmp_path / "home"),
-           "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    secure_broker: SecureBroker, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        **secure_broker.env("worker", password="not-the-password"),
+        "MLRISK_WEB_PORT": str(free_port()),
+        "MLRISK_HOME": str(tmp_path / "home"),
+        "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+    }
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "streams.ops.cli", "worker", "--quiet"], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.ops.cli", "worker", "--quiet"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "authentication failed: wrong user name or password" in result.stderr
     assert "not-the-password" not in result.stderr + result.stdout
@@ -188,8 +225,11 @@ def test_the_subscriber_can_neither_read_market_data_nor_write_signals(secure_br
 
 def test_mutual_tls_with_a_client_certificate(secure_broker: SecureBroker) -> None:
     tls = secure_broker.home / "tls"
-    base = {"MLRISK_KAFKA_BROKERS": f"localhost:{secure_broker.port + 1}", "MLRISK_KAFKA_SECURITY_PROTOCOL": "SSL",
-            "MLRISK_KAFKA_SSL_CAFILE": str(tls / "ca.pem")}
+    base = {
+        "MLRISK_KAFKA_BROKERS": f"localhost:{secure_broker.port + 1}",
+        "MLRISK_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "MLRISK_KAFKA_SSL_CAFILE": str(tls / "ca.pem"),
+    }
 
     async def topics(env: dict[str, str]) -> list[str]:
         admin = AIOKafkaAdminClient(**client_options(Settings.from_env(env)), request_timeout_ms=5000)
@@ -200,8 +240,12 @@ def test_mutual_tls_with_a_client_certificate(secure_broker: SecureBroker) -> No
             await admin.close()
 
     def as_user(user: str) -> dict[str, str]:
-        return {**base, "MLRISK_KAFKA_SSL_CERTFILE": str(tls / f"{user}.pem"),
-                "MLRISK_KAFKA_SSL_KEYFILE": str(tls / f"{user}.key"), "MLRISK_TOPIC_PREFIX": secure_broker.prefix}
+        return {
+            **base,
+            "MLRISK_KAFKA_SSL_CERTFILE": str(tls / f"{user}.pem"),
+            "MLRISK_KAFKA_SSL_KEYFILE": str(tls / f"{user}.key"),
+            "MLRISK_TOPIC_PREFIX": secure_broker.prefix,
+        }
 
     # the certificate's CN is the principal, under the same ACLs: the worker sees its topics, the subscriber
     # the signals topic and nothing of the worker's
@@ -212,14 +256,23 @@ def test_mutual_tls_with_a_client_certificate(secure_broker: SecureBroker) -> No
         asyncio.run(topics(base))
 
 
-def test_a_worker_on_mutual_tls_gets_its_partitions(secure_broker: SecureBroker, database_url: str,
-                                                     tmp_path: Path) -> None:
+def test_a_worker_on_mutual_tls_gets_its_partitions(
+    secure_broker: SecureBroker, database_url: str, tmp_path: Path
+) -> None:
     tls = secure_broker.home / "tls"
-    env = {**os.environ, "MLRISK_KAFKA_BROKERS": f"localhost:{secure_broker.port + 1}",
-           "MLRISK_KAFKA_SECURITY_PROTOCOL": "SSL", "MLRISK_KAFKA_SSL_CAFILE": str(tls / "ca.pem"),
-           "MLRISK_KAFKA_SSL_CERTFILE": str(tls / "worker.pem"), "MLRISK_KAFKA_SSL_KEYFILE": str(tls / "worker.key"),
-           "MLRISK_TOPIC_PREFIX": secure_broker.prefix, "MLRISK_CREATE_TOPICS": "false",
-           "MLRISK_WEB_PORT": str(free_port()), "MLRISK_HOME": str(tmp_path / "home"), "DATABASE_URL": database_url}
+    env = {
+        **os.environ,
+        "MLRISK_KAFKA_BROKERS": f"localhost:{secure_broker.port + 1}",
+        "MLRISK_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "MLRISK_KAFKA_SSL_CAFILE": str(tls / "ca.pem"),
+        "MLRISK_KAFKA_SSL_CERTFILE": str(tls / "worker.pem"),
+        "MLRISK_KAFKA_SSL_KEYFILE": str(tls / "worker.key"),
+        "MLRISK_TOPIC_PREFIX": secure_broker.prefix,
+        "MLRISK_CREATE_TOPICS": "false",
+        "MLRISK_WEB_PORT": str(free_port()),
+        "MLRISK_HOME": str(tmp_path / "home"),
+        "DATABASE_URL": database_url,
+    }
     worker = WorkerProcess(env, tmp_path / "worker.log")
     try:
         worker.start()  # ready: Faust's consumer has partitions of the worker's topics
@@ -229,11 +282,22 @@ def test_a_worker_on_mutual_tls_gets_its_partitions(secure_broker: SecureBroker,
 
 def test_missing_topics_stop_start_up_when_topics_are_provisioned(kafka: str, tmp_path: Path) -> None:
     prefix = f"prov{uuid.uuid4().hex[:8]}-"
-    env = {**os.environ, "MLRISK_CREATE_TOPICS": "false", "MLRISK_TOPIC_PREFIX": prefix,
-           "MLRISK_WEB_PORT": str(free_port()), "MLRISK_HOME": str(tmp_path / "home"),
-           "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
-    result = subprocess.run([sys.executable, "-m", "streams.ops.cli", "worker", "--quiet"], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "MLRISK_CREATE_TOPICS": "false",
+        "MLRISK_TOPIC_PREFIX": prefix,
+        "MLRISK_WEB_PORT": str(free_port()),
+        "MLRISK_HOME": str(tmp_path / "home"),
+        "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.ops.cli", "worker", "--quiet"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "MLRISK_CREATE_TOPICS" in result.stderr
     for topic in ("market-data", "signals", "bars"):

@@ -53,16 +53,25 @@ DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 def _db(env: dict[str, str], action: str) -> None:
-    subprocess.run([sys.executable, "-m", "streams.ops.cli", "db", action], cwd=REPO_ROOT, env=env, check=True,
-                   capture_output=True, timeout=180)
+    subprocess.run(
+        [sys.executable, "-m", "streams.ops.cli", "db", action],
+        cwd=REPO_ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
 
 
 def _embedded_url(env: dict[str, str]) -> str:
     """The URL (with its generated password) of the embedded server that `env` names."""
-    code = "from streams.config import Settings; from streams.sink.db import database_url; " \
-           "print(database_url(Settings.from_env(), start_embedded=False))"
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, check=True, capture_output=True,
-                          text=True, timeout=60).stdout.strip()
+    code = (
+        "from streams.config import Settings; from streams.sink.db import database_url; "
+        "print(database_url(Settings.from_env(), start_embedded=False))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, check=True, capture_output=True, text=True, timeout=60
+    ).stdout.strip()
 
 
 def _messages(count: int) -> list[ReplayMessage]:
@@ -90,8 +99,9 @@ class Publisher(threading.Thread):
     async def _publish(self) -> None:
         from aiokafka import AIOKafkaProducer
 
-        producer = AIOKafkaProducer(bootstrap_servers=self.servers, acks="all", enable_idempotence=True,
-                                    linger_ms=5, request_timeout_ms=10_000)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.servers, acks="all", enable_idempotence=True, linger_ms=5, request_timeout_ms=10_000
+        )
         await producer.start()
         started = time.monotonic()
         try:
@@ -101,9 +111,11 @@ class Publisher(threading.Thread):
                     await asyncio.sleep(delay)
                 while True:
                     try:
-                        await producer.send_and_wait(self.topic, message.value, key=message.symbol.encode()) \
-                            if i % 500 == 0 else await producer.send(self.topic, message.value,
-                                                                     key=message.symbol.encode())
+                        await producer.send_and_wait(
+                            self.topic, message.value, key=message.symbol.encode()
+                        ) if i % 500 == 0 else await producer.send(
+                            self.topic, message.value, key=message.symbol.encode()
+                        )
                         break
                     except Exception:  # the broker away: wait and send again
                         self.retries += 1
@@ -120,7 +132,8 @@ def _sample(worker: WorkerProcess, samples: dict[int, list[tuple[float, float, i
     try:
         process = psutil.Process(worker.proc.pid)
         samples.setdefault(worker.proc.pid, []).append(
-            (time.monotonic(), process.memory_info().rss / 1e6, process.num_fds()))
+            (time.monotonic(), process.memory_info().rss / 1e6, process.num_fds())
+        )
     except psutil.Error:
         pass
 
@@ -148,9 +161,18 @@ def test_soak_with_random_faults_keeps_every_decision_exactly_once(model_dir: Pa
     shutil.copytree(model_dir / version, models / version)
     (models / CURRENT_FILE).write_text(version + "\n")
     prefix = f"soak{int(time.time())}-"
-    env = {**db_env, **COSTS, "MLRISK_KAFKA_BROKERS": broker.url, "MLRISK_TOPIC_PREFIX": prefix,
-           "MLRISK_WEB_PORT": str(free_port()), "MLRISK_PARTITIONS": "2", "MLRISK_MODEL_DIR": str(models),
-           "MLRISK_MODEL_POLL_S": "2", "MLRISK_STOP_TIMEOUT_S": str(STOP_TIMEOUT_S), "MLRISK_LOG_LEVEL": "warn"}
+    env = {
+        **db_env,
+        **COSTS,
+        "MLRISK_KAFKA_BROKERS": broker.url,
+        "MLRISK_TOPIC_PREFIX": prefix,
+        "MLRISK_WEB_PORT": str(free_port()),
+        "MLRISK_PARTITIONS": "2",
+        "MLRISK_MODEL_DIR": str(models),
+        "MLRISK_MODEL_POLL_S": "2",
+        "MLRISK_STOP_TIMEOUT_S": str(STOP_TIMEOUT_S),
+        "MLRISK_LOG_LEVEL": "warn",
+    }
     logs = tmp_path / "logs"
     logs.mkdir()
     workers = [WorkerProcess(env, logs / "worker-0.log").start()]
@@ -166,8 +188,12 @@ def test_soak_with_random_faults_keeps_every_decision_exactly_once(model_dir: Pa
             _sample(workers[-1], samples)
             if time.monotonic() >= next_fault and publisher.is_alive():
                 kind = rng.choice(FAULTS)
-                record: dict[str, Any] = {"at_s": round(time.monotonic() - started), "fault": kind,
-                                          "published": publisher.sent, "decided": len(_decisions(url))}
+                record: dict[str, Any] = {
+                    "at_s": round(time.monotonic() - started),
+                    "fault": kind,
+                    "published": publisher.sent,
+                    "decided": len(_decisions(url)),
+                }
                 current = workers[-1]
                 if kind in ("kill -9", "SIGTERM"):
                     assert current.proc is not None
@@ -210,8 +236,7 @@ def test_soak_with_random_faults_keeps_every_decision_exactly_once(model_dir: Pa
     engine = SignalEngine(load_bundle(models, version), RiskConfig.from_env(env))
     expected: dict[tuple[str, int], dict[str, Any]] = {}
     states = {symbol: engine.new_state(symbol) for symbol in SYMBOLS}
-    last_ms = {s: max((orjson.loads(m.value)["k"]["t"] for m in messages if m.symbol == s), default=0)
-               for s in SYMBOLS}
+    last_ms = {s: max((orjson.loads(m.value)["k"]["t"] for m in messages if m.symbol == s), default=0) for s in SYMBOLS}
     for symbol in SYMBOLS:
         for bar in load_bars(DATA, symbol, parse_iso_ms(START), last_ms[symbol] + 60_000).bars():
             signal_dict = engine.on_bar(states[symbol], bar)
@@ -222,15 +247,30 @@ def test_soak_with_random_faults_keeps_every_decision_exactly_once(model_dir: Pa
         by_bar.setdefault((symbol, close_time), []).append(signal_id)
     twice = {k: v for k, v in by_bar.items() if len(v) > 1}
     missing = set(expected) - set(by_bar)
-    flat = {str(pid): (round(max(r for _, r, _ in s) - s[0][1], 1), max(f for _, _, f in s) - s[0][2])
-            for pid, s in samples.items() if len(s) >= 3}
-    print("soak figures", orjson.dumps({
-        "duration_s": DURATION_S, "rate": RATE, "published": publisher.sent, "publish_retries": publisher.retries,
-        "faults": faults, "decisions": len(decisions), "expected": len(expected),
-        "missing": len(missing), "decided_twice": len(twice),
-        "rss_mb_growth_and_fd_growth_per_worker": flat,
-        "rss_mb_max": max((r for s in samples.values() for _, r, _ in s), default=0),
-    }).decode(), flush=True)
+    flat = {
+        str(pid): (round(max(r for _, r, _ in s) - s[0][1], 1), max(f for _, _, f in s) - s[0][2])
+        for pid, s in samples.items()
+        if len(s) >= 3
+    }
+    print(
+        "soak figures",
+        orjson.dumps(
+            {
+                "duration_s": DURATION_S,
+                "rate": RATE,
+                "published": publisher.sent,
+                "publish_retries": publisher.retries,
+                "faults": faults,
+                "decisions": len(decisions),
+                "expected": len(expected),
+                "missing": len(missing),
+                "decided_twice": len(twice),
+                "rss_mb_growth_and_fd_growth_per_worker": flat,
+                "rss_mb_max": max((r for s in samples.values() for _, r, _ in s), default=0),
+            }
+        ).decode(),
+        flush=True,
+    )
     assert faults and all(0 < f["published"] < len(messages) for f in faults), "faults struck while data flowed"
     assert not twice, f"{len(twice)} bars decided twice, e.g. {next(iter(twice.items()))}"
     assert not missing, f"{len(missing)} bars without a decision, e.g. {sorted(missing)[:3]}"
@@ -239,8 +279,11 @@ def test_soak_with_random_faults_keeps_every_decision_exactly_once(model_dir: Pa
         if model_version != version:  # decided after a swap: the ensemble's memory restarted mid-stream
             continue
         offline = expected[(symbol, close_time)]
-        assert (signal_id, signal_type, leverage) == (offline["signal_id"], offline["signal_type"],
-                                                      offline["recommended_leverage"])
+        assert (signal_id, signal_type, leverage) == (
+            offline["signal_id"],
+            offline["signal_type"],
+            offline["recommended_leverage"],
+        )
         assert (size is None) == (offline["position_size_usdt"] is None)
         if size is not None:
             assert abs(float(size) - offline["position_size_usdt"]) <= 0.005

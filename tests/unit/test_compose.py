@@ -19,15 +19,26 @@ def _compose() -> dict:
 
 def test_compose_has_every_service_with_its_ports() -> None:
     services = _compose()["services"]
-    assert {"kafka", "timescaledb", "prometheus", "grafana", "worker", "replay", "train", "db-init",
-            "retrainer"} <= set(services)
+    assert {
+        "kafka",
+        "timescaledb",
+        "prometheus",
+        "grafana",
+        "worker",
+        "replay",
+        "train",
+        "db-init",
+        "retrainer",
+    } <= set(services)
     published = [p for svc in services.values() for p in svc.get("ports", [])]
     assert published and all(p.startswith("127.0.0.1:") for p in published), published  # never every interface
     ports = {name: [p.split(":")[-2] for p in svc.get("ports", [])] for name, svc in services.items()}
     assert ports["kafka"] == ["9092"] and ports["timescaledb"] == ["5432"] and ports["worker"] == ["6066"]
     assert ports["prometheus"] == ["9090"] and ports["grafana"] == ["3000"]
-    assert "KRaft" in (REPO_ROOT / "docker-compose.yml").read_text() or \
-        services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert (
+        "KRaft" in (REPO_ROOT / "docker-compose.yml").read_text()
+        or services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    )
 
 
 def test_worker_environment_points_at_the_compose_services() -> None:
@@ -73,23 +84,32 @@ def _compose_client() -> list[str] | None:
     return [legacy] if legacy else None
 
 
-SECRETS = ("POSTGRES_PASSWORD", "KAFKA_ADMIN_PASSWORD", "KAFKA_MLRISK_PASSWORD", "MLRISK_API_TOKENS",
-           "GRAFANA_ADMIN_PASSWORD")
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "KAFKA_ADMIN_PASSWORD",
+    "KAFKA_MLRISK_PASSWORD",
+    "MLRISK_API_TOKENS",
+    "GRAFANA_ADMIN_PASSWORD",
+)
 
 
 @pytest.mark.skipif(_compose_client() is None, reason="no docker compose client on this machine")
 def test_docker_compose_config_accepts_the_file() -> None:
     client = _compose_client()
     assert client is not None
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
-           **{name: f"test-{name.lower()}-0123456789" for name in SECRETS}}
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        **{name: f"test-{name.lower()}-0123456789" for name in SECRETS},
+    }
     result = subprocess.run([*client, "config", "--quiet"], cwd=REPO_ROOT, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     # without a secret it refuses to start, naming the variable
     for missing in SECRETS:
         partial = {k: v for k, v in env.items() if k != missing}
-        result = subprocess.run([*client, "config", "--quiet"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                env=partial)
+        result = subprocess.run(
+            [*client, "config", "--quiet"], cwd=REPO_ROOT, capture_output=True, text=True, env=partial
+        )
         assert result.returncode != 0 and missing in result.stderr, (missing, result.stderr)
 
 
@@ -117,13 +137,25 @@ def test_dashboard_queries_name_metrics_the_worker_exports() -> None:
             names.update(re.findall(r"mlrisk_[a-z_]+", target.get("expr", "")))  # SQL panels have rawSql
     base = {re.sub(r"_(bucket|total|count|sum)$", "", n) for n in names}
     assert base <= exported, base - exported
-    for wanted in ("mlrisk_signals", "mlrisk_end_to_end_latency_seconds", "mlrisk_consumer_lag_messages",
-                   "mlrisk_model_weight", "mlrisk_risk_score", "mlrisk_paper_equity_usdt", "mlrisk_drawdown_ratio",
-                   "mlrisk_events_rejected"):
+    for wanted in (
+        "mlrisk_signals",
+        "mlrisk_end_to_end_latency_seconds",
+        "mlrisk_consumer_lag_messages",
+        "mlrisk_model_weight",
+        "mlrisk_risk_score",
+        "mlrisk_paper_equity_usdt",
+        "mlrisk_drawdown_ratio",
+        "mlrisk_events_rejected",
+    ):
         assert wanted in base
     alerts = yaml.safe_load((REPO_ROOT / "ops/prometheus/alerts.yml").read_text())["groups"][0]["rules"]
-    assert {"MlriskConsumerLagHigh", "MlriskLatencyHigh", "MlriskDeadLetterRateHigh", "MlriskDrawdownHigh",
-            "MlriskTradingHalted"} <= {r["alert"] for r in alerts}
+    assert {
+        "MlriskConsumerLagHigh",
+        "MlriskLatencyHigh",
+        "MlriskDeadLetterRateHigh",
+        "MlriskDrawdownHigh",
+        "MlriskTradingHalted",
+    } <= {r["alert"] for r in alerts}
 
 
 def test_compose_runs_the_timescaledb_release_that_set_up_builds() -> None:

@@ -40,9 +40,7 @@ def streams(klines_dir: Path, ohlcv_dir: Path) -> dict[str, list[Bar]]:
     return out
 
 
-def test_symbols_decided_together_equal_each_decided_alone(
-    quick_models: Path, streams: dict[str, list[Bar]]
-) -> None:
+def test_symbols_decided_together_equal_each_decided_alone(quick_models: Path, streams: dict[str, list[Bar]]) -> None:
     alone_engine = SignalEngine(load_bundle(quick_models))
     alone: dict[str, list[dict]] = {}
     for name, bars in streams.items():

@@ -42,9 +42,7 @@ def test_bundle_loads_without_torch(quick_models: Path) -> None:
         "import sys; from models.registry import load_bundle; b = load_bundle(sys.argv[1]); "
         "assert 'torch' not in sys.modules, 'torch imported'; print(len(b.members))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(quick_models)], capture_output=True, text=True, check=True
-    )
+    result = subprocess.run([sys.executable, "-c", code, str(quick_models)], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "3"
 
 
@@ -76,9 +74,7 @@ def test_batched_scoring_equals_single_row_scoring(engine: SignalEngine, frame: 
     assert len({p.p_up for p in batch}) > 10
 
 
-def test_redelivered_bar_returns_the_same_signal_and_leaves_state_alone(
-    engine: SignalEngine, frame: BarFrame
-) -> None:
+def test_redelivered_bar_returns_the_same_signal_and_leaves_state_alone(engine: SignalEngine, frame: BarFrame) -> None:
     state = engine.new_state("BTCUSDT")
     last = len(frame) - 1
     signals = run(engine, frame, state, 0, last + 1)
@@ -114,9 +110,7 @@ def test_signal_fields_follow_the_contract(engine: SignalEngine, frame: BarFrame
         assert abs(sum(weights) - 1.0) < 1e-9
         assert s["ml_prediction"] in ("up", "down", "flat")
         if s["signal_type"] == "hold":
-            assert (
-                s["recommended_leverage"] is None and s["stop_loss_price"] is None and s["quantity"] is None
-            )
+            assert s["recommended_leverage"] is None and s["stop_loss_price"] is None and s["quantity"] is None
         orjson.loads(orjson.dumps(s))
     p = np.array([s["metadata"]["p_up"] for s in signals])
     assert ((p > 0.02) & (p < 0.98)).all()

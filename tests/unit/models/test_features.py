@@ -58,9 +58,7 @@ def test_streaming_equals_batch_on_a_real_month_with_a_halt_and_a_gap(klines_dir
 
 def test_a_short_gap_is_bridged_by_the_previous_bar() -> None:
     bars = [
-        Bar(
-            "X", i * MINUTE_MS, 100 + i * 0.01, 100.5 + i * 0.01, 99.5 + i * 0.01, 100 + i * 0.01, 1.0 + i % 7
-        )
+        Bar("X", i * MINUTE_MS, 100 + i * 0.01, 100.5 + i * 0.01, 99.5 + i * 0.01, 100 + i * 0.01, 1.0 + i % 7)
         for i in range(WARMUP_BARS + 50)
     ]
     gapped = bars[: WARMUP_BARS + 10] + bars[WARMUP_BARS + 15 :]  # 5 missing minutes
@@ -85,9 +83,7 @@ def test_six_column_layout_gives_nan_for_flow_features_and_matches_streaming(ohl
     assert ready.sum() > 2000
     for name in ("trades_z", "imbalance_z", "imbalance_15_z"):
         assert np.isnan(batch[ready, FEATURE_NAMES.index(name)]).all(), name
-    others = [
-        j for j, n in enumerate(FEATURE_NAMES) if n not in ("trades_z", "imbalance_z", "imbalance_15_z")
-    ]
+    others = [j for j, n in enumerate(FEATURE_NAMES) if n not in ("trades_z", "imbalance_z", "imbalance_15_z")]
     assert np.isfinite(batch[np.ix_(ready, others)]).all()
 
 

@@ -69,6 +69,4 @@ def test_models_and_calibration_never_see_test_rows(klines_dir: Path) -> None:
     second = train_fold(ds, fold, config)
     assert first.validation_logloss == second.validation_logloss
     probe = ds.windows(ds.ready_rows[:500][ds.window_ok(ds.ready_rows[:500], 1)], 1)
-    np.testing.assert_array_equal(
-        first.members[0].predict_proba(probe), second.members[0].predict_proba(probe)
-    )
+    np.testing.assert_array_equal(first.members[0].predict_proba(probe), second.members[0].predict_proba(probe))

@@ -172,9 +172,7 @@ def test_onnx_serving_matches_the_torch_model(
     assert isinstance(served, ProbabilityModel) and isinstance(model, ProbabilityModel)
     assert (served.name, served.window, served.n_features) == (model.name, model.window, model.n_features)
     np.testing.assert_allclose(served.logits(split.x_val), model.logits(split.x_val), rtol=0, atol=1e-5)
-    np.testing.assert_allclose(
-        served.predict_proba(split.x_val), model.predict_proba(split.x_val), rtol=0, atol=1e-5
-    )
+    np.testing.assert_allclose(served.predict_proba(split.x_val), model.predict_proba(split.x_val), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -190,10 +188,7 @@ def test_batched_scores_equal_row_by_row_scores_bit_for_bit(
         single = np.concatenate([served.predict_proba(windows[i : i + 1]) for i in range(windows.shape[0])])
         for batch_size in (1, 7, 64):
             batched = np.concatenate(
-                [
-                    served.predict_proba(windows[i : i + batch_size])
-                    for i in range(0, windows.shape[0], batch_size)
-                ]
+                [served.predict_proba(windows[i : i + batch_size]) for i in range(0, windows.shape[0], batch_size)]
             )
             # other batch sizes take other matrix-kernel blockings: equal to float32 rounding; a window
             # that leaked into its neighbours would move them by orders of magnitude more
@@ -265,7 +260,10 @@ def test_early_stopping_restores_the_best_epoch_and_reports_every_epoch(lstm_spl
     config = replace(FAST, max_epochs=8, patience=1, learning_rate=0.03)
     model = LSTMModel(training=config)
     model.fit(
-        lstm_split.x_train, lstm_split.y_train, lstm_split.x_val, lstm_split.y_val,
+        lstm_split.x_train,
+        lstm_split.y_train,
+        lstm_split.x_val,
+        lstm_split.y_val,
         on_epoch=lambda epoch, train, val: seen.append((epoch, train, val)),
     )
     report = model.report
@@ -274,9 +272,7 @@ def test_early_stopping_restores_the_best_epoch_and_reports_every_epoch(lstm_spl
     assert [epoch for epoch, _, _ in seen] == list(range(1, report.epochs_run + 1))
     assert tuple(val for _, _, val in seen) == report.val_losses
     assert report.best_val_loss == min(report.val_losses) != report.val_losses[-1]
-    assert_served_loss_is_the_best_epochs(
-        log_loss(model.logits(lstm_split.x_val), lstm_split.y_val), report.val_losses
-    )
+    assert_served_loss_is_the_best_epochs(log_loss(model.logits(lstm_split.x_val), lstm_split.y_val), report.val_losses)
 
 
 @pytest.mark.parametrize(

@@ -22,9 +22,23 @@ def _earlier_layout(state: FeatureState) -> dict:
     data["rings"] = {name: [pack_floats(ring.buf), ring.pos] for name, ring in state.rings.items()}
     market = state.market
     assert market is not None
-    data["market"] = [market.close_time_ms, *(pack_floats(np.array([v])) for v in (
-        market.price, market.atr, market.sigma_1m, market.vol_percentile, market.adx, market.trend,
-        market.return_1m, market.volume_z, market.trades_z))]
+    data["market"] = [
+        market.close_time_ms,
+        *(
+            pack_floats(np.array([v]))
+            for v in (
+                market.price,
+                market.atr,
+                market.sigma_1m,
+                market.vol_percentile,
+                market.adx,
+                market.trend,
+                market.return_1m,
+                market.volume_z,
+                market.trades_z,
+            )
+        ),
+    ]
     return data
 
 

@@ -28,9 +28,7 @@ def snapshot(price: float = 60_000.0, **changes) -> MarketSnapshot:
 
 
 def flat_portfolio(equity: float = 10_000.0, state: str = "ACTIVE") -> PortfolioState:
-    return PortfolioState(
-        equity=equity, peak_equity=equity, day_start_equity=equity, positions=(), trading_state=state
-    )
+    return PortfolioState(equity=equity, peak_equity=equity, day_start_equity=equity, positions=(), trading_state=state)
 
 
 prices = st.floats(min_value=-2.0, max_value=6.0).map(lambda exponent: 10.0**exponent)
@@ -40,9 +38,7 @@ z_scores = st.one_of(st.just(float("nan")), st.floats(min_value=-5.0, max_value=
 @st.composite
 def markets(draw, symbol=None) -> MarketSnapshot:
     price = draw(prices)
-    mark = draw(
-        st.one_of(st.none(), st.floats(min_value=-0.01, max_value=0.01).map(lambda u: price * (1 + u)))
-    )
+    mark = draw(st.one_of(st.none(), st.floats(min_value=-0.01, max_value=0.01).map(lambda u: price * (1 + u))))
     return MarketSnapshot(
         symbol=symbol or draw(st.sampled_from(SYMBOLS)),
         close_time_ms=draw(st.integers(min_value=1_600_000_000_000, max_value=1_800_000_000_000)),
@@ -103,9 +99,7 @@ def portfolios(draw, exclude_symbol: str | None = None) -> PortfolioState:
 
 regime_states = st.one_of(
     st.none(),
-    st.builds(
-        RegimeState, st.sampled_from(REGIMES), st.sampled_from(REGIMES), st.integers(0, 4), st.integers(0, 3)
-    ),
+    st.builds(RegimeState, st.sampled_from(REGIMES), st.sampled_from(REGIMES), st.integers(0, 4), st.integers(0, 3)),
 )
 configs = st.builds(
     RiskConfig,

@@ -70,9 +70,7 @@ def test_kelly_and_bracket_probability():
     # driftless: P(target 2 % before stop 1 %) = 1 / 3
     assert bracket_win_probability(0.0, 0.001, 0.01, 0.02) == pytest.approx(1 / 3)
     # drift μ, ν = 2μ/σ² = 100, a = 0.02, b = 0.01: (1 − e^{1}) / (e^{−2} − e^{1}) = 0.6652
-    assert bracket_win_probability(5e-5, 0.001, 0.01, 0.02) == pytest.approx(
-        (1 - math.e) / (math.exp(-2) - math.e)
-    )
+    assert bracket_win_probability(5e-5, 0.001, 0.01, 0.02) == pytest.approx((1 - math.e) / (math.exp(-2) - math.e))
     assert bracket_win_probability(-5e-5, 0.001, 0.01, 0.02) < 1 / 3
 
 
@@ -92,9 +90,7 @@ def _position(symbol: str, notional: float, leverage: int) -> OpenPosition:
 
 
 def test_check_candidate_names_the_limit():
-    limits = PortfolioLimits(
-        max_gross_exposure=3.0, max_symbol_exposure=1.0, max_margin_use=0.5, max_open_positions=2
-    )
+    limits = PortfolioLimits(max_gross_exposure=3.0, max_symbol_exposure=1.0, max_margin_use=0.5, max_open_positions=2)
     flat = PortfolioState(10_000, 10_000, 10_000)
     approval = check_candidate("BTCUSDT", 1_000.0, 10, flat, limits)
     assert approval.approved and approval.allowed_size_usdt == 1_000.0
@@ -109,9 +105,7 @@ def test_check_candidate_names_the_limit():
     margin_bound = PortfolioState(10_000, 10_000, 10_000, (_position("ETHUSDT", 4_990.0, 1),))
     approval = check_candidate("BTCUSDT", 5_000.0, 2, margin_bound, limits)
     assert approval.allowed_size_usdt == 20.0 and approval.binding_limit == "max_margin_use"
-    full = PortfolioState(
-        10_000, 10_000, 10_000, (_position("ETHUSDT", 100, 1), _position("XRPUSDT", 100, 1))
-    )
+    full = PortfolioState(10_000, 10_000, 10_000, (_position("ETHUSDT", 100, 1), _position("XRPUSDT", 100, 1)))
     assert check_candidate("BTCUSDT", 100.0, 2, full, limits).refused_by == "max_open_positions"
     halted = PortfolioState(10_000, 10_000, 10_000, trading_state="HALTED")
     assert check_candidate("BTCUSDT", 100.0, 2, halted, limits).refused_by == "trading_state"

@@ -39,8 +39,7 @@ def test_edge_below_fees_is_hold():
     assert decision.recommended_leverage is None and decision.position_size_usdt is None
     # p = 0.60 → edge 0.186 % ≥ 0.125 %: the same market now opens
     assert (
-        decide(snapshot(), ModelView(0.60, 0.8, 0.1, 60), None, flat_portfolio(), RANGING, CONFIG).signal_type
-        == "long"
+        decide(snapshot(), ModelView(0.60, 0.8, 0.1, 60), None, flat_portfolio(), RANGING, CONFIG).signal_type == "long"
     )
 
 
@@ -57,19 +56,12 @@ def test_open_positions_close_on_contradiction_stop_or_target_only():
     position = OpenPosition("BTCUSDT", "long", 0.01, 60_000.0, 10, 59_000.0, 62_000.0, 54_300.0, 0)
     portfolio = PortfolioState(10_000, 10_000, 10_000, (position,))
     assert decide(snapshot(), SURE_UP, position, portfolio, RANGING, CONFIG).signal_type == "hold"
-    assert (
-        decide(snapshot(), ModelView(0.47, 0.8, 0.1, 60), position, portfolio, RANGING, CONFIG).signal_type
-        == "hold"
-    )
+    assert decide(snapshot(), ModelView(0.47, 0.8, 0.1, 60), position, portfolio, RANGING, CONFIG).signal_type == "hold"
     closing = decide(snapshot(), SURE_DOWN, position, portfolio, RANGING, CONFIG)
     assert closing.signal_type == "close" and closing.signal_strength == "sell"
     assert closing.quantity == 0.01
-    assert (
-        decide(snapshot(price=58_999.0), SURE_UP, position, portfolio, RANGING, CONFIG).signal_type == "close"
-    )
-    assert (
-        decide(snapshot(price=62_000.0), SURE_UP, position, portfolio, RANGING, CONFIG).signal_type == "close"
-    )
+    assert decide(snapshot(price=58_999.0), SURE_UP, position, portfolio, RANGING, CONFIG).signal_type == "close"
+    assert decide(snapshot(price=62_000.0), SURE_UP, position, portfolio, RANGING, CONFIG).signal_type == "close"
 
 
 def test_reducing_and_halted_accounts_only_close():
@@ -108,9 +100,7 @@ def test_liquidation_is_measured_against_the_mark_price():
     near = decide(snapshot(mark_price=60_000.0), SURE_UP, None, flat_portfolio(), RANGING, CONFIG)
     assert near.signal_type == "long"
     # a mark price already below the stop: the stop would fire at once
-    far = decide(
-        snapshot(mark_price=near.stop_loss_price - 1.0), SURE_UP, None, flat_portfolio(), RANGING, CONFIG
-    )
+    far = decide(snapshot(mark_price=near.stop_loss_price - 1.0), SURE_UP, None, flat_portfolio(), RANGING, CONFIG)
     assert far.signal_type == "hold" and "mark price" in far.reasons[-1]
 
 

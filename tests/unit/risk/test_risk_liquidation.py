@@ -21,12 +21,8 @@ from risk.liquidation import (
 
 def test_contract_checks_for_half_a_btc_at_60000():
     assert liquidation_price("long", 60000.0, 0.5, 10, BTCUSDT_BRACKETS) == pytest.approx(54216.87, abs=0.005)
-    assert liquidation_price("short", 60000.0, 0.5, 10, BTCUSDT_BRACKETS) == pytest.approx(
-        65737.05, abs=0.005
-    )
-    assert liquidation_price("long", 60000.0, 0.5, 125, BTCUSDT_BRACKETS) == pytest.approx(
-        59759.04, abs=0.005
-    )
+    assert liquidation_price("short", 60000.0, 0.5, 10, BTCUSDT_BRACKETS) == pytest.approx(65737.05, abs=0.005)
+    assert liquidation_price("long", 60000.0, 0.5, 125, BTCUSDT_BRACKETS) == pytest.approx(59759.04, abs=0.005)
 
 
 def test_btc_third_bracket_uses_its_maintenance_amount():
@@ -34,21 +30,15 @@ def test_btc_third_bracket_uses_its_maintenance_amount():
     # 20x: WB = 60,000.
     # long: (60,000 + 950 − 1,200,000) / (20·0.0065 − 20) = −1,139,050 / −19.87 = 57,325.1132
     # short: (60,000 + 950 + 1,200,000) / (0.13 + 20) = 1,260,950 / 20.13 = 62,640.3378
-    assert liquidation_price("long", 60000.0, 20.0, 20, BTCUSDT_BRACKETS) == pytest.approx(
-        57325.1132, abs=1e-3
-    )
-    assert liquidation_price("short", 60000.0, 20.0, 20, BTCUSDT_BRACKETS) == pytest.approx(
-        62640.3378, abs=1e-3
-    )
+    assert liquidation_price("long", 60000.0, 20.0, 20, BTCUSDT_BRACKETS) == pytest.approx(57325.1132, abs=1e-3)
+    assert liquidation_price("short", 60000.0, 20.0, 20, BTCUSDT_BRACKETS) == pytest.approx(62640.3378, abs=1e-3)
 
 
 def test_eth_first_bracket():
     # 10 ETH at 3,000 = 30k notional: MMR 0.5 %, cum 0; 20x: WB = 1,500.
     # long: (1,500 − 30,000) / (0.05 − 10) = 2,864.3216; short: (1,500 + 30,000) / (0.05 + 10) = 3,134.3284
     assert liquidation_price("long", 3000.0, 10.0, 20, ETHUSDT_BRACKETS) == pytest.approx(2864.3216, abs=1e-3)
-    assert liquidation_price("short", 3000.0, 10.0, 20, ETHUSDT_BRACKETS) == pytest.approx(
-        3134.3284, abs=1e-3
-    )
+    assert liquidation_price("short", 3000.0, 10.0, 20, ETHUSDT_BRACKETS) == pytest.approx(3134.3284, abs=1e-3)
 
 
 def test_maintenance_amounts_follow_by_continuity():
@@ -122,10 +112,7 @@ def test_unknown_symbols_get_the_conservative_table():
     assert brackets_for("ethusdt") is ETHUSDT_BRACKETS
     assert brackets_for("DOGEUSDT") is DEFAULT_BRACKETS
     assert DEFAULT_BRACKETS.brackets[0].max_leverage <= 20
-    assert (
-        DEFAULT_BRACKETS.brackets[0].maintenance_margin_rate
-        >= ETHUSDT_BRACKETS.brackets[0].maintenance_margin_rate
-    )
+    assert DEFAULT_BRACKETS.brackets[0].maintenance_margin_rate >= ETHUSDT_BRACKETS.brackets[0].maintenance_margin_rate
 
 
 def test_malformed_tables_are_refused():

@@ -34,16 +34,12 @@ def hit_probability_monte_carlo(
 
 @pytest.mark.parametrize(("distance", "sigma", "horizon"), [(0.01, 0.001, 60.0), (0.03, 0.002, 240.0)])
 def test_liquidation_risk_matches_monte_carlo(distance, sigma, horizon):
-    estimate, standard_error = hit_probability_monte_carlo(
-        distance, sigma, horizon, paths=20_000, steps=400, seed=11
-    )
+    estimate, standard_error = hit_probability_monte_carlo(distance, sigma, horizon, paths=20_000, steps=400, seed=11)
     entry = 50_000.0
     analytic = liquidation_risk(entry, entry * math.exp(-distance), sigma, horizon) / 100.0
     assert abs(estimate - analytic) < 4.0 * standard_error + 1e-3
     # a short's liquidation above the entry at the same log distance has the same risk
-    assert liquidation_risk(entry, entry * math.exp(distance), sigma, horizon) == pytest.approx(
-        analytic * 100.0
-    )
+    assert liquidation_risk(entry, entry * math.exp(distance), sigma, horizon) == pytest.approx(analytic * 100.0)
 
 
 def test_liquidation_risk_known_values():

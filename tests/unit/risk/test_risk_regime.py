@@ -28,8 +28,7 @@ def test_raw_regime_of_each_kind():
 
 def test_cascade_needs_flow_and_degrades_without_trade_counts():
     assert (
-        raw_regime(snapshot(sigma_1m=0.001, return_1m=-0.01, volume_z=5.0, trades_z=1.0), CONFIG)
-        != "liquidation_event"
+        raw_regime(snapshot(sigma_1m=0.001, return_1m=-0.01, volume_z=5.0, trades_z=1.0), CONFIG) != "liquidation_event"
     )
     # trade count unknown: a volume spike of 4σ or more is required instead
     assert (

@@ -49,8 +49,23 @@ def test_kline_replay_of_a_real_month_reproduces_the_csv(data_dir: Path) -> None
     bars, _ = _stream_bars(events)
     expected = _numpy_klines(path)
     assert len(bars) == expected.shape[0] == 31 * 1440 - 80
-    got = np.array([[b.open_time, b.open, b.high, b.low, b.close, b.volume, b.quote_volume, b.trades,
-                     b.taker_buy_base, b.taker_buy_quote] for b in bars])
+    got = np.array(
+        [
+            [
+                b.open_time,
+                b.open,
+                b.high,
+                b.low,
+                b.close,
+                b.volume,
+                b.quote_volume,
+                b.trades,
+                b.taker_buy_base,
+                b.taker_buy_quote,
+            ]
+            for b in bars
+        ]
+    )
     np.testing.assert_array_equal(got[:, 0], expected[:, 0])
     np.testing.assert_array_equal(got[:, 1:], expected[:, [1, 2, 3, 4, 5, 7, 8, 9, 10]])
     assert np.count_nonzero(np.diff(got[:, 0]) > 60_000) == 1  # the one gap of the month
@@ -116,11 +131,25 @@ def test_events_out_of_order_across_streams_within_lateness_keep_the_bars(future
     """Trades arrive in id order, but their event time interleaves with other streams; bars only look at T."""
     clean, _ = _stream_bars(futures_trades)
     # a receiver that sees each trade up to 2 s late in event time must still close the same bars
-    delayed = [Trade(t.symbol, t.event_time_ms + 2_000, t.trade_time_ms, t.trade_id, t.price, t.quantity,
-                     t.taker_side, t.kind) for t in futures_trades]
+    delayed = [
+        Trade(t.symbol, t.event_time_ms + 2_000, t.trade_time_ms, t.trade_id, t.price, t.quantity, t.taker_side, t.kind)
+        for t in futures_trades
+    ]
     assert _stream_bars(delayed)[0] == [
-        Bar(b.symbol, b.open_time, b.open, b.high, b.low, b.close, b.volume, b.quote_volume, b.trades,
-            b.taker_buy_base, b.taker_buy_quote) for b in clean
+        Bar(
+            b.symbol,
+            b.open_time,
+            b.open,
+            b.high,
+            b.low,
+            b.close,
+            b.volume,
+            b.quote_volume,
+            b.trades,
+            b.taker_buy_base,
+            b.taker_buy_quote,
+        )
+        for b in clean
     ]
 
 
@@ -132,8 +161,16 @@ def test_a_trade_later_than_the_allowed_lateness_is_dropped(futures_trades: list
         closed.extend(builder.on_trade(state, trade)[1])
     assert closed, "the first minutes must have closed"
     first = closed[0]
-    straggler = Trade("BTCUSDT", state.watermark_ms + 1, first.open_time + 10, futures_trades[4999].trade_id + 1,
-                      first.close * 1.01, 1.0, "buy", "trade")
+    straggler = Trade(
+        "BTCUSDT",
+        state.watermark_ms + 1,
+        first.open_time + 10,
+        futures_trades[4999].trade_id + 1,
+        first.close * 1.01,
+        1.0,
+        "buy",
+        "trade",
+    )
     outcome, _ = builder.on_trade(state, straggler)
     assert outcome == LATE
     rest = builder.close_all(state)
@@ -150,7 +187,7 @@ def test_state_round_trip_mid_stream_continues_identically(futures_trades: list[
     for trade in futures_trades[:half]:
         bars.extend(builder.on_trade(state, trade)[1])
     state = SymbolBars.from_dict(state.to_dict())
-    for trade in futures_trades[half - 100:]:  # a redelivered tail, as after a restart
+    for trade in futures_trades[half - 100 :]:  # a redelivered tail, as after a restart
         bars.extend(builder.on_trade(state, trade)[1])
     bars.extend(builder.close_all(state))
     assert bars == straight
@@ -188,6 +225,5 @@ def test_klines_fill_minutes_until_trades_take_over(data_dir: Path, futures_trad
     state = SymbolBars("BTCUSDT")
     builder = BarBuilder(3_000)
     builder.on_trade(state, futures_trades[0])
-    late_kline = parse_event(kline_message(frame.between(first_trade_minute, first_trade_minute + 60_000), 0),
-                             NOW_MS)
+    late_kline = parse_event(kline_message(frame.between(first_trade_minute, first_trade_minute + 60_000), 0), NOW_MS)
     assert builder.on_kline(state, late_kline) == (IGNORED, [])

@@ -35,8 +35,13 @@ def test_bad_setting_is_named(name: str, value: str) -> None:
 
 def test_settings_read_from_the_environment() -> None:
     settings = Settings.from_env(
-        {"MLRISK_KAFKA_BROKERS": "kafka://k1:9092,k2:9093", "MLRISK_SYMBOLS": "btc/usdt, ETHUSDT",
-         "MLRISK_TOPIC_PREFIX": "x-", "MLRISK_MAX_LEVERAGE": "20", "MLRISK_BASE_POSITION_USDT": "250.5"}
+        {
+            "MLRISK_KAFKA_BROKERS": "kafka://k1:9092,k2:9093",
+            "MLRISK_SYMBOLS": "btc/usdt, ETHUSDT",
+            "MLRISK_TOPIC_PREFIX": "x-",
+            "MLRISK_MAX_LEVERAGE": "20",
+            "MLRISK_BASE_POSITION_USDT": "250.5",
+        }
     )
     assert settings.bootstrap_servers == "k1:9092,k2:9093"
     assert settings.symbols == ("BTCUSDT", "ETHUSDT")
@@ -58,7 +63,10 @@ def test_symbol_spellings() -> None:
 def test_worker_refuses_to_start_on_a_bad_setting() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "streams.ops.cli", "worker"],
-        env={"PATH": "/usr/bin:/bin", "MLRISK_MAX_LEVERAGE": "500"}, capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "MLRISK_MAX_LEVERAGE": "500"},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "MLRISK_MAX_LEVERAGE" in result.stderr

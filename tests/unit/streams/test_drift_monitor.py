@@ -22,8 +22,10 @@ def _rows(data_dir: Path, start: str, end: str) -> np.ndarray:
 def _monitor(data_dir: Path) -> DriftMonitor:
     train = _rows(data_dir, "2024-09-01", "2024-11-01")
     # the predictions' reference: P(up) ~ N(0.5, 0.0125), about as a calibrated model spreads them
-    predictions = {"quantiles": list(REFERENCE_QUANTILES),
-                   "values": [0.5 + 0.0125 * float(NormalDist().inv_cdf(q)) for q in REFERENCE_QUANTILES]}
+    predictions = {
+        "quantiles": list(REFERENCE_QUANTILES),
+        "values": [0.5 + 0.0125 * float(NormalDist().inv_cdf(q)) for q in REFERENCE_QUANTILES],
+    }
     return DriftMonitor(training_reference(train), "v1", predictions)
 
 
@@ -70,8 +72,9 @@ def test_live_rolling_ic_ranks_ties_as_promotion_does(klines_dir: Path) -> None:
     tracker = PerformanceTracker(horizon_minutes=1, window=5_000, every=10**9)
     for i, bar in enumerate(bars):
         p_up = 0.5 + 0.01 * (i % 3 - 1)  # three distinct scores: almost every row is a tie
-        tracker.record("BTCUSDT", bar, {"model_contributions": {"lightgbm": {"p_up": p_up}},
-                                        "metadata": {"p_up": p_up}})
+        tracker.record(
+            "BTCUSDT", bar, {"model_contributions": {"lightgbm": {"p_up": p_up}}, "metadata": {"p_up": p_up}}
+        )
     returns = np.array([r for r, _ in tracker.resolved])
     scores = np.array([p["ensemble"] for _, p in tracker.resolved])
     moved = returns != 0

@@ -24,24 +24,51 @@ NOW_MS = 1_800_000_000_000  # 2027-01-15: after every recorded event
 
 
 def test_contract_trade_example_in_combined_stream_wrapper() -> None:
-    raw = (b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1672515782136,"s":"BTCUSDT","t":12345,'
-           b'"p":"16500.10","q":"0.010","T":1672515782134,"m":true}}')
+    raw = (
+        b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1672515782136,"s":"BTCUSDT","t":12345,'
+        b'"p":"16500.10","q":"0.010","T":1672515782134,"m":true}}'
+    )
     event = parse_event(raw, NOW_MS)
     assert event == Trade("BTCUSDT", 1672515782136, 1672515782134, 12345, 16500.10, 0.010, "sell", "trade")
 
 
 def test_aggtrade_uses_its_aggregate_id_and_buyer_taker() -> None:
-    raw = orjson.dumps({"e": "aggTrade", "E": 1672515782136, "s": "ETHUSDT", "a": 77, "f": 100, "l": 105,
-                        "p": "1200.5", "q": "3", "T": 1672515782130, "m": False})
+    raw = orjson.dumps(
+        {
+            "e": "aggTrade",
+            "E": 1672515782136,
+            "s": "ETHUSDT",
+            "a": 77,
+            "f": 100,
+            "l": 105,
+            "p": "1200.5",
+            "q": "3",
+            "T": 1672515782130,
+            "m": False,
+        }
+    )
     event = parse_event(raw, NOW_MS)
     assert isinstance(event, Trade)
     assert (event.trade_id, event.taker_side, event.kind) == (77, "buy", "aggTrade")
 
 
 def test_kline_example_and_microsecond_times_normalised() -> None:
-    k = {"t": 1735689600000000, "T": 1735689659999999, "s": "BTCUSDT", "i": "1m", "o": "93576.0",
-         "c": "93610.93", "h": "93610.93", "l": "93537.5", "v": "8.21827", "n": 2631, "x": True,
-         "q": "768978.7552247", "V": "3.95157", "Q": "369757.3265289"}
+    k = {
+        "t": 1735689600000000,
+        "T": 1735689659999999,
+        "s": "BTCUSDT",
+        "i": "1m",
+        "o": "93576.0",
+        "c": "93610.93",
+        "h": "93610.93",
+        "l": "93537.5",
+        "v": "8.21827",
+        "n": 2631,
+        "x": True,
+        "q": "768978.7552247",
+        "V": "3.95157",
+        "Q": "369757.3265289",
+    }
     event = parse_event(orjson.dumps({"e": "kline", "E": 1735689660000, "s": "BTCUSDT", "k": k}), NOW_MS)
     assert isinstance(event, Kline)
     assert event.open_time == 1735689600000 and event.close_time == 1735689659999
@@ -65,8 +92,10 @@ def _capture_lines(path: Path) -> list[bytes]:
     [
         # counts from the data folder's README, an independent inventory of each file
         ("binance-futures-ws/btcusdt_20240719.gz", {"bookTicker": 45_147, "depthUpdate": 5_696, "trade": 9_727}),
-        ("binance-futures-ws/btcusdt_20230405.dat.gz",
-         {"bookTicker": 37_440, "depthUpdate": 11_788, "trade": 10_738, "markPriceUpdate": 415}),
+        (
+            "binance-futures-ws/btcusdt_20230405.dat.gz",
+            {"bookTicker": 37_440, "depthUpdate": 11_788, "trade": 10_738, "markPriceUpdate": 415},
+        ),
         ("binance-spot-ws/ethusdt_20240809.gz", {"bookTicker": 34_681, "depthUpdate": 3_036, "trade": 8_409}),
     ],
 )
@@ -93,8 +122,16 @@ def test_spot_book_ticker_without_event_time(data_dir: Path) -> None:
     assert isinstance(event, BookTicker) and event.event_time_ms is None and event.bid_price < event.ask_price
 
 
-TRADE = {"e": "trade", "E": 1672515782136, "s": "BTCUSDT", "t": 1, "p": "16500.10", "q": "0.010",
-         "T": 1672515782134, "m": True}
+TRADE = {
+    "e": "trade",
+    "E": 1672515782136,
+    "s": "BTCUSDT",
+    "t": 1,
+    "p": "16500.10",
+    "q": "0.010",
+    "T": 1672515782134,
+    "m": True,
+}
 
 
 def _trade(**changes: object) -> bytes:
@@ -130,12 +167,48 @@ BAD_INPUTS = [
     (b'{"symbol":"ETHUSDT","ts":1700000000000,"price":2000.5,"qty":0.3,"side":"hold"}', "bad_type"),
     (b'{"symbol":"ETHUSDT","ts":1700000000000,"qty":0.3}', "missing_field"),
     (orjson.dumps({"e": "kline", "E": 1, "s": "BTCUSDT", "k": "x"}), "bad_type"),
-    (orjson.dumps({"e": "kline", "E": 1735689660000, "s": "BTCUSDT",
-                   "k": {"t": 1735689600000, "T": 1735689659999, "i": "5m", "o": "1", "c": "1", "h": "1", "l": "1",
-                         "v": "1", "x": True}}), "bad_interval"),
-    (orjson.dumps({"e": "kline", "E": 1735689660000, "s": "BTCUSDT",
-                   "k": {"t": 1735689600000, "T": 1735689659999, "i": "1m", "o": "10", "c": "11", "h": "10.5",
-                         "l": "9", "v": "1", "x": True}}), "bad_ohlc"),
+    (
+        orjson.dumps(
+            {
+                "e": "kline",
+                "E": 1735689660000,
+                "s": "BTCUSDT",
+                "k": {
+                    "t": 1735689600000,
+                    "T": 1735689659999,
+                    "i": "5m",
+                    "o": "1",
+                    "c": "1",
+                    "h": "1",
+                    "l": "1",
+                    "v": "1",
+                    "x": True,
+                },
+            }
+        ),
+        "bad_interval",
+    ),
+    (
+        orjson.dumps(
+            {
+                "e": "kline",
+                "E": 1735689660000,
+                "s": "BTCUSDT",
+                "k": {
+                    "t": 1735689600000,
+                    "T": 1735689659999,
+                    "i": "1m",
+                    "o": "10",
+                    "c": "11",
+                    "h": "10.5",
+                    "l": "9",
+                    "v": "1",
+                    "x": True,
+                },
+            }
+        ),
+        "bad_ohlc",
+    ),
 ]
 
 

@@ -49,13 +49,17 @@ def reference(snapshot: dict[str, Any], diffs: list[Diff], futures: bool, throug
     return bids, asks
 
 
-@pytest.mark.parametrize(("folder", "name", "futures"), [
-    ("binance-futures-ws", "btcusdt_20240718.gz", True),
-    ("binance-futures-ws", "ethusdt_20240808.gz", True),
-    ("binance-spot-ws", "btcusdt_20240808.gz", False),
-])
-def test_buffered_diffs_and_snapshot_make_the_documented_book(data_dir: Path, folder: str, name: str,
-                                                               futures: bool) -> None:
+@pytest.mark.parametrize(
+    ("folder", "name", "futures"),
+    [
+        ("binance-futures-ws", "btcusdt_20240718.gz", True),
+        ("binance-futures-ws", "ethusdt_20240808.gz", True),
+        ("binance-spot-ws", "btcusdt_20240808.gz", False),
+    ],
+)
+def test_buffered_diffs_and_snapshot_make_the_documented_book(
+    data_dir: Path, folder: str, name: str, futures: bool
+) -> None:
     snapshot, diffs, before = capture(data_dir / folder / name)
     book = DepthSync(futures=futures)
     outcomes = [book.on_diff(diff) for diff in diffs[:before]]
@@ -67,12 +71,14 @@ def test_buffered_diffs_and_snapshot_make_the_documented_book(data_dir: Path, fo
     assert levels(book) == reference(snapshot, diffs, futures, diffs[-1].last_id)
 
 
-@pytest.mark.parametrize(("folder", "name", "futures"), [
-    ("binance-futures-ws", "btcusdt_20240808.gz", True),
-    ("binance-spot-ws", "ethusdt_20240808.gz", False),
-])
-def test_a_missing_diff_is_a_gap_until_a_newer_snapshot(data_dir: Path, folder: str, name: str,
-                                                        futures: bool) -> None:
+@pytest.mark.parametrize(
+    ("folder", "name", "futures"),
+    [
+        ("binance-futures-ws", "btcusdt_20240808.gz", True),
+        ("binance-spot-ws", "ethusdt_20240808.gz", False),
+    ],
+)
+def test_a_missing_diff_is_a_gap_until_a_newer_snapshot(data_dir: Path, folder: str, name: str, futures: bool) -> None:
     snapshot, diffs, before = capture(data_dir / folder / name)
     book = DepthSync(futures=futures)
     for diff in diffs[:before]:
@@ -100,7 +106,7 @@ def test_a_diff_older_than_the_book_is_stale_and_changes_nothing(data_dir: Path)
     for diff in diffs[:before]:
         book.on_diff(diff)
     book.on_snapshot(snapshot["lastUpdateId"], snapshot["bids"], snapshot["asks"])
-    for diff in diffs[before: before + 10]:
+    for diff in diffs[before : before + 10]:
         book.on_diff(diff)
     state = levels(book), book.last_update_id
     assert book.on_diff(diffs[before + 5]) is Outcome.STALE  # a repeat, as in a connection overlap

@@ -18,14 +18,17 @@ def test_endpoints_are_the_venues_unless_set() -> None:
     assert custom.binance_ws_url == "wss://testnet.example" and custom.feed_silence_s == 5.0
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("MLRISK_BINANCE_WS_URL", "https://fstream.binance.com"),
-    ("MLRISK_BINANCE_REST_URL", "fapi.binance.com"),
-    ("MLRISK_FEED_SILENCE_S", "0"),
-    ("MLRISK_FEED_MAX_STREAMS", "1025"),
-    ("MLRISK_FEED_BUFFER_MESSAGES", "10"),
-    ("MLRISK_FEED_ROTATE_AFTER_S", "90000"),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MLRISK_BINANCE_WS_URL", "https://fstream.binance.com"),
+        ("MLRISK_BINANCE_REST_URL", "fapi.binance.com"),
+        ("MLRISK_FEED_SILENCE_S", "0"),
+        ("MLRISK_FEED_MAX_STREAMS", "1025"),
+        ("MLRISK_FEED_BUFFER_MESSAGES", "10"),
+        ("MLRISK_FEED_ROTATE_AFTER_S", "90000"),
+    ],
+)
 def test_a_bad_feed_setting_names_itself(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
@@ -36,8 +39,14 @@ def test_streams_split_over_connections_keep_a_symbols_streams_together() -> Non
     symbols = [f"SYM{i}USDT" for i in range(10)]
     groups = connection_groups(venue, venue.ws_url, symbols, ("trade", "depth", "markPrice"), max_streams=7)
     assert [len(g) for g in groups] == [6, 6, 6, 6, 6]  # two symbols (six streams) fit in seven
-    assert groups[0] == ["sym0usdt@trade", "sym0usdt@depth@100ms", "sym0usdt@markPrice@1s",
-                         "sym1usdt@trade", "sym1usdt@depth@100ms", "sym1usdt@markPrice@1s"]
+    assert groups[0] == [
+        "sym0usdt@trade",
+        "sym0usdt@depth@100ms",
+        "sym0usdt@markPrice@1s",
+        "sym1usdt@trade",
+        "sym1usdt@depth@100ms",
+        "sym1usdt@markPrice@1s",
+    ]
     many = [f"S{i:05d}USDT" for i in range(1000)]
     for group in connection_groups(venue, venue.ws_url, many, ("trade", "bookTicker", "depth"), max_streams=1024):
         assert len(group) <= 1024 and len(f"{venue.ws_url}/stream?streams={'/'.join(group)}") <= 8_000

@@ -17,5 +17,8 @@ def test_the_window_ends_at_the_newest_signal_of_a_replay_and_starts_on_the_hour
 
 def test_without_signals_the_window_ends_now() -> None:
     now = datetime(2026, 11, 30, 21, 47, 12, tzinfo=UTC)
-    assert performance_window([], now=now) == (datetime(2026, 10, 31, 21, 0, tzinfo=UTC),
-                                               datetime(2026, 11, 30, 20, 0, tzinfo=UTC), now)
+    assert performance_window([], now=now) == (
+        datetime(2026, 10, 31, 21, 0, tzinfo=UTC),
+        datetime(2026, 11, 30, 20, 0, tzinfo=UTC),
+        now,
+    )

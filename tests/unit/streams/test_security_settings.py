@@ -11,8 +11,12 @@ import pytest
 from streams.config import Settings, SettingsError
 from streams.kafka_security import client_options, faust_credentials
 
-SASL = {"MLRISK_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "MLRISK_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-        "MLRISK_KAFKA_SASL_USERNAME": "worker", "MLRISK_KAFKA_SASL_PASSWORD": "s3cret-kafka-password"}
+SASL = {
+    "MLRISK_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "MLRISK_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    "MLRISK_KAFKA_SASL_USERNAME": "worker",
+    "MLRISK_KAFKA_SASL_PASSWORD": "s3cret-kafka-password",
+}
 TOKEN = "tok-0123456789abcdef-secret"
 
 
@@ -20,9 +24,26 @@ TOKEN = "tok-0123456789abcdef-secret"
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A self-signed certificate and its key, and a file that is neither."""
     folder = tmp_path_factory.mktemp("pki")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test",
-                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test",
+            "-keyout",
+            str(folder / "key.pem"),
+            "-out",
+            str(folder / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (folder / "junk.pem").write_text("not a certificate\n")
     return folder
 
@@ -37,19 +58,33 @@ def bad_settings(pki: Path) -> list[tuple[str, dict[str, str]]]:
         ("MLRISK_KAFKA_SASL_USERNAME", {**SASL, "MLRISK_KAFKA_SASL_USERNAME": "a\nb"}),
         ("MLRISK_KAFKA_SASL_PASSWORD", {**SASL, "MLRISK_KAFKA_SASL_PASSWORD": ""}),
         ("MLRISK_KAFKA_SASL_PASSWORD", {**SASL, "MLRISK_KAFKA_SASL_PASSWORD_FILE": str(pki / "junk.pem")}),
-        ("MLRISK_KAFKA_SASL_PASSWORD_FILE", {**SASL, "MLRISK_KAFKA_SASL_PASSWORD": "",
-                                             "MLRISK_KAFKA_SASL_PASSWORD_FILE": str(pki / "missing")}),
+        (
+            "MLRISK_KAFKA_SASL_PASSWORD_FILE",
+            {**SASL, "MLRISK_KAFKA_SASL_PASSWORD": "", "MLRISK_KAFKA_SASL_PASSWORD_FILE": str(pki / "missing")},
+        ),
         ("MLRISK_KAFKA_SASL_USERNAME", {"MLRISK_KAFKA_SASL_USERNAME": "worker"}),  # PLAINTEXT uses no SASL
         ("MLRISK_KAFKA_SSL_CAFILE", {**SASL, "MLRISK_KAFKA_SSL_CAFILE": str(pki / "missing.pem")}),
         ("MLRISK_KAFKA_SSL_CAFILE", {**SASL, "MLRISK_KAFKA_SSL_CAFILE": str(pki / "junk.pem")}),
-        ("MLRISK_KAFKA_SSL_CAFILE", {"MLRISK_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-                                     **{k: v for k, v in SASL.items() if k != "MLRISK_KAFKA_SECURITY_PROTOCOL"},
-                                     "MLRISK_KAFKA_SSL_CAFILE": str(pki / "cert.pem")}),
-        ("MLRISK_KAFKA_SSL_KEYFILE", {"MLRISK_KAFKA_SECURITY_PROTOCOL": "SSL",
-                                      "MLRISK_KAFKA_SSL_CERTFILE": str(pki / "cert.pem")}),
-        ("MLRISK_KAFKA_SSL_CERTFILE", {"MLRISK_KAFKA_SECURITY_PROTOCOL": "SSL",
-                                       "MLRISK_KAFKA_SSL_CERTFILE": str(pki / "junk.pem"),
-                                       "MLRISK_KAFKA_SSL_KEYFILE": str(pki / "key.pem")}),
+        (
+            "MLRISK_KAFKA_SSL_CAFILE",
+            {
+                "MLRISK_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                **{k: v for k, v in SASL.items() if k != "MLRISK_KAFKA_SECURITY_PROTOCOL"},
+                "MLRISK_KAFKA_SSL_CAFILE": str(pki / "cert.pem"),
+            },
+        ),
+        (
+            "MLRISK_KAFKA_SSL_KEYFILE",
+            {"MLRISK_KAFKA_SECURITY_PROTOCOL": "SSL", "MLRISK_KAFKA_SSL_CERTFILE": str(pki / "cert.pem")},
+        ),
+        (
+            "MLRISK_KAFKA_SSL_CERTFILE",
+            {
+                "MLRISK_KAFKA_SECURITY_PROTOCOL": "SSL",
+                "MLRISK_KAFKA_SSL_CERTFILE": str(pki / "junk.pem"),
+                "MLRISK_KAFKA_SSL_KEYFILE": str(pki / "key.pem"),
+            },
+        ),
         ("MLRISK_KAFKA_REPLICATION_FACTOR", {"MLRISK_KAFKA_REPLICATION_FACTOR": "0"}),
         ("MLRISK_KAFKA_REPLICATION_FACTOR", {"MLRISK_KAFKA_REPLICATION_FACTOR": "three"}),
         ("MLRISK_CREATE_TOPICS", {"MLRISK_CREATE_TOPICS": "sometimes"}),
@@ -85,11 +120,15 @@ def test_errors_never_echo_a_secret(pki: Path) -> None:
 
 def test_reprs_hold_no_secrets(pki: Path) -> None:
     (pki / "password").write_text("file-kafka-password\n")
-    settings = Settings.from_env({
-        **SASL, "MLRISK_KAFKA_SASL_PASSWORD": "", "MLRISK_KAFKA_SASL_PASSWORD_FILE": str(pki / "password"),
-        "MLRISK_API_TOKENS": f"{TOKEN},second-token-0123456789",
-        "DATABASE_URL": "postgresql://mlrisk:db-password-x@db.example:5432/mlrisk?sslmode=verify-full",
-    })
+    settings = Settings.from_env(
+        {
+            **SASL,
+            "MLRISK_KAFKA_SASL_PASSWORD": "",
+            "MLRISK_KAFKA_SASL_PASSWORD_FILE": str(pki / "password"),
+            "MLRISK_API_TOKENS": f"{TOKEN},second-token-0123456789",
+            "DATABASE_URL": "postgresql://mlrisk:db-password-x@db.example:5432/mlrisk?sslmode=verify-full",
+        }
+    )
     assert settings.kafka_sasl_password == "file-kafka-password"  # the file's final newline is not part of it
     assert settings.api_tokens == (TOKEN, "second-token-0123456789")
     assert settings.database_url == "postgresql://mlrisk:db-password-x@db.example:5432/mlrisk?sslmode=verify-full"
@@ -116,13 +155,22 @@ def test_anonymous_public_bind_only_on_purpose() -> None:
 
 
 def test_sasl_ssl_client_options_verify_the_broker(pki: Path) -> None:
-    settings = Settings.from_env({**SASL, "MLRISK_KAFKA_SSL_CAFILE": str(pki / "cert.pem"),
-                                  "MLRISK_KAFKA_SSL_CERTFILE": str(pki / "cert.pem"),
-                                  "MLRISK_KAFKA_SSL_KEYFILE": str(pki / "key.pem")})
+    settings = Settings.from_env(
+        {
+            **SASL,
+            "MLRISK_KAFKA_SSL_CAFILE": str(pki / "cert.pem"),
+            "MLRISK_KAFKA_SSL_CERTFILE": str(pki / "cert.pem"),
+            "MLRISK_KAFKA_SSL_KEYFILE": str(pki / "key.pem"),
+        }
+    )
     options = client_options(settings)
     assert {k: v for k, v in options.items() if k != "ssl_context"} == {
-        "bootstrap_servers": "localhost:9092", "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
-        "sasl_plain_username": "worker", "sasl_plain_password": "s3cret-kafka-password"}
+        "bootstrap_servers": "localhost:9092",
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "worker",
+        "sasl_plain_password": "s3cret-kafka-password",
+    }
     context = options["ssl_context"]
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "test"),),)]
@@ -132,8 +180,9 @@ def test_sasl_ssl_client_options_verify_the_broker(pki: Path) -> None:
 
 
 def test_ssl_without_sasl_gives_faust_tls_credentials(pki: Path) -> None:
-    settings = Settings.from_env({"MLRISK_KAFKA_SECURITY_PROTOCOL": "SSL",
-                                  "MLRISK_KAFKA_SSL_CAFILE": str(pki / "cert.pem")})
+    settings = Settings.from_env(
+        {"MLRISK_KAFKA_SECURITY_PROTOCOL": "SSL", "MLRISK_KAFKA_SSL_CAFILE": str(pki / "cert.pem")}
+    )
     credentials = faust_credentials(settings)
     assert credentials is not None and credentials.protocol.value == "SSL"  # type: ignore[attr-defined]
     assert client_options(settings)["security_protocol"] == "SSL"

@@ -34,8 +34,9 @@ async def _statuses(settings: Settings, paths: list[str], authorization: str | N
     def get(path: str) -> int:
         headers = {"Authorization": authorization} if authorization else {}
         try:
-            with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers),
-                                        timeout=5) as resp:
+            with urllib.request.urlopen(
+                urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers), timeout=5
+            ) as resp:
                 return int(resp.status)
         except urllib.error.HTTPError as error:
             return error.code
@@ -66,8 +67,13 @@ def test_no_tokens_no_check() -> None:
 
 
 def test_worker_refuses_a_public_bind_without_tokens() -> None:
-    result = subprocess.run([sys.executable, "-m", "streams.ops.cli", "worker"], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=60,
-                            env={"PATH": "/usr/bin:/bin", "MLRISK_WEB_BIND": "0.0.0.0", "MLRISK_HOME": "/nonexistent"})
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.ops.cli", "worker"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "MLRISK_WEB_BIND": "0.0.0.0", "MLRISK_HOME": "/nonexistent"},
+    )
     assert result.returncode == 2
     assert "MLRISK_WEB_BIND" in result.stderr and "MLRISK_ALLOW_ANONYMOUS" in result.stderr
