@@ -56,6 +56,7 @@ test-integration: services-up
 
 lint: setup
 	$(BIN)/ruff check streams models risk tests bench
+	$(BIN)/ruff format --check streams models risk tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	ops/prometheus/prometheus.sh check

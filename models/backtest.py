@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from models.bars import DAY_MS, MINUTE_MS, parse_iso_ms
+from models.bars import DAY_MS, MINUTE_MS, iso_utc, parse_iso_ms
 from models.data import BarFrame, load_bars
 from models.engine import SignalEngine
 from models.evaluate import drawdown, expected_calibration_error, spearman
 from models.features import WARMUP_BARS
 from models.registry import ModelBundle, load_bundle
-from models.signal import invariant_violations, iso_utc
+from models.signal import invariant_violations
 from models.target import forward_log_return
 from risk.config import RiskConfig
 

@@ -36,13 +36,6 @@ class Bar:
         return self.open_time + MINUTE_MS - 1
 
     @property
-    def vwap(self) -> float:
-        """Volume-weighted average price; the typical price when volume or quote volume is unknown or zero."""
-        if self.quote_volume is not None and self.volume > 0:
-            return self.quote_volume / self.volume
-        return (self.high + self.low + self.close) / 3.0
-
-    @property
     def halted(self) -> bool:
         """A flat, zero-volume minute: the exchange was not trading, so it carries no price information."""
         return self.volume == 0 and self.high == self.low
@@ -104,3 +97,13 @@ def parse_iso_ms(text: str | None) -> int | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
+
+
+def iso_utc(epoch_ms: int) -> str:
+    """Epoch ms → ISO 8601 UTC with a Z (`2024-07-19T00:01:00Z`); milliseconds only when present."""
+    from datetime import UTC, datetime
+
+    text = datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if epoch_ms % 1000:
+        text += f".{epoch_ms % 1000:03d}"
+    return text + "Z"

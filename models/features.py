@@ -66,6 +66,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "hl_range_15",
 )
 N_FEATURES = len(FEATURE_NAMES)
+_COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}  # a feature's column in the rows
 
 GAP_RESET_MS = 30 * MINUTE_MS  # a longer silence resets the state
 LONG_WINDOW = 240  # bars of history for z-scores, percentiles and long returns
@@ -175,6 +176,10 @@ def _rolling(x: np.ndarray, k: int, kernel: Callable[[np.ndarray], np.ndarray], 
 # ----------------------------------------------------------------------------------------------------
 # per-bar inputs and recursive quantities (scalar code, shared by both paths)
 
+# positions in a bar's inputs (`_bar_inputs`)
+_N_INPUTS = 11
+_IN_R1, _IN_TR, _IN_GAIN, _IN_LOSS, _IN_PDM, _IN_MDM, _IN_LOGV, _IN_LOGN, _IN_IMB, _IN_PV, _IN_HL = range(_N_INPUTS)
+
 
 def _bar_inputs(
     close: float,
@@ -188,7 +193,8 @@ def _bar_inputs(
     prev_high: float,
     prev_low: float,
 ) -> tuple[float, ...]:
-    """(r1, tr, gain, loss, +dm, -dm, log volume, log trades, imbalance, price×volume, hl range) of one bar.
+    """(r1, tr, gain, loss, +dm, -dm, log volume, log trades, imbalance, price×volume, hl range) of one bar, in the
+    order of the `_IN_*` positions.
 
     The previous bar's values are NaN at a segment's first bar.
     """
@@ -309,37 +315,37 @@ def _assemble(
     """Fill feature rows from their ingredients; element-wise, so one row or many give the same numbers."""
     sigma = np.maximum(rv60, SIGMA_FLOOR)
     atr, rsi, macd_hist, adx, di_balance = rec[:, 0], rec[:, 1], rec[:, 2], rec[:, 3], rec[:, 4]
-    out[:, 0] = ret[1]
-    out[:, 1] = ret[5]
-    out[:, 2] = ret[15]
-    out[:, 3] = ret[60]
-    out[:, 4] = ret[240]
-    out[:, 5] = ret[15] / (sigma * math.sqrt(15.0))
-    out[:, 6] = ret[60] / (sigma * math.sqrt(60.0))
-    out[:, 7] = rv15
-    out[:, 8] = rv60
-    out[:, 9] = np.maximum(rv15, SIGMA_FLOOR) / sigma
-    out[:, 10] = vol_pct
-    out[:, 11] = atr / close
-    out[:, 12] = rsi
-    out[:, 13] = macd_hist / np.maximum(atr, close * 1e-9)
+    out[:, _COLUMN["ret_1"]] = ret[1]
+    out[:, _COLUMN["ret_5"]] = ret[5]
+    out[:, _COLUMN["ret_15"]] = ret[15]
+    out[:, _COLUMN["ret_60"]] = ret[60]
+    out[:, _COLUMN["ret_240"]] = ret[240]
+    out[:, _COLUMN["ret_15_z"]] = ret[15] / (sigma * math.sqrt(15.0))
+    out[:, _COLUMN["ret_60_z"]] = ret[60] / (sigma * math.sqrt(60.0))
+    out[:, _COLUMN["rv_15"]] = rv15
+    out[:, _COLUMN["rv_60"]] = rv60
+    out[:, _COLUMN["rv_ratio_15_60"]] = np.maximum(rv15, SIGMA_FLOOR) / sigma
+    out[:, _COLUMN["vol_percentile"]] = vol_pct
+    out[:, _COLUMN["atr_pct"]] = atr / close
+    out[:, _COLUMN["rsi_14"]] = rsi
+    out[:, _COLUMN["macd_hist_atr"]] = macd_hist / np.maximum(atr, close * 1e-9)
     with np.errstate(divide="ignore", invalid="ignore"):
         bb = (close - bb_mean) / (2.0 * bb_std)
-    out[:, 14] = np.where(bb_std <= _STD_EPS * close, 0.0, bb)
-    out[:, 15] = adx
-    out[:, 16] = di_balance
-    out[:, 17] = volume_z
-    out[:, 18] = trades_z
-    out[:, 19] = imb_z
-    out[:, 20] = imb15_z
-    out[:, 21] = np.log(close / vwap60) / (sigma * math.sqrt(60.0))
-    out[:, 22] = tod[:, 0]
-    out[:, 23] = tod[:, 1]
-    out[:, 24] = np.log(high60 / close)
-    out[:, 25] = np.log(close / low60)
-    out[:, 26] = np.log(high240 / close)
-    out[:, 27] = np.log(close / low240)
-    out[:, 28] = hl15 / sigma
+    out[:, _COLUMN["bb_pos_20"]] = np.where(bb_std <= _STD_EPS * close, 0.0, bb)
+    out[:, _COLUMN["adx_14"]] = adx
+    out[:, _COLUMN["di_balance"]] = di_balance
+    out[:, _COLUMN["volume_z"]] = volume_z
+    out[:, _COLUMN["trades_z"]] = trades_z
+    out[:, _COLUMN["imbalance_z"]] = imb_z
+    out[:, _COLUMN["imbalance_15_z"]] = imb15_z
+    out[:, _COLUMN["vwap_dist_60_z"]] = np.log(close / vwap60) / (sigma * math.sqrt(60.0))
+    out[:, _COLUMN["tod_sin"]] = tod[:, 0]
+    out[:, _COLUMN["tod_cos"]] = tod[:, 1]
+    out[:, _COLUMN["dist_high_60"]] = np.log(high60 / close)
+    out[:, _COLUMN["dist_low_60"]] = np.log(close / low60)
+    out[:, _COLUMN["dist_high_240"]] = np.log(high240 / close)
+    out[:, _COLUMN["dist_low_240"]] = np.log(close / low240)
+    out[:, _COLUMN["hl_range_15"]] = hl15 / sigma
 
 
 #
@@ -398,7 +404,7 @@ def _segment_features(frame: BarFrame, seg: np.ndarray) -> np.ndarray:
     quote = frame.quote_volume[seg]
     trades = frame.trades[seg]
     taker = frame.taker_buy_base[seg]
-    inputs = np.full((m, 11), np.nan)
+    inputs = np.full((m, _N_INPUTS), np.nan)
     rec = np.full((m, 5), np.nan)
     state: list[float] | None = None
     for i in range(m):
@@ -417,15 +423,17 @@ def _segment_features(frame: BarFrame, seg: np.ndarray) -> np.ndarray:
         )
         inputs[i] = row
         if i >= 1:
-            state = _recursive_step(state, row[1], row[2], row[3], float(close[i]), row[4], row[5])
+            state = _recursive_step(
+                state, row[_IN_TR], row[_IN_GAIN], row[_IN_LOSS], float(close[i]), row[_IN_PDM], row[_IN_MDM]
+            )
             rec[i] = _recursive_outputs(state)
     r1, logv, logn, imb, pv, hl = (
-        inputs[:, 0],
-        inputs[:, 6],
-        inputs[:, 7],
-        inputs[:, 8],
-        inputs[:, 9],
-        inputs[:, 10],
+        inputs[:, _IN_R1],
+        inputs[:, _IN_LOGV],
+        inputs[:, _IN_LOGN],
+        inputs[:, _IN_IMB],
+        inputs[:, _IN_PV],
+        inputs[:, _IN_HL],
     )
     log_close = np.log(close)
     ret = {1: r1}
@@ -551,21 +559,23 @@ class FeatureState:
             prev_low,
         )
         if self.count >= 1:
-            self.recursive = _recursive_step(self.recursive, row[1], row[2], row[3], bar.close, row[4], row[5])
+            self.recursive = _recursive_step(
+                self.recursive, row[_IN_TR], row[_IN_GAIN], row[_IN_LOSS], bar.close, row[_IN_PDM], row[_IN_MDM]
+            )
         self.prev = (bar.close, bar.high, bar.low)
         self.count += 1
         rings = self.rings
         rings["close"].push(bar.close)
         rings["high"].push(bar.high)
         rings["low"].push(bar.low)
-        rings["r1"].push(row[0])
-        rings["logv"].push(row[6])
-        rings["logn"].push(row[7])
-        rings["imb"].push(row[8])
-        rings["pv"].push(row[9])
+        rings["r1"].push(row[_IN_R1])
+        rings["logv"].push(row[_IN_LOGV])
+        rings["logn"].push(row[_IN_LOGN])
+        rings["imb"].push(row[_IN_IMB])
+        rings["pv"].push(row[_IN_PV])
         rings["volume"].push(bar.volume)
-        rings["hl"].push(row[10])
-        return row[0]
+        rings["hl"].push(row[_IN_HL])
+        return row[_IN_R1]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict that restores the state exactly (arrays as raw float64 bytes)."""

@@ -6,10 +6,10 @@ import hashlib
 import math
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, cast
 
+from models.bars import iso_utc
 from models.ensemble import EnsemblePrediction
 from models.features import MarketFeatures
 from risk.config import RiskConfig
@@ -30,15 +30,6 @@ def signal_id(symbol: str, bar_close_time_ms: int, model_version: str, risk_conf
 def risk_config_key(config: RiskConfig) -> str:
     """A short, stable fingerprint of the risk settings that shape a decision."""
     return hashlib.sha256(repr(config).encode()).hexdigest()[:16]
-
-
-def iso_utc(epoch_ms: int) -> str:
-    """ISO8601 UTC with a Z; milliseconds only when present."""
-    stamp = datetime.fromtimestamp(epoch_ms / 1000, UTC)
-    text = stamp.strftime("%Y-%m-%dT%H:%M:%S")
-    if epoch_ms % 1000:
-        text += f".{epoch_ms % 1000:03d}"
-    return text + "Z"
 
 
 def _num(value: float | None) -> float | None:

@@ -23,6 +23,9 @@ def _empty_brackets() -> Mapping[str, BracketTable]:
     return MappingProxyType({})
 
 
+MAX_NOTIONAL_USDT = 1e9  # the database keeps sizes as DECIMAL(15,6): below a billion
+
+
 @dataclass(frozen=True, slots=True)
 class RiskConfig:
     """Every setting of the risk decision. Invalid values raise ValueError naming the field."""
@@ -59,6 +62,10 @@ class RiskConfig:
             value = getattr(self, name)
             if not 0.0 < value < math.inf:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if self.base_position_usdt > MAX_NOTIONAL_USDT:
+            raise ValueError(
+                f"base_position_usdt must be at most {MAX_NOTIONAL_USDT:.0e}, got {self.base_position_usdt!r}"
+            )
         fractions = (
             "taker_fee_rate",
             "min_liquidation_buffer",

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from risk.config import RiskConfig
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -42,8 +44,7 @@ class Settings:
     model_dir: Path = REPO_ROOT / "artifacts" / "models"
     symbols: tuple[str, ...] = ()
     topic_prefix: str = ""
-    base_position_usdt: float = 1000.0
-    max_leverage: int = 125
+    risk: RiskConfig = field(default_factory=RiskConfig)  # the risk engine's settings, read by `RiskConfig`
     web_port: int = 6066
     web_host: str = "0.0.0.0"
     app_id: str = "mlrisk"
@@ -132,8 +133,7 @@ class Settings:
             model_dir=Path(env.get("MLRISK_MODEL_DIR", str(defaults.model_dir))),
             symbols=_symbols(env, "MLRISK_SYMBOLS"),
             topic_prefix=_topic_prefix(env, "MLRISK_TOPIC_PREFIX"),
-            base_position_usdt=_number(env, "MLRISK_BASE_POSITION_USDT", defaults.base_position_usdt, 1.0, 1e9),
-            max_leverage=_integer(env, "MLRISK_MAX_LEVERAGE", defaults.max_leverage, 1, 125),
+            risk=_risk(env),
             web_port=_integer(env, "MLRISK_WEB_PORT", defaults.web_port, 1, 65535),
             web_host=env.get("MLRISK_WEB_HOST", defaults.web_host),
             app_id=_name(env, "MLRISK_APP_ID", defaults.app_id),
@@ -158,6 +158,15 @@ class Settings:
             ),
             feed_port=_integer(env, "MLRISK_FEED_PORT", defaults.feed_port, 1, 65535),
         )
+
+
+def _risk(env: Mapping[str, str]) -> RiskConfig:
+    """The risk settings (MLRISK_BASE_POSITION_USDT, MLRISK_MAX_LEVERAGE, costs, equity), read once for the worker
+    and the backtest alike."""
+    try:
+        return RiskConfig.from_env(env)
+    except ValueError as error:
+        raise SettingsError(str(error)) from None
 
 
 def normalise_symbol(raw: str) -> str:

@@ -14,8 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.bars import Bar
-from models.signal import iso_utc
+from models.bars import Bar, iso_utc
 from models.simulate import ClosedTrade, FillCosts, VirtualBook, check_exits, close_position, open_position
 from risk.portfolio import PortfolioLimits, trading_state_for
 from risk.types import OpenPosition, PortfolioState

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import time
 from collections import deque
@@ -20,9 +19,7 @@ from typing import Any
 from models.engine import SignalEngine, SymbolState
 from models.registry import ModelBundle
 from models.simulate import FillCosts
-from risk.config import RiskConfig
 from streams import metrics
-from streams.config import SettingsError
 from streams.execution import PaperAccount, PaperBook, PaperBroker
 from streams.health import Progress, healthy, stalled
 from streams.ingest.events import BadEvent
@@ -65,10 +62,7 @@ class Pipeline:
 
     def __init__(self, runtime: Runtime) -> None:
         settings = runtime.settings
-        try:
-            self.risk_config = RiskConfig.from_env(os.environ)
-        except ValueError as error:
-            raise SettingsError(str(error)) from None
+        self.risk_config = settings.risk
         self.runtime, self.settings, self.app = runtime, settings, runtime.app
         self.topics, self.tables = runtime.topics, runtime.tables
         broker = PaperBroker(

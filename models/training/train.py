@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from models.bars import DAY_MS, MINUTE_MS, parse_iso_ms
+from models.bars import DAY_MS, MINUTE_MS, iso_utc, parse_iso_ms
 from models.base import ProbabilityModel
 from models.data import BarFrame, load_bars
 from models.ensemble import EnsembleConfig, combine, replay_weights
@@ -169,9 +169,7 @@ class Fold:
     purge_ms: int
 
     def to_dict(self) -> dict[str, Any]:
-        def iso(t: int) -> str:
-            return datetime.fromtimestamp(t / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
-
+        iso = iso_utc
         out = {
             "name": self.name,
             "train": [iso(t) for t in self.train],
@@ -386,10 +384,6 @@ class TrainResult:
     seconds: float
 
 
-def _iso(t: int) -> str:
-    return datetime.fromtimestamp(t / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def train(
     frame: BarFrame, out_dir: Path, config: TrainConfig, report: Report | None = None, promote: bool = True
 ) -> TrainResult:
@@ -427,8 +421,8 @@ def train(
         "symbol": frame.symbol,
         "horizon_minutes": config.horizon_minutes,
         "data_span": {
-            "first_bar": _iso(data_start),
-            "last_bar": _iso(data_end - MINUTE_MS),
+            "first_bar": iso_utc(data_start),
+            "last_bar": iso_utc(data_end - MINUTE_MS),
             "bars": len(frame),
         },
         "final_fold": final.fold.to_dict(),

@@ -36,6 +36,7 @@ from aiokafka.errors import (
 from mode import Service
 
 from streams import metrics
+from streams.backoff import Backoff
 from streams.config import Settings
 from streams.health import Progress, healthy, stalled
 from streams.ingest.events import BadEvent
@@ -364,7 +365,7 @@ class IngestService(Service):
         """Wait for every acknowledgement, sending what failed again with backoff until it is through. A message
         the broker refuses for good goes out as its fallback (a dead letter without the original bytes), or is
         dropped with an error if it has none: one message never stops ingest."""
-        delay = 0.1
+        backoff = Backoff(first_s=0.1, most_s=max_delay_s)
         while items:
             results = await asyncio.gather(*futures, return_exceptions=True)
             retry: list[Outgoing] = []
@@ -386,9 +387,7 @@ class IngestService(Service):
             if transient:
                 self.publishing.failed(repr(transient[0]))
                 metrics.ERRORS.labels("publish").inc()
-                log.warning("%d sends failed (%r); retrying in %.1fs", len(transient), transient[0], delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, max_delay_s)
+                await backoff.wait(log, "%d sends failed (%r)", len(transient), transient[0])
             items = retry
             futures = [await self.send(item) for item in retry]
         self.publishing.moved()

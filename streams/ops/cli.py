@@ -7,11 +7,10 @@ import asyncio
 import sys
 import warnings
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.bars import parse_iso_ms
+from models.bars import iso_utc, parse_iso_ms
 from streams.config import REPO_ROOT, Settings, SettingsError
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -85,8 +84,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 lambda n: bar.update(task, completed=n),
             )
         )
-    first = datetime.fromtimestamp(messages[0].time_ms / 1000, UTC).isoformat()
-    last = datetime.fromtimestamp(messages[-1].time_ms / 1000, UTC).isoformat()
+    first, last = iso_utc(messages[0].time_ms), iso_utc(messages[-1].time_ms)
     print(
         f"replayed {sent} messages of {len({m.symbol for m in messages})} symbol(s), {first} .. {last}, "
         f"to {settings.market_data_topic}"
@@ -202,14 +200,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    import os
-
     from models.backtest import backtest_cli
-    from risk.config import RiskConfig
 
     try:
-        risk_config = RiskConfig.from_env(os.environ)  # the same costs and limits as the worker
-    except ValueError as error:
+        risk_config = Settings.from_env().risk  # the same costs and limits as the worker
+    except SettingsError as error:
         print(f"mlrisk: configuration error: {error}", file=sys.stderr)
         return 2
     report = backtest_cli(

@@ -10,13 +10,13 @@ workers first.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from models.bars import iso_utc
 from streams.config import Settings
 from streams.ingest.service import state_topic
 from streams.kafka_security import client_options
@@ -106,7 +106,7 @@ def _iso(epoch_ms: int | None) -> str | None:
     if not epoch_ms:
         return None
     try:
-        return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat(timespec="milliseconds")
+        return iso_utc(epoch_ms)
     except (OverflowError, ValueError, OSError):  # what reset is for: a time no calendar holds
         return str(epoch_ms)
 

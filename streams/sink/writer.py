@@ -9,7 +9,6 @@ agent waits, which holds back consumption — backpressure instead of loss.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from streams import metrics
+from streams.backoff import Backoff
 from streams.health import Progress, healthy, stalled
 
 log = logging.getLogger("mlrisk.sink")
@@ -237,7 +237,7 @@ class Sink:
         """Open the pool without waiting for the server, then check it answers (retrying in the background)."""
         await self.pool.open(wait=False)
         await self.read_pool.open(wait=False)
-        delay = 0.2
+        backoff = Backoff(most_s=self.max_retry_delay_s)
         while not self.healthy:
             try:
                 async with self.pool.connection() as conn:
@@ -246,9 +246,7 @@ class Sink:
             except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as error:
                 self.progress.failed(f"connecting: {error}")
                 metrics.SINK_ERRORS.labels("connect").inc()
-                log.warning("the database does not answer (%s); retrying in %.1fs", error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_retry_delay_s)
+                await backoff.wait(log, "the database does not answer (%s)", error)
 
     async def close(self) -> None:
         await self.read_pool.close()
@@ -287,7 +285,7 @@ class Sink:
         them."""
         if not rows:
             return
-        delay = 0.2
+        backoff = Backoff(most_s=self.max_retry_delay_s)
         while True:
             try:
                 async with self.pool.connection() as conn:
@@ -320,9 +318,7 @@ class Sink:
                 metrics.SINK_ERRORS.labels(table).inc()
                 if oldest_ms is not None:
                     metrics.SINK_LAG.labels(table).set(time.time() - oldest_ms / 1000)
-                log.warning("database write to %s failed (%s); retrying in %.1fs", table, error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_retry_delay_s)
+                await backoff.wait(log, "database write to %s failed (%s)", table, error)
 
     async def quarantine(self, table: str, row: tuple[Any, ...], error: Exception) -> None:
         """Keep a refused row in `sink_quarantine`, as JSON text (text takes whatever the row holds, bar NUL),
@@ -332,7 +328,7 @@ class Sink:
         log.error(
             "the database refused a row of %s (%s); kept in sink_quarantine", table, (reason.splitlines() or [""])[0]
         )
-        delay = 0.2
+        backoff = Backoff(most_s=self.max_retry_delay_s)
         while True:
             try:
                 async with self.pool.connection() as conn:
@@ -344,9 +340,7 @@ class Sink:
                 return
             except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as failure:
                 self._answered(False)
-                log.warning("quarantining a row of %s failed (%s); retrying in %.1fs", table, failure, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_retry_delay_s)
+                await backoff.wait(log, "quarantining a row of %s failed (%s)", table, failure)
 
     async def write_signals(self, signals: Sequence[dict[str, Any]], received_ms: float | None = None) -> None:
         await self.write("actionable_trade_signals", [signal_row(s) for s in signals], received_ms)

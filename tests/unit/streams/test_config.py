@@ -46,13 +46,13 @@ def test_settings_read_from_the_environment() -> None:
     assert settings.bootstrap_servers == "k1:9092,k2:9093"
     assert settings.symbols == ("BTCUSDT", "ETHUSDT")
     assert settings.signals_topic == "x-signals" and settings.dlq_topic == "x-market-data-dlq"
-    assert (settings.max_leverage, settings.base_position_usdt) == (20, 250.5)
+    assert (settings.risk.max_leverage, settings.risk.base_position_usdt) == (20, 250.5)
 
 
 def test_defaults_match_the_contract() -> None:
     settings = Settings.from_env({})
     assert settings.market_data_topic == "market-data"
-    assert (settings.base_position_usdt, settings.max_leverage, settings.web_port) == (1000.0, 125, 6066)
+    assert (settings.risk.base_position_usdt, settings.risk.max_leverage, settings.web_port) == (1000.0, 125, 6066)
     assert settings.database_url is None
 
 
