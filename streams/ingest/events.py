@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 
 from models.bars import MINUTE_MS, to_epoch_ms
@@ -146,6 +147,15 @@ def parse_event(raw: bytes | str, now_ms: int, max_future_ms: int = 5_000) -> Ma
     """Decode and validate one message; `now_ms` is the receiver's clock, used only to reject future times."""
     if len(raw) > MAX_MESSAGE_BYTES:
         raise BadEvent("too_large", f"{len(raw)} bytes, more than {MAX_MESSAGE_BYTES}")
+    event = from_wire(raw)  # Binance's own shapes, typed in one pass; None: a variant or a refusal
+    if event is None:
+        event = _parse_checked(raw)
+    _check_times(event, now_ms + max_future_ms)
+    return event
+
+
+def _parse_checked(raw: bytes | str) -> MarketEvent:
+    """Any accepted shape, field by field; a refusal names the first field that fails, in a fixed order."""
     try:
         message = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -165,9 +175,7 @@ def parse_event(raw: bytes | str, now_ms: int, max_future_ms: int = 5_000) -> Ma
             parser = _parse_book_ticker  # spot bookTicker has no "e"
         else:
             raise BadEvent("unknown_event", f"unknown event type {shown(kind)}" if kind else "no event type")
-    event = parser(message)
-    _check_times(event, now_ms + max_future_ms)
-    return event
+    return parser(message)
 
 
 def _check_times(event: MarketEvent, latest_ms: int) -> None:
@@ -218,7 +226,10 @@ def _field(message: dict[str, Any], key: str) -> Any:
 
 
 def _symbol(message: dict[str, Any], key: str) -> str:
-    value = _field(message, key)
+    return _as_symbol(_field(message, key), key)
+
+
+def _as_symbol(value: Any, key: str) -> str:
     if not isinstance(value, str):
         raise BadEvent("bad_symbol", f"{key!r} must be a string")
     symbol = parse_symbol(value)
@@ -273,7 +284,10 @@ def _as_quantity(value: Any, key: str) -> float:
 
 
 def _integer(message: dict[str, Any], key: str) -> int:
-    value = _field(message, key)
+    return _as_integer(_field(message, key), key)
+
+
+def _as_integer(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, str) and _INTEGER.fullmatch(value):  # ASCII digits only: int("²") fails
             return int(value)
@@ -284,7 +298,10 @@ def _integer(message: dict[str, Any], key: str) -> int:
 
 
 def _timestamp(message: dict[str, Any], key: str) -> int:
-    value = _field(message, key)
+    return _as_timestamp(_field(message, key), key)
+
+
+def _as_timestamp(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise BadEvent("bad_timestamp", f"{key!r} must be an epoch number, got {shown(value)}")
     if value <= 0:
@@ -366,6 +383,10 @@ def _parse_kline(message: dict[str, Any]) -> Kline:
         taker_buy_quote=_optional(k, "Q", _quantity),
         closed=closed,
     )
+    return _checked_kline(kline)
+
+
+def _checked_kline(kline: Kline) -> Kline:
     if not kline.low <= min(kline.open, kline.close) <= max(kline.open, kline.close) <= kline.high:
         raise BadEvent("bad_ohlc", "kline prices violate low <= open, close <= high")
     if kline.open_time % 60_000:
@@ -440,4 +461,179 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], MarketEvent]] = {
     "depthUpdate": _parse_depth,
     "depthSnapshot": _parse_snapshot,
     "markPriceUpdate": _parse_mark_price,
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Binance's own shapes as typed messages (msgspec): the common case decoded and type-checked in one pass, then
+# range-checked by the same functions as above. A message of any other shape (numbers where Binance sends decimal
+# strings, spot's bookTicker without "e", snapshots, mark prices, the generic tick) and every refusal go through
+# `_parse_checked`, so that the reason of a refusal is the same whichever way the message came in.
+
+
+class _TradeWire(msgspec.Struct, tag_field="e", tag="trade"):
+    E: int
+    T: int
+    s: str
+    t: int
+    p: str
+    q: str
+    m: bool
+    X: str = "MARKET"
+
+
+class _AggTradeWire(msgspec.Struct, tag_field="e", tag="aggTrade"):
+    E: int
+    T: int
+    s: str
+    a: int
+    p: str
+    q: str
+    m: bool
+    X: str = "MARKET"
+
+
+class _KlineBody(msgspec.Struct):
+    t: int
+    T: int
+    i: str
+    o: str
+    h: str
+    l: str  # noqa: E741  (Binance's name)
+    c: str
+    v: str
+    x: bool
+    q: str | None = None
+    n: int | None = None
+    V: str | None = None
+    Q: str | None = None
+
+
+class _KlineWire(msgspec.Struct, tag_field="e", tag="kline"):
+    E: int
+    s: str
+    k: _KlineBody
+
+
+class _BookTickerWire(msgspec.Struct, tag_field="e", tag="bookTicker"):
+    s: str
+    b: str
+    B: str
+    a: str
+    A: str
+    E: int | None = None
+    u: int | None = None
+
+
+class _DepthWire(msgspec.Struct, tag_field="e", tag="depthUpdate"):
+    E: int
+    s: str
+    U: int
+    u: int
+    b: list[tuple[str, str]]
+    a: list[tuple[str, str]]
+    pu: int | None = None
+
+
+_Wire = _TradeWire | _AggTradeWire | _KlineWire | _BookTickerWire | _DepthWire
+
+
+class _Combined(msgspec.Struct):
+    """Binance's combined-stream wrapper."""
+
+    stream: str
+    data: _Wire
+
+
+_BARE = msgspec.json.Decoder(_Wire)
+_COMBINED = msgspec.json.Decoder(_Combined)
+
+
+def from_wire(raw: bytes | str) -> MarketEvent | None:
+    """The event of a message in one of Binance's own shapes, or None (another shape, or a refusal)."""
+    try:
+        wire = _COMBINED.decode(raw).data if raw[:10] in (b'{"stream":', '{"stream":') else _BARE.decode(raw)
+        return _FROM_WIRE[type(wire)](wire)
+    except (
+        msgspec.DecodeError,
+        ValueError,
+    ):  # a ValidationError is a DecodeError; BadEvent and bad UTF-8 are ValueErrors
+        return None
+
+
+def _trade_from_wire(w: _TradeWire | _AggTradeWire) -> Trade:
+    return Trade(
+        symbol=_as_symbol(w.s, "s"),
+        event_time_ms=_as_timestamp(w.E, "E"),
+        trade_time_ms=_as_timestamp(w.T, "T"),
+        trade_id=_as_integer(w.t, "t") if isinstance(w, _TradeWire) else _as_integer(w.a, "a"),
+        price=_as_price(w.p, "p"),
+        quantity=_as_quantity(w.q, "q"),
+        taker_side="sell" if w.m else "buy",
+        kind="trade" if isinstance(w, _TradeWire) else "aggTrade",
+        regular=w.X == "MARKET",
+    )
+
+
+def _kline_from_wire(w: _KlineWire) -> Kline:
+    k = w.k
+    if k.i != "1m":
+        raise BadEvent("bad_interval", f"only 1m klines are accepted, got {shown(k.i)}")
+    return _checked_kline(
+        Kline(
+            symbol=_as_symbol(w.s, "s"),
+            event_time_ms=_as_timestamp(w.E, "E"),
+            open_time=_as_timestamp(k.t, "t"),
+            close_time=_as_timestamp(k.T, "T"),
+            interval=k.i,
+            open=_as_price(k.o, "o"),
+            high=_as_price(k.h, "h"),
+            low=_as_price(k.l, "l"),
+            close=_as_price(k.c, "c"),
+            volume=_as_quantity(k.v, "v"),
+            quote_volume=None if k.q is None else _as_quantity(k.q, "q"),
+            trades=None if k.n is None else _as_integer(k.n, "n"),
+            taker_buy_base=None if k.V is None else _as_quantity(k.V, "V"),
+            taker_buy_quote=None if k.Q is None else _as_quantity(k.Q, "Q"),
+            closed=k.x,
+        )
+    )
+
+
+def _book_ticker_from_wire(w: _BookTickerWire) -> BookTicker:
+    return BookTicker(
+        symbol=_as_symbol(w.s, "s"),
+        event_time_ms=None if w.E is None else _as_timestamp(w.E, "E"),
+        bid_price=_as_price(w.b, "b"),
+        bid_qty=_as_quantity(w.B, "B"),
+        ask_price=_as_price(w.a, "a"),
+        ask_qty=_as_quantity(w.A, "A"),
+        update_id=None if w.u is None else _as_integer(w.u, "u"),
+    )
+
+
+def _wire_levels(levels: list[tuple[str, str]], key: str) -> tuple[tuple[float, float], ...]:
+    if len(levels) > MAX_LEVELS:
+        raise BadEvent("too_many_levels", f"{key!r} holds {len(levels)} levels, more than {MAX_LEVELS}")
+    return tuple((_as_price(price, key), _as_quantity(quantity, key)) for price, quantity in levels)
+
+
+def _depth_from_wire(w: _DepthWire) -> DepthUpdate:
+    return DepthUpdate(
+        symbol=_as_symbol(w.s, "s"),
+        event_time_ms=_as_timestamp(w.E, "E"),
+        first_update_id=_as_integer(w.U, "U"),
+        last_update_id=_as_integer(w.u, "u"),
+        previous_update_id=None if w.pu is None else _as_integer(w.pu, "pu"),
+        bids=_wire_levels(w.b, "b"),
+        asks=_wire_levels(w.a, "a"),
+    )
+
+
+_FROM_WIRE: dict[type, Callable[[Any], MarketEvent]] = {
+    _TradeWire: _trade_from_wire,
+    _AggTradeWire: _trade_from_wire,
+    _KlineWire: _kline_from_wire,
+    _BookTickerWire: _book_ticker_from_wire,
+    _DepthWire: _depth_from_wire,
 }

@@ -19,7 +19,7 @@ import pytest
 
 from streams.ingest.book import OrderBook
 from streams.ingest.events import DepthSnapshot, DepthUpdate
-from streams.ingest.rules import book as order_book
+from streams.ingest import book as order_book
 from tests.adversarial.conftest import (
     INJECT_AT,
     SYMBOL,
