@@ -106,6 +106,9 @@ def _side_sign(side: str) -> int:
     raise ValueError(f"side must be 'long' or 'short', got {side!r}")
 
 
+_INF = float("inf")
+
+
 def _check_positive(name: str, value: float) -> None:
     # `not value > 0` also rejects NaN
     if not value > 0.0 or value == float("inf"):
@@ -130,10 +133,11 @@ def liquidation_price(
     `WB = quantity × entry / leverage`, `LP = (WB + cum − s·Q·EP) / (Q·MMR − s·Q)` with s = +1 long, −1 short
     and MMR, cum from the bracket of the entry notional. A long that cannot be liquidated returns 0.0.
     """
-    sign = _side_sign(side)
-    _check_positive("entry_price", entry_price)
-    _check_positive("quantity", quantity)
-    _check_positive("leverage", leverage)
+    sign = 1 if side == "long" else -1 if side == "short" else _side_sign(side)
+    if not (0.0 < entry_price < _INF and 0.0 < quantity < _INF and 0.0 < leverage < _INF):  # NaN fails too
+        _check_positive("entry_price", entry_price)
+        _check_positive("quantity", quantity)
+        _check_positive("leverage", leverage)
     notional_usdt = quantity * entry_price
     bracket = brackets.bracket_for_notional(notional_usdt)
     if leverage > bracket.max_leverage:
