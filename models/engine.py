@@ -48,6 +48,8 @@ class SymbolState:
     day: int = -1
     last_close_time: int | None = None
     recent: list[dict[str, Any]] = field(default_factory=list)
+    # each of `recent` as JSON, written once when it is decided: a state is serialised every bar
+    recent_json: list[bytes] = field(default_factory=list, repr=False, compare=False)
     model_version: str | None = None  # the version whose ensemble memory this state holds
 
     def to_bytes(self) -> bytes:
@@ -70,7 +72,9 @@ class SymbolState:
                 "day_start_equity": self.day_start_equity,
                 "day": self.day,
                 "last_close_time": self.last_close_time,
-                "recent": self.recent,
+                "recent": [orjson.Fragment(text) for text in self.recent_json]
+                if len(self.recent_json) == len(self.recent)
+                else self.recent,
                 "model_version": self.model_version,
             }
         )
@@ -95,6 +99,7 @@ class SymbolState:
             day=int(data["day"]),
             last_close_time=data["last_close_time"],
             recent=list(data["recent"]),
+            recent_json=[orjson.dumps(signal) for signal in data["recent"]],
             model_version=data.get("model_version"),
         )
 
@@ -283,6 +288,7 @@ class SignalEngine:
             config_key=self.config_key,
         )
         state.recent = [*state.recent[-(RECENT_SIGNALS - 1) :], signal]
+        state.recent_json = [*state.recent_json[-(RECENT_SIGNALS - 1) :], orjson.dumps(signal)]
         return signal
 
     def on_bar(self, state: SymbolState, bar: Bar, extras: Mapping[str, Any] | None = None) -> dict[str, Any] | None:

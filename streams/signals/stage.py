@@ -97,9 +97,12 @@ class PerformanceTracker:
 
     def record(self, symbol: str, bar: Bar, signal: dict[str, Any]) -> None:
         queue = self.pending.setdefault(symbol, OrderedDict())
-        # settle what this bar's close makes known
+        # settle what this bar's close makes known: the queue runs in open time, so only its head can be due
         due = self.horizon_ms
-        for open_time in list(queue):
+        while queue:
+            open_time = next(iter(queue))
+            if open_time + due > bar.open_time:
+                break
             if open_time + due == bar.open_time:
                 close, probs = queue.pop(open_time)
                 forward = float(np.log(bar.close / close))
@@ -233,6 +236,8 @@ class SignalStage:
         # symbol → (the table value last written, the state it encodes): a state is decoded from the table only
         # when the table holds something else (restored after a rebalance or a restart)
         self.decoded: dict[str, tuple[Any, SymbolState]] = {}
+        # the metric series a decision updates, by label values (as many as the series Prometheus keeps anyway)
+        self.metric_children: dict[Any, Any] = {}
         self.swap(engine)
 
     def swap(self, engine: SignalEngine) -> None:
@@ -357,10 +362,21 @@ class SignalStage:
         self.drift.add(pending.window[-1], signal["metadata"]["p_up"])
         self.tracker.record(symbol, item.bar, signal)
         self.last_signals[symbol] = signal
-        metrics.SIGNALS_OUT.labels(symbol, signal["signal_type"], signal["risk_level"]).inc()
-        metrics.RISK_SCORE.labels(symbol).set(signal["risk_score"])
+        children = self.metric_children
+        key = (symbol, signal["signal_type"], signal["risk_level"])
+        counted = children.get(key)
+        if counted is None:
+            counted = children[key] = metrics.SIGNALS_OUT.labels(*key)
+        counted.inc()
+        score = children.get(symbol)
+        if score is None:
+            score = children[symbol] = metrics.RISK_SCORE.labels(symbol)
+        score.set(signal["risk_score"])
         for name, contribution in signal["model_contributions"].items():
-            metrics.MODEL_WEIGHT.labels(name, symbol).set(contribution["weight"])
+            weight = children.get((name, symbol))
+            if weight is None:
+                weight = children[(name, symbol)] = metrics.MODEL_WEIGHT.labels(name, symbol)
+            weight.set(contribution["weight"])
 
     def _score(self, pendings: list[Pending]) -> tuple[list[EnsemblePrediction], float]:
         """`engine.score` and the CPU seconds it took on the thread that ran it."""
