@@ -42,7 +42,7 @@ from tests.integration.conftest import REPO_ROOT, PrivateBroker, WorkerProcess, 
 
 DURATION_S = float(os.environ.get("MLRISK_SOAK_S", "1800"))
 FAULT_EVERY_S = float(os.environ.get("MLRISK_SOAK_FAULT_EVERY_S", "180"))
-RATE = float(os.environ.get("MLRISK_SOAK_RATE", "1000"))
+RATE = float(os.environ.get("MLRISK_SOAK_RATE", "300"))  # closed klines a second: decisions a second
 SEED = int(os.environ.get("MLRISK_SOAK_SEED", "7"))
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 START = "2023-01-01T00:00:00"
