@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 import pytest
 
+from streams.ingest import book as order_book
 from streams.ingest.book import OrderBook
 from streams.ingest.events import DepthSnapshot, DepthUpdate
-from streams.ingest import book as order_book
 from tests.adversarial.conftest import (
     INJECT_AT,
     SYMBOL,
