@@ -7,17 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from streams.config import REPO_ROOT
+from streams.config import REPO_ROOT, Settings
 from streams.ops.probe import wait_ready
 
 
 class WorkerProcess:
-    """A worker with the settings in `env` (its web port is `MLRISK_WEB_PORT`), its output appended to `log_path`."""
+    """A worker with the settings in `env` (its web port is theirs: `MLRISK_WEB_PORT` or the default), its output
+    appended to `log_path`."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = env
         self.log_path = log_path
-        self.port = int(env["MLRISK_WEB_PORT"])
+        self.port = Settings.from_env(env).web_port
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: bool = True, timeout_s: float = 90.0) -> WorkerProcess:
