@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any, overload
 
 MINUTE_MS = 60_000
@@ -91,8 +92,6 @@ def parse_iso_ms(text: str | None) -> int | None:
     """ISO 8601 date or date-time (UTC when no zone is given) → epoch ms; None stays None."""
     if text is None:
         return None
-    from datetime import UTC, datetime
-
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -101,8 +100,6 @@ def parse_iso_ms(text: str | None) -> int | None:
 
 def iso_utc(epoch_ms: int) -> str:
     """Epoch ms → ISO 8601 UTC with a Z (`2024-07-19T00:01:00Z`); milliseconds only when present."""
-    from datetime import UTC, datetime
-
     text = datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     if epoch_ms % 1000:
         text += f".{epoch_ms % 1000:03d}"

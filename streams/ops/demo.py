@@ -94,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     url = database_url(settings)
     init_schema(url)
     log_path = settings.home / "demo-worker.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.unlink(missing_ok=True)  # this run's log only
     worker = WorkerProcess(env, log_path)
     try:
@@ -132,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         _summary(settings, url, seen)
         if args.keep_running:
             print("worker keeps running; Ctrl-C stops it")
-            assert worker.proc is not None
             worker.proc.wait()
     finally:
         worker.stop()

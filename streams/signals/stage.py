@@ -237,7 +237,7 @@ class SignalStage:
         # when the table holds something else (restored after a rebalance or a restart)
         self.decoded: dict[str, tuple[Any, SymbolState]] = {}
         # the metric series a decision updates, by label values (as many as the series Prometheus keeps anyway)
-        self.metric_children: dict[Any, Any] = {}
+        self.metric_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.swap(engine)
 
     def swap(self, engine: SignalEngine) -> None:
@@ -362,21 +362,18 @@ class SignalStage:
         self.drift.add(pending.window[-1], signal["metadata"]["p_up"])
         self.tracker.record(symbol, item.bar, signal)
         self.last_signals[symbol] = signal
-        children = self.metric_children
-        key = (symbol, signal["signal_type"], signal["risk_level"])
-        counted = children.get(key)
-        if counted is None:
-            counted = children[key] = metrics.SIGNALS_OUT.labels(*key)
-        counted.inc()
-        score = children.get(symbol)
-        if score is None:
-            score = children[symbol] = metrics.RISK_SCORE.labels(symbol)
-        score.set(signal["risk_score"])
+        self._series(metrics.SIGNALS_OUT, symbol, signal["signal_type"], signal["risk_level"]).inc()
+        self._series(metrics.RISK_SCORE, symbol).set(signal["risk_score"])
         for name, contribution in signal["model_contributions"].items():
-            weight = children.get((name, symbol))
-            if weight is None:
-                weight = children[(name, symbol)] = metrics.MODEL_WEIGHT.labels(name, symbol)
-            weight.set(contribution["weight"])
+            self._series(metrics.MODEL_WEIGHT, name, symbol).set(contribution["weight"])
+
+    def _series(self, metric: Any, *labels: str) -> Any:
+        """The metric's series for these label values, looked up in Prometheus once."""
+        key = (metric, labels)
+        series = self.metric_children.get(key)
+        if series is None:
+            series = self.metric_children[key] = metric.labels(*labels)
+        return series
 
     def _score(self, pendings: list[Pending]) -> tuple[list[EnsemblePrediction], float]:
         """`engine.score` and the CPU seconds it took on the thread that ran it."""
