@@ -22,9 +22,23 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from risk.config import RiskConfig
-from risk.leverage import EXCHANGE_MAX_LEVERAGE, LeverageChoice, choose_leverage, stop_precedes_liquidation
+from risk.leverage import (
+    EXCHANGE_MAX_LEVERAGE,
+    LEVERAGE_CAPS,
+    binding_cap_index,
+    leverage_caps,
+    leverage_reason,
+    no_leverage_reason,
+    stop_precedes_liquidation,
+)
 from risk.liquidation import BracketTable, liquidation_price
-from risk.portfolio import check_candidate, effective_trading_state, gross_exposure_usdt, symbol_exposure_usdt
+from risk.portfolio import (
+    effective_trading_state,
+    gross_exposure_usdt,
+    limit_candidate,
+    portfolio_impact,
+    symbol_exposure_usdt,
+)
 from risk.regime import update_regime
 from risk.scoring import (
     concentration_score,
@@ -36,8 +50,15 @@ from risk.scoring import (
     signal_strength,
     volatility_score,
 )
-from risk.sizing import REGIME_SIZE_MULTIPLIER, SizePlan, bracket_win_probability, floor_to_cents, plan_size
-from risk.stops import StopPlan, plan_stops, risk_reward_ratio
+from risk.sizing import (
+    REGIME_SIZE_MULTIPLIER,
+    SIZE_BOUNDS,
+    bound_size,
+    bracket_win_probability,
+    floor_to_cents,
+    size_bounds,
+)
+from risk.stops import risk_reward_ratio, stop_levels
 from risk.types import (
     POSITION_FIELDS,
     MarketRegime,
@@ -55,9 +76,6 @@ __all__ = ["RiskConfig", "decide", "expected_edge_fraction", "invariant_violatio
 
 _MEAN_ABS_GAUSSIAN = math.sqrt(2.0 / math.pi)
 _EMPTY: Mapping[str, float] = MappingProxyType({})
-# risk_factors keys of the leverage caps and size bounds, made once rather than per decision
-_CAP_FACTOR = {name: f"leverage_cap_{name}" for name in ("stop_buffer", "bracket", "config", "volatility", "regime")}
-_BOUND_FACTOR = {name: f"size_bound_{name}_usdt" for name in ("base_rule", "risk_budget", "kelly")}
 
 
 def expected_edge_fraction(p_direction: float, sigma_1m: float, horizon_minutes: int) -> float:
@@ -65,17 +83,15 @@ def expected_edge_fraction(p_direction: float, sigma_1m: float, horizon_minutes:
     return (2.0 * p_direction - 1.0) * sigma_1m * math.sqrt(horizon_minutes) * _MEAN_ABS_GAUSSIAN
 
 
-def _finite_positive(value: float | None) -> bool:
-    return value is not None and 0.0 < value < math.inf
-
-
 def _input_problem(market: MarketSnapshot, model: ModelView) -> str | None:
-    if not _finite_positive(market.price):
-        return f"price {market.price!r} is not a positive number"
-    if market.mark_price is not None and not _finite_positive(market.mark_price):
-        return f"mark price {market.mark_price!r} is not a positive number"
-    if not _finite_positive(market.sigma_1m):
-        return f"sigma_1m {market.sigma_1m!r} is not a positive number"
+    # each price and σ must be a finite positive number (a comparison with NaN is false)
+    price, mark_price, sigma_1m = market.price, market.mark_price, market.sigma_1m
+    if price is None or not 0.0 < price < math.inf:
+        return f"price {price!r} is not a positive number"
+    if mark_price is not None and not 0.0 < mark_price < math.inf:
+        return f"mark price {mark_price!r} is not a positive number"
+    if sigma_1m is None or not 0.0 < sigma_1m < math.inf:
+        return f"sigma_1m {sigma_1m!r} is not a positive number"
     if not (0.0 <= model.p_up <= 1.0) or not (0.0 <= model.confidence <= 1.0):
         return f"model output out of range (p_up {model.p_up!r}, confidence {model.confidence!r})"
     if (
@@ -102,6 +118,8 @@ class _Context:
         "volatility",
         "liquidity",
         "reasons",
+        "exposures_usdt",
+        "reference",
     )
 
     def __init__(
@@ -113,6 +131,7 @@ class _Context:
         regime_state: RegimeState,
     ) -> None:
         self.market = market
+        self.reference = market.reference_price  # what liquidation is measured against
         self.model = model
         self.portfolio = portfolio
         self.config = config
@@ -120,10 +139,15 @@ class _Context:
         self.regime: MarketRegime = regime_state.regime
         self.state: TradingState = effective_trading_state(portfolio, config.limits)
         confidence = model.confidence
-        self.confidence = min(max(confidence, 0.0), 1.0) if math.isfinite(confidence) else 0.0
+        if not math.isfinite(confidence):
+            confidence = 0.0
+        # min(max(confidence, 0.0), 1.0), without the calls
+        self.confidence = 0.0 if confidence < 0.0 else 1.0 if confidence > 1.0 else confidence
         self.volatility = volatility_score(market)
         self.liquidity = liquidity_score(market, config.base_position_usdt)
         self.reasons: list[str] = []
+        # (gross, symbol) exposure once `concentration` has summed them, for the portfolio check to reuse
+        self.exposures_usdt: tuple[float, float] | None = None
 
     def components(self, liquidation: float, concentration: float) -> dict[str, float]:
         return risk_components(
@@ -135,14 +159,19 @@ class _Context:
             concentration=concentration,
         )
 
-    def concentration(self, symbol: str, notional_usdt: float) -> float:
+    def concentration(self, notional_usdt: float) -> float:
+        """How close a position of this notional in the market's symbol brings the account to its exposure
+        limits."""
         equity = self.portfolio.equity
         limits = self.config.limits
         if equity <= 0.0:
             return 1.0
         positions = self.portfolio.positions
-        symbol_share = (symbol_exposure_usdt(positions, symbol) + notional_usdt) / (equity * limits.max_symbol_exposure)
-        gross_share = (gross_exposure_usdt(positions) + notional_usdt) / (equity * limits.max_gross_exposure)
+        symbol_usdt = symbol_exposure_usdt(positions, self.market.symbol)
+        symbol_share = (symbol_usdt + notional_usdt) / (equity * limits.max_symbol_exposure)
+        gross_usdt = gross_exposure_usdt(positions)
+        gross_share = (gross_usdt + notional_usdt) / (equity * limits.max_gross_exposure)
+        self.exposures_usdt = gross_usdt, symbol_usdt
         return concentration_score(symbol_share, gross_share)
 
     def hold(
@@ -150,42 +179,42 @@ class _Context:
         reason: str,
         components: Mapping[str, float] | None = None,
         risk_factors: Mapping[str, float] = _EMPTY,
+        liquidation_risk: float = 0.0,
     ) -> RiskDecision:
         self.reasons.append(reason)
-        parts = (
-            components if components is not None else self.components(0.0, self.concentration(self.market.symbol, 0.0))
-        )
+        parts = components if components is not None else self.components(0.0, self.concentration(0.0))
         score = risk_score(parts)
+        # positional, in the order of RiskDecision's fields: matching 29 keywords would cost about 1 µs a call
         return RiskDecision(
-            signal_type="hold",
-            signal_strength="hold",
-            confidence_score=self.confidence,
-            risk_level=risk_level(score),
-            market_regime=self.regime,
-            entry_price=self.market.price,
-            recommended_leverage=None,
-            position_size_usdt=None,
-            quantity=None,
-            stop_loss_price=None,
-            take_profit_price=None,
-            risk_reward_ratio=None,
-            liquidation_price=None,
-            risk_score=score,
-            liquidation_risk=0.0,
-            portfolio_impact=0.0,
-            volatility_score=self.volatility,
-            liquidity_score=self.liquidity,
-            risk_components=MappingProxyType(dict(parts)),
-            reasons=tuple(self.reasons),
-            regime_state=self.regime_state,
-            base_position_size=self.config.base_position_usdt,
-            leverage_multiplier=None,
-            stop_loss_adjustment=None,
-            take_profit_adjustment=None,
-            confidence_boost=0.0,
-            risk_factors=risk_factors,
-            trading_state=self.state,
-            symbol=self.market.symbol,
+            "hold",  # signal_type
+            "hold",  # signal_strength
+            self.confidence,  # confidence_score
+            risk_level(score),  # risk_level
+            self.regime,  # market_regime
+            self.market.price,  # entry_price
+            None,  # recommended_leverage
+            None,  # position_size_usdt
+            None,  # quantity
+            None,  # stop_loss_price
+            None,  # take_profit_price
+            None,  # risk_reward_ratio
+            None,  # liquidation_price
+            score,  # risk_score
+            liquidation_risk,  # liquidation_risk
+            0.0,  # portfolio_impact
+            self.volatility,  # volatility_score
+            self.liquidity,  # liquidity_score
+            MappingProxyType(dict(parts)),  # risk_components
+            tuple(self.reasons),  # reasons
+            self.regime_state,  # regime_state
+            self.config.base_position_usdt,  # base_position_size
+            None,  # leverage_multiplier
+            None,  # stop_loss_adjustment
+            None,  # take_profit_adjustment
+            0.0,  # confidence_boost
+            risk_factors,  # risk_factors
+            self.state,  # trading_state
+            self.market.symbol,  # symbol
         )
 
 
@@ -241,14 +270,14 @@ def _close_reason(context: _Context, position: OpenPosition) -> str | None:
 
 def _manage_position(context: _Context, position: OpenPosition) -> RiskDecision:
     market = context.market
-    reference = market.reference_price
-    open_risk = liquidation_risk(reference, position.liquidation_price, market.sigma_1m, context.model.horizon_minutes)
-    parts = context.components(open_risk, context.concentration(market.symbol, 0.0))
+    open_risk = liquidation_risk(
+        context.reference, position.liquidation_price, market.sigma_1m, context.model.horizon_minutes
+    )
+    parts = context.components(open_risk, context.concentration(0.0))
     reason = _close_reason(context, position)
     if reason is None:
-        decision = context.hold("position open: the model agrees or lacks conviction", parts)
         # an open position keeps its liquidation risk visible while the signal is hold
-        return replace(decision, liquidation_risk=open_risk)
+        return context.hold("position open: the model agrees or lacks conviction", parts, liquidation_risk=open_risk)
     # a close carries the fields of a hold plus what is being closed
     return replace(
         context.hold(reason, parts),
@@ -285,56 +314,61 @@ def _enter(context: _Context, factors: dict[str, float]) -> RiskDecision:
     _check_trading_open(context)
     side: Side = "long" if context.model.p_up > 0.5 else "short"
     edge, cost = _check_edge(context, side, factors)
-    stops = _check_stops(context, side)
-    brackets = context.config.brackets_for_symbol(context.market.symbol)
-    largest_usdt, choice, leverage = _check_leverage(context, side, stops, brackets, factors)
+    stop, target, stop_fraction, take_profit_fraction, reward_risk = _check_stops(context, side)
     market, config, horizon = context.market, context.config, context.model.horizon_minutes
-    entry, reference = market.price, market.reference_price
+    brackets = config.brackets_for_symbol(market.symbol)
+    largest_usdt, leverage, leverage_bound = _check_leverage(context, side, stop, brackets, factors)
+    entry, reference = market.price, context.reference
     bound_liquidation = liquidation_price(side, entry, largest_usdt / entry, leverage, brackets)
     bound_risk = liquidation_risk(reference, bound_liquidation, market.sigma_1m, horizon)
-    parts = context.components(bound_risk, context.concentration(market.symbol, largest_usdt))
+    parts = context.components(bound_risk, context.concentration(largest_usdt))
     score = risk_score(parts)
-    size = _check_size(context, edge, stops, score, parts, factors)
-    approval = check_candidate(market.symbol, size.size_usdt, leverage, context.portfolio, config.limits, context.state)
-    if not approval.approved:
-        raise _Deny(f"refused by the portfolio limit {approval.refused_by}", parts)
-    size_usdt = approval.allowed_size_usdt
+    size_usdt, size_binding = _check_size(context, edge, stop, target, reward_risk, score, parts, factors)
+    # the trading state is ACTIVE here (checked first), so only the account's limits remain
+    portfolio = context.portfolio
+    size_usdt, refused_by, binding_limit, _ = limit_candidate(
+        market.symbol, size_usdt, leverage, portfolio, config.limits, context.exposures_usdt
+    )
+    if refused_by is not None:
+        raise _Deny(f"refused by the portfolio limit {refused_by}", parts)
+    impact = portfolio_impact(size_usdt, portfolio, config.limits)
     quantity = size_usdt / entry
     final_liquidation = liquidation_price(side, entry, quantity, leverage, brackets)
     context.reasons.append(
-        f"{side}: edge {edge * 1e4:.2f} bps over cost {cost * 1e4:.2f} bps; {choice.reason}; "
-        f"size bound by {approval.binding_limit or size.binding}"
+        f"{side}: edge {edge * 1e4:.2f} bps over cost {cost * 1e4:.2f} bps; {leverage_bound}; "
+        f"size bound by {binding_limit or size_binding}"
     )
+    # positional, in the order of RiskDecision's fields (as in `_Context.hold`)
     decision = RiskDecision(
-        signal_type=side,
-        signal_strength=signal_strength(side, context.confidence, config.strong_signal_confidence),
-        confidence_score=context.confidence,
-        risk_level=risk_level(score),
-        market_regime=context.regime,
-        entry_price=entry,
-        recommended_leverage=leverage,
-        position_size_usdt=size_usdt,
-        quantity=quantity,
-        stop_loss_price=stops.stop_loss_price,
-        take_profit_price=stops.take_profit_price,
-        risk_reward_ratio=stops.risk_reward_ratio,
-        liquidation_price=final_liquidation,
-        risk_score=score,
-        liquidation_risk=liquidation_risk(reference, final_liquidation, market.sigma_1m, horizon),
-        portfolio_impact=approval.portfolio_impact,
-        volatility_score=context.volatility,
-        liquidity_score=context.liquidity,
-        risk_components=MappingProxyType(parts),
-        reasons=tuple(context.reasons),
-        regime_state=context.regime_state,
-        base_position_size=config.base_position_usdt,
-        leverage_multiplier=float(leverage),
-        stop_loss_adjustment=stops.stop_fraction / config.stops.base_stop_fraction,
-        take_profit_adjustment=stops.take_profit_fraction / config.stops.base_take_profit_fraction,
-        confidence_boost=context.confidence * (1.0 - score / 100.0),
-        risk_factors=MappingProxyType(factors),
-        trading_state=context.state,
-        symbol=market.symbol,
+        side,  # signal_type
+        signal_strength(side, context.confidence, config.strong_signal_confidence),  # signal_strength
+        context.confidence,  # confidence_score
+        risk_level(score),  # risk_level
+        context.regime,  # market_regime
+        entry,  # entry_price
+        leverage,  # recommended_leverage
+        size_usdt,  # position_size_usdt
+        quantity,  # quantity
+        stop,  # stop_loss_price
+        target,  # take_profit_price
+        reward_risk,  # risk_reward_ratio
+        final_liquidation,  # liquidation_price
+        score,  # risk_score
+        liquidation_risk(reference, final_liquidation, market.sigma_1m, horizon),  # liquidation_risk
+        impact,  # portfolio_impact
+        context.volatility,  # volatility_score
+        context.liquidity,  # liquidity_score
+        MappingProxyType(parts),  # risk_components
+        tuple(context.reasons),  # reasons
+        context.regime_state,  # regime_state
+        config.base_position_usdt,  # base_position_size
+        float(leverage),  # leverage_multiplier
+        stop_fraction / config.stops.base_stop_fraction,  # stop_loss_adjustment
+        take_profit_fraction / config.stops.base_take_profit_fraction,  # take_profit_adjustment
+        context.confidence * (1.0 - score / 100.0),  # confidence_boost
+        MappingProxyType(factors),  # risk_factors
+        context.state,  # trading_state
+        market.symbol,  # symbol
     )
     violations = invariant_violations(decision, config, brackets)
     if violations:
@@ -368,10 +402,11 @@ def _check_edge(context: _Context, side: Side, factors: dict[str, float]) -> tup
     return edge, cost
 
 
-def _check_stops(context: _Context, side: Side) -> StopPlan:
-    """Stop-loss and take-profit; refused when the mark price already stands at or past the stop."""
+def _check_stops(context: _Context, side: Side) -> tuple[float, float, float, float, float]:
+    """Stop-loss and take-profit (with their fractions of the entry and the risk-reward ratio); refused when the
+    mark price already stands at or past the stop."""
     market = context.market
-    stops = plan_stops(
+    stop, target, stop_fraction, take_profit_fraction, reward_risk, _ = stop_levels(
         side,
         market.price,
         market.atr,
@@ -380,76 +415,93 @@ def _check_stops(context: _Context, side: Side) -> StopPlan:
         context.regime,
         context.config.stops,
     )
-    stop = stops.stop_loss_price
-    mark_past_stop = market.reference_price <= stop if side == "long" else market.reference_price >= stop
+    reference = context.reference
+    mark_past_stop = reference <= stop if side == "long" else reference >= stop
     if mark_past_stop or stop == market.price:
         raise _Deny("the mark price is already at or beyond the stop")
-    return stops
+    return stop, target, stop_fraction, take_profit_fraction, reward_risk
 
 
 def _check_leverage(
-    context: _Context, side: Side, stops: StopPlan, brackets: BracketTable, factors: dict[str, float]
-) -> tuple[float, LeverageChoice, int]:
+    context: _Context, side: Side, stop: float, brackets: BracketTable, factors: dict[str, float]
+) -> tuple[float, int, str]:
     """The largest size the base rule can give (before the risk discount) fixes the highest bracket any final
-    size can fall in; the leverage safe there is safe for every smaller size."""
+    size can fall in; the leverage safe there is safe for every smaller size. Returns that size, the leverage
+    and what bound it."""
     market, config = context.market, context.config
     regime_multiplier = REGIME_SIZE_MULTIPLIER[context.regime]
     largest_usdt = floor_to_cents(config.base_position_usdt * context.confidence * regime_multiplier)
     if largest_usdt < config.limits.min_position_usdt:
         raise _Deny("size below the minimum order")
     try:
-        choice = choose_leverage(
+        caps = leverage_caps(
             side,
             market.price,
             largest_usdt / market.price,
-            stops.stop_loss_price,
+            stop,
             brackets,
-            max_leverage=config.max_leverage,
-            min_buffer_fraction=config.min_liquidation_buffer,
-            sigma_1m=market.sigma_1m,
-            horizon_minutes=context.model.horizon_minutes,
-            regime_factor=config.regime_leverage_factor[context.regime],
-            adverse_sigmas=config.leverage_adverse_sigmas,
-            max_margin_loss_fraction=config.leverage_max_margin_loss,
+            config.max_leverage,
+            config.min_liquidation_buffer,
+            market.sigma_1m,
+            context.model.horizon_minutes,
+            config.regime_leverage_factor[context.regime],
+            config.leverage_adverse_sigmas,
+            config.leverage_max_margin_loss,
         )
     except ValueError as error:
         raise _Deny(f"no bracket for the position: {error}") from None
-    for name, cap in choice.caps.items():
-        factors[_CAP_FACTOR.get(name) or f"leverage_cap_{name}"] = float(cap)
-    if choice.leverage is None:
-        raise _Deny(choice.reason)
-    return largest_usdt, choice, choice.leverage
+    stop_buffer, bracket, configured, volatility, regime = caps
+    factors["leverage_cap_stop_buffer"] = float(stop_buffer)
+    factors["leverage_cap_bracket"] = float(bracket)
+    factors["leverage_cap_config"] = float(configured)
+    factors["leverage_cap_volatility"] = float(volatility)
+    factors["leverage_cap_regime"] = float(regime)
+    binding = binding_cap_index(caps)
+    leverage = caps[binding]
+    if not leverage >= 1:
+        raise _Deny(no_leverage_reason(LEVERAGE_CAPS[binding], leverage))
+    return largest_usdt, leverage, leverage_reason(leverage, LEVERAGE_CAPS[binding])
 
 
 def _check_size(
-    context: _Context, edge: float, stops: StopPlan, score: float, parts: Mapping[str, float], factors: dict[str, float]
-) -> SizePlan:
-    """The size from confidence, risk, regime, equity and the bracket's odds; at least the minimum order."""
+    context: _Context,
+    edge: float,
+    stop: float,
+    target: float,
+    reward_risk: float,
+    score: float,
+    parts: Mapping[str, float],
+    factors: dict[str, float],
+) -> tuple[float, str]:
+    """The size from confidence, risk, regime, equity and the bracket's odds, and the bound that sets it; at
+    least the minimum order."""
     market, config = context.market, context.config
     entry = market.price
-    stop_fraction = abs(entry - stops.stop_loss_price) / entry
-    take_profit_fraction = abs(stops.take_profit_price - entry) / entry
+    stop_fraction = abs(entry - stop) / entry
+    take_profit_fraction = abs(target - entry) / entry
     win_probability = bracket_win_probability(
         edge / context.model.horizon_minutes, market.sigma_1m, stop_fraction, take_profit_fraction
     )
-    size = plan_size(
-        base_usdt=config.base_position_usdt,
-        confidence=context.confidence,
-        risk_score=score,
-        regime=context.regime,
-        equity_usdt=context.portfolio.equity,
-        risk_fraction=config.risk_fraction,
-        kelly_fraction=config.kelly_fraction,
-        win_probability=win_probability,
-        reward_risk_ratio=stops.risk_reward_ratio,
-        stop_fraction=stop_fraction,
+    bounds = size_bounds(
+        config.base_position_usdt,
+        context.confidence,
+        score,
+        context.regime,
+        context.portfolio.equity,
+        config.risk_fraction,
+        config.kelly_fraction,
+        win_probability,
+        reward_risk,
+        stop_fraction,
     )
+    size_usdt, binding = bound_size(bounds)
     factors["bracket_win_probability"] = win_probability
-    for name, bound in size.bounds.items():
-        factors[_BOUND_FACTOR.get(name) or f"size_bound_{name}_usdt"] = bound
-    if size.size_usdt < config.limits.min_position_usdt:
-        raise _Deny(f"size {size.size_usdt} USDT below the minimum order (bound by {size.binding})", parts)
-    return size
+    factors["size_bound_base_rule_usdt"], factors["size_bound_risk_budget_usdt"], factors["size_bound_kelly_usdt"] = (
+        bounds
+    )
+    if size_usdt < config.limits.min_position_usdt:
+        raise _Deny(f"size {size_usdt} USDT below the minimum order (bound by {SIZE_BOUNDS[binding]})", parts)
+    return size_usdt, SIZE_BOUNDS[binding]
 
 
 def invariant_violations(decision: RiskDecision, config: RiskConfig, brackets: BracketTable | None = None) -> list[str]:

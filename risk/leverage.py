@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from risk.liquidation import BracketTable, liquidation_price
+from risk.liquidation import Bracket, BracketTable, liquidation_price
 from risk.types import Side
 
 EXCHANGE_MAX_LEVERAGE = 125
@@ -51,8 +51,21 @@ def max_safe_leverage(
     0 when even 1x is not safe. Solved in closed form from the isolated-margin formula, then checked against
     `liquidation_price` itself so that rounding can never let an unsafe leverage through.
     """
+    bracket = brackets.bracket_for_notional(quantity * entry_price)
+    return _max_safe_leverage_in(side, entry_price, quantity, stop_loss_price, brackets, bracket, min_buffer_fraction)
+
+
+def _max_safe_leverage_in(
+    side: Side,
+    entry_price: float,
+    quantity: float,
+    stop_loss_price: float,
+    brackets: BracketTable,
+    bracket: Bracket,
+    min_buffer_fraction: float,
+) -> int:
+    """`max_safe_leverage` once the bracket of the notional is known."""
     notional_usdt = quantity * entry_price
-    bracket = brackets.bracket_for_notional(notional_usdt)
     rate = bracket.maintenance_margin_rate
     cum_usdt = bracket.maintenance_amount_usdt
     if side == "long":
@@ -66,7 +79,9 @@ def max_safe_leverage(
     if required_margin_usdt <= 0.0:
         leverage = bracket.max_leverage
     else:
-        leverage = min(bracket.max_leverage, math.floor(notional_usdt / required_margin_usdt))
+        leverage = math.floor(notional_usdt / required_margin_usdt)
+        if not leverage < bracket.max_leverage:  # min(bracket.max_leverage, leverage)
+            leverage = bracket.max_leverage
     while leverage >= 1:
         price = liquidation_price(side, entry_price, quantity, leverage, brackets)
         if stop_precedes_liquidation(side, entry_price, stop_loss_price, price, min_buffer_fraction):
@@ -86,7 +101,8 @@ def volatility_leverage_cap(
     move_fraction = adverse_sigmas * sigma_1m * math.sqrt(horizon_minutes)
     if move_fraction <= 0.0:
         return EXCHANGE_MAX_LEVERAGE
-    return min(EXCHANGE_MAX_LEVERAGE, math.floor(max_margin_loss_fraction / move_fraction))
+    cap = math.floor(max_margin_loss_fraction / move_fraction)
+    return cap if cap < EXCHANGE_MAX_LEVERAGE else EXCHANGE_MAX_LEVERAGE  # min(EXCHANGE_MAX_LEVERAGE, cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +117,23 @@ class LeverageChoice:
     def reason(self) -> str:
         """Why the leverage is what it is."""
         if self.leverage is None:
-            return f"no safe leverage: the {self.binding_cap} cap is {self.caps[self.binding_cap]}"
-        return f"leverage {self.leverage}x bound by the {self.binding_cap} cap"
+            return no_leverage_reason(self.binding_cap, self.caps[self.binding_cap])
+        return leverage_reason(self.leverage, self.binding_cap)
+
+
+def leverage_reason(leverage: int, binding_cap: str) -> str:
+    """Why a position gets this leverage."""
+    return f"leverage {leverage}x bound by the {binding_cap} cap"
+
+
+def no_leverage_reason(binding_cap: str, cap: int) -> str:
+    """Why a position gets no leverage: the binding cap is below 1."""
+    return f"no safe leverage: the {binding_cap} cap is {cap}"
+
+
+# the caps in the order they are listed (and a tie is bound): stop before liquidation, bracket, config,
+# volatility, regime
+LEVERAGE_CAPS = ("stop_buffer", "bracket", "config", "volatility", "regime")
 
 
 def choose_leverage(
@@ -125,14 +156,59 @@ def choose_leverage(
 
     `regime_factor` scales the volatility cap (1.0 in calm regimes, lower in wild ones, 0 refuses).
     """
+    caps = leverage_caps(
+        side,
+        entry_price,
+        quantity,
+        stop_loss_price,
+        brackets,
+        max_leverage,
+        min_buffer_fraction,
+        sigma_1m,
+        horizon_minutes,
+        regime_factor,
+        adverse_sigmas,
+        max_margin_loss_fraction,
+    )
+    binding = binding_cap_index(caps)
+    leverage = caps[binding]
+    return LeverageChoice(
+        leverage if leverage >= 1 else None,
+        MappingProxyType(dict(zip(LEVERAGE_CAPS, caps, strict=True))),
+        LEVERAGE_CAPS[binding],
+    )
+
+
+def leverage_caps(
+    side: Side,
+    entry_price: float,
+    quantity: float,
+    stop_loss_price: float,
+    brackets: BracketTable,
+    max_leverage: int,
+    min_buffer_fraction: float,
+    sigma_1m: float,
+    horizon_minutes: int,
+    regime_factor: float,
+    adverse_sigmas: float,
+    max_margin_loss_fraction: float,
+) -> tuple[int, int, int, int, int]:
+    """Each cap of `choose_leverage`, in the order of `LEVERAGE_CAPS` (the arguments are the same)."""
     volatility_cap = volatility_leverage_cap(sigma_1m, horizon_minutes, adverse_sigmas, max_margin_loss_fraction)
-    caps = {
-        "stop_buffer": max_safe_leverage(side, entry_price, quantity, stop_loss_price, brackets, min_buffer_fraction),
-        "bracket": brackets.max_leverage_for_notional(quantity * entry_price),
-        "config": max_leverage,
-        "volatility": volatility_cap,
-        "regime": math.floor(volatility_cap * regime_factor),
-    }
-    binding_cap = min(caps, key=caps.__getitem__)
-    leverage = caps[binding_cap]
-    return LeverageChoice(leverage if leverage >= 1 else None, MappingProxyType(caps), binding_cap)
+    bracket = brackets.bracket_for_notional(quantity * entry_price)  # one lookup serves the first two caps
+    return (
+        _max_safe_leverage_in(side, entry_price, quantity, stop_loss_price, brackets, bracket, min_buffer_fraction),
+        bracket.max_leverage,
+        max_leverage,
+        volatility_cap,
+        math.floor(volatility_cap * regime_factor),
+    )
+
+
+def binding_cap_index(caps: tuple[int, ...]) -> int:
+    """Where the smallest cap stands; the first of equal ones, as min() picks it."""
+    binding = 0
+    for index in range(1, len(caps)):
+        if caps[index] < caps[binding]:
+            binding = index
+    return binding

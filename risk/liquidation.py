@@ -149,7 +149,7 @@ def liquidation_price(
     price = (wallet_balance_usdt + bracket.maintenance_amount_usdt - sign * notional_usdt) / (
         quantity * bracket.maintenance_margin_rate - sign * quantity
     )
-    return max(price, 0.0)
+    return 0.0 if price < 0.0 else price  # max(price, 0.0), without the call
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ __all__ = [
     "effective_trading_state",
     "gross_exposure_usdt",
     "historical_var",
+    "limit_candidate",
     "margin_used_usdt",
     "parametric_var",
     "portfolio_impact",
@@ -64,14 +65,16 @@ def drawdown_fraction(portfolio: PortfolioState) -> float:
     """Loss from the peak as a fraction of the peak (0 at or above the peak)."""
     if portfolio.peak_equity <= 0.0:
         return 1.0
-    return max(0.0, 1.0 - portfolio.equity / portfolio.peak_equity)
+    drawdown = 1.0 - portfolio.equity / portfolio.peak_equity
+    return drawdown if drawdown > 0.0 else 0.0  # max(0.0, drawdown): NaN counts as no drawdown
 
 
 def daily_loss_fraction(portfolio: PortfolioState) -> float:
     """Loss since the start of the day as a fraction of the day's starting equity (0 when up)."""
     if portfolio.day_start_equity <= 0.0:
         return 1.0
-    return max(0.0, 1.0 - portfolio.equity / portfolio.day_start_equity)
+    loss = 1.0 - portfolio.equity / portfolio.day_start_equity
+    return loss if loss > 0.0 else 0.0  # max(0.0, loss): NaN counts as no loss
 
 
 def trading_state_for(portfolio: PortfolioState, limits: PortfolioLimits) -> TradingState:
@@ -87,6 +90,7 @@ def trading_state_for(portfolio: PortfolioState, limits: PortfolioLimits) -> Tra
     return "ACTIVE"
 
 
+_EMPTY: Mapping[str, float] = MappingProxyType({})
 _STRICTNESS: Mapping[str, int] = MappingProxyType({state: rank for rank, state in enumerate(TRADING_STATES)})
 
 
@@ -100,17 +104,17 @@ def effective_trading_state(portfolio: PortfolioState, limits: PortfolioLimits) 
 
 def gross_exposure_usdt(positions: Sequence[OpenPosition]) -> float:
     """Sum of the positions' notionals at entry."""
-    return sum(position.notional_usdt for position in positions)
+    return sum([position.notional_usdt for position in positions])
 
 
 def symbol_exposure_usdt(positions: Sequence[OpenPosition], symbol: str) -> float:
     """Notional held in one symbol."""
-    return sum(position.notional_usdt for position in positions if position.symbol == symbol)
+    return sum([position.notional_usdt for position in positions if position.symbol == symbol])
 
 
 def margin_used_usdt(positions: Sequence[OpenPosition]) -> float:
     """Isolated margin posted across the positions."""
-    return sum(position.margin_usdt for position in positions)
+    return sum([position.margin_usdt for position in positions])
 
 
 def historical_var(returns: Sequence[float], confidence: float = 0.99) -> float:
@@ -143,7 +147,8 @@ def portfolio_impact(notional_usdt: float, portfolio: PortfolioState, limits: Po
     budget_usdt = portfolio.equity * limits.max_gross_exposure
     if budget_usdt <= 0.0:
         return 1.0 if notional_usdt > 0.0 else 0.0
-    return min(max(notional_usdt / budget_usdt, 0.0), 1.0)
+    share = notional_usdt / budget_usdt
+    return 0.0 if share < 0.0 else 1.0 if share > 1.0 else share  # min(max(share, 0.0), 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,33 +177,61 @@ def check_candidate(
     of open positions is at its limit, or when the largest allowed size is under `min_position_usdt`.
     `trading_state` is `effective_trading_state(portfolio, limits)` when the caller has it already.
     """
-    empty: Mapping[str, float] = MappingProxyType({})
     state = effective_trading_state(portfolio, limits) if trading_state is None else trading_state
     if state != "ACTIVE":
-        return CandidateApproval(False, 0.0, "trading_state", "trading_state", 0.0, empty)
-    if any(position.symbol == symbol for position in portfolio.positions):
-        return CandidateApproval(False, 0.0, "open_position_in_symbol", "open_position_in_symbol", 0.0, empty)
-    if len(portfolio.positions) >= limits.max_open_positions:
-        return CandidateApproval(False, 0.0, "max_open_positions", "max_open_positions", 0.0, empty)
-    equity_usdt = portfolio.equity
-    headroom = {
-        "requested": notional_usdt,
-        "max_gross_exposure": equity_usdt * limits.max_gross_exposure - gross_exposure_usdt(portfolio.positions),
-        "max_symbol_exposure": equity_usdt * limits.max_symbol_exposure
-        - symbol_exposure_usdt(portfolio.positions, symbol),
-        "max_margin_use": (equity_usdt * limits.max_margin_use - margin_used_usdt(portfolio.positions)) * leverage,
-    }
-    binding = min(headroom, key=headroom.__getitem__)
-    allowed_usdt = floor_to_cents(max(headroom[binding], 0.0))
-    frozen_headroom = MappingProxyType(headroom)
-    if allowed_usdt < limits.min_position_usdt:
-        refused_by = "min_position_usdt" if binding == "requested" else binding
+        return CandidateApproval(False, 0.0, "trading_state", "trading_state", 0.0, _EMPTY)
+    allowed_usdt, refused_by, binding, headroom = limit_candidate(symbol, notional_usdt, leverage, portfolio, limits)
+    frozen_headroom = _EMPTY if headroom is None else MappingProxyType(headroom)
+    if refused_by is not None:
         return CandidateApproval(False, 0.0, refused_by, binding, 0.0, frozen_headroom)
     return CandidateApproval(
-        True,
-        allowed_usdt,
-        None,
-        None if binding == "requested" else binding,
-        portfolio_impact(allowed_usdt, portfolio, limits),
-        frozen_headroom,
+        True, allowed_usdt, None, binding, portfolio_impact(allowed_usdt, portfolio, limits), frozen_headroom
     )
+
+
+def limit_candidate(
+    symbol: str,
+    notional_usdt: float,
+    leverage: int,
+    portfolio: PortfolioState,
+    limits: PortfolioLimits,
+    exposures_usdt: tuple[float, float] | None = None,
+) -> tuple[float, str | None, str | None, dict[str, float] | None]:
+    """The limits part of `check_candidate`, for an ACTIVE account: (allowed size, refused by, binding limit,
+    headroom), with the allowed size 0.0 when refused and no headroom when refused before it is measured.
+
+    `exposures_usdt` is (gross exposure, exposure in `symbol`) when the caller has them already. No approval
+    object is built, so the risk decision can run the check on every bar cheaply.
+    """
+    positions = portfolio.positions
+    for position in positions:
+        if position.symbol == symbol:
+            return 0.0, "open_position_in_symbol", "open_position_in_symbol", None
+    if len(positions) >= limits.max_open_positions:
+        return 0.0, "max_open_positions", "max_open_positions", None
+    if exposures_usdt is None:
+        exposures_usdt = gross_exposure_usdt(positions), symbol_exposure_usdt(positions, symbol)
+    gross_usdt, symbol_usdt = exposures_usdt
+    equity_usdt = portfolio.equity
+    gross_room = equity_usdt * limits.max_gross_exposure - gross_usdt
+    symbol_room = equity_usdt * limits.max_symbol_exposure - symbol_usdt
+    margin_room = (equity_usdt * limits.max_margin_use - margin_used_usdt(positions)) * leverage
+    # the first smallest headroom binds, as min() over them picks it (a NaN never binds)
+    binding, room_usdt = "requested", notional_usdt
+    if gross_room < room_usdt:
+        binding, room_usdt = "max_gross_exposure", gross_room
+    if symbol_room < room_usdt:
+        binding, room_usdt = "max_symbol_exposure", symbol_room
+    if margin_room < room_usdt:
+        binding, room_usdt = "max_margin_use", margin_room
+    allowed_usdt = floor_to_cents(0.0 if room_usdt < 0.0 else room_usdt)  # max(room_usdt, 0.0)
+    headroom = {
+        "requested": notional_usdt,
+        "max_gross_exposure": gross_room,
+        "max_symbol_exposure": symbol_room,
+        "max_margin_use": margin_room,
+    }
+    if allowed_usdt < limits.min_position_usdt:
+        refused_by = "min_position_usdt" if binding == "requested" else binding
+        return 0.0, refused_by, binding, headroom
+    return allowed_usdt, None, None if binding == "requested" else binding, headroom

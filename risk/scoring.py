@@ -21,6 +21,7 @@ RISK_WEIGHTS: Mapping[str, float] = MappingProxyType(
         "concentration": 0.10,
     }
 )
+_WEIGHTS = tuple(RISK_WEIGHTS.items())
 REGIME_RISK: Mapping[str, float] = MappingProxyType(
     {
         "trending_up": 20.0,
@@ -49,6 +50,10 @@ def _unit(value: float) -> float:
     return 0.0 if value < 0.0 else 1.0 if value > 1.0 else value
 
 
+# The scores below spell max(a, b) as `b if b > a else a` and min(a, b) as `b if b < a else a`: what the
+# builtins return, ties and NaN included, without the cost of calling them on every bar.
+
+
 def volatility_score(market: MarketSnapshot) -> float:
     """0..1: the volatility percentile, raised by a shock in the last bar; 0.5 when the percentile is
     unknown."""
@@ -56,7 +61,7 @@ def volatility_score(market: MarketSnapshot) -> float:
     shock = 0.0
     if market.sigma_1m > 0.0 and math.isfinite(market.return_1m):
         shock = abs(market.return_1m) / (SHOCK_SIGMAS * market.sigma_1m)
-    return _unit(max(percentile, shock))
+    return _unit(shock if shock > percentile else percentile)
 
 
 def liquidity_score(market: MarketSnapshot, order_notional_usdt: float) -> float:
@@ -66,16 +71,22 @@ def liquidity_score(market: MarketSnapshot, order_notional_usdt: float) -> float
     and a market with no known part scores a neutral 0.5.
     """
     parts: list[float] = []
-    activity = [z for z in (market.volume_z, market.trades_z) if math.isfinite(z)]
+    volume_z, trades_z = market.volume_z, market.trades_z
+    if math.isfinite(volume_z):
+        activity = [volume_z, trades_z] if math.isfinite(trades_z) else [volume_z]
+    else:
+        activity = [trades_z] if math.isfinite(trades_z) else []
     if activity:
         mean_z = sum(activity) / len(activity)
-        parts.append(1.0 / (1.0 + math.exp(-min(max(mean_z, -50.0), 50.0))))
-    if market.spread_bps is not None and market.spread_bps >= 0.0:
-        parts.append(1.0 / (1.0 + market.spread_bps / REFERENCE_SPREAD_BPS))
+        mean_z = -50.0 if mean_z < -50.0 else 50.0 if mean_z > 50.0 else mean_z
+        parts.append(1.0 / (1.0 + math.exp(-mean_z)))
+    spread_bps = market.spread_bps
+    if spread_bps is not None and spread_bps >= 0.0:
+        parts.append(1.0 / (1.0 + spread_bps / REFERENCE_SPREAD_BPS))
     if market.depth_usdt is not None:
         depth = market.depth_usdt.get("0.5%")
         if depth is not None and depth >= 0.0:
-            reference = REFERENCE_DEPTH_MULTIPLE * max(order_notional_usdt, 1.0)
+            reference = REFERENCE_DEPTH_MULTIPLE * (1.0 if order_notional_usdt < 1.0 else order_notional_usdt)
             parts.append(depth / (depth + reference))
     if not parts:
         return 0.5
@@ -97,12 +108,14 @@ def liquidation_risk(
     spread = sigma_per_sqrt_minute * math.sqrt(horizon_minutes) if horizon_minutes > 0.0 else 0.0
     if not spread > 0.0:
         return 100.0 if distance == 0.0 else 0.0
-    return min(100.0, 200.0 * normal_cdf(-distance / spread))
+    risk = 200.0 * normal_cdf(-distance / spread)
+    return risk if risk < 100.0 else 100.0
 
 
 def concentration_score(symbol_exposure_share: float, gross_exposure_share: float) -> float:
     """0..1: how close the account would be to its per-symbol or gross exposure limit."""
-    return _unit(max(symbol_exposure_share, gross_exposure_share))
+    share = gross_exposure_share if gross_exposure_share > symbol_exposure_share else symbol_exposure_share
+    return _unit(share)
 
 
 def risk_components(
@@ -118,7 +131,7 @@ def risk_components(
     return {
         "volatility": 100.0 * _unit(volatility),
         "liquidity": 100.0 * (1.0 - _unit(liquidity)),
-        "liquidation": min(max(liquidation, 0.0), 100.0),
+        "liquidation": 0.0 if liquidation < 0.0 else 100.0 if liquidation > 100.0 else liquidation,
         "regime": REGIME_RISK[regime],
         "disagreement": 100.0 * _unit(disagreement) if math.isfinite(disagreement) else 100.0,
         "concentration": 100.0 * _unit(concentration),
@@ -127,7 +140,8 @@ def risk_components(
 
 def risk_score(components: Mapping[str, float]) -> float:
     """The weighted sum of the parts, 0..100."""
-    return min(max(sum([weight * components[name] for name, weight in RISK_WEIGHTS.items()]), 0.0), 100.0)
+    score = sum([weight * components[name] for name, weight in _WEIGHTS])
+    return 0.0 if score < 0.0 else 100.0 if score > 100.0 else score
 
 
 def risk_level(score: float) -> RiskLevel:

@@ -22,8 +22,9 @@ def floor_to_cents(amount_usdt: float) -> float:
 
 def base_size_usdt(base_usdt: float, confidence: float, risk_score: float, regime: MarketRegime) -> float:
     """base × confidence × (1 − risk_score/100) × regime multiplier (the contract's size rule)."""
-    confidence = min(max(confidence, 0.0), 1.0)
-    risk_score = min(max(risk_score, 0.0), 100.0)
+    # min(max(x, low), high) as conditionals: the same result, NaN included, without two calls per bound
+    confidence = 0.0 if confidence < 0.0 else 1.0 if confidence > 1.0 else confidence
+    risk_score = 0.0 if risk_score < 0.0 else 100.0 if risk_score > 100.0 else risk_score
     return base_usdt * confidence * (1.0 - risk_score / 100.0) * REGIME_SIZE_MULTIPLIER[regime]
 
 
@@ -59,7 +60,8 @@ def kelly_fraction_at_risk(win_probability: float, reward_risk_ratio: float) -> 
     """Kelly's fraction of equity to put at risk on a bet paying `reward_risk_ratio` : 1; never negative."""
     if reward_risk_ratio <= 0.0:
         return 0.0
-    return max(win_probability - (1.0 - win_probability) / reward_risk_ratio, 0.0)
+    fraction = win_probability - (1.0 - win_probability) / reward_risk_ratio
+    return 0.0 if fraction < 0.0 else fraction  # max(fraction, 0.0)
 
 
 def kelly_cap_usdt(
@@ -85,6 +87,9 @@ class SizePlan:
     bounds: Mapping[str, float]
 
 
+SIZE_BOUNDS = ("base_rule", "risk_budget", "kelly")
+
+
 def plan_size(
     *,
     base_usdt: float,
@@ -103,10 +108,49 @@ def plan_size(
 
     Monotone: non-decreasing in confidence, non-increasing in risk score (the caps do not depend on either).
     """
-    bounds = {
-        "base_rule": base_size_usdt(base_usdt, confidence, risk_score, regime),
-        "risk_budget": risk_budget_cap_usdt(equity_usdt, risk_fraction, stop_fraction),
-        "kelly": kelly_cap_usdt(equity_usdt, kelly_fraction, win_probability, reward_risk_ratio, stop_fraction),
-    }
-    binding = min(bounds, key=bounds.__getitem__)
-    return SizePlan(floor_to_cents(max(bounds[binding], 0.0)), binding, MappingProxyType(bounds))
+    bounds = size_bounds(
+        base_usdt,
+        confidence,
+        risk_score,
+        regime,
+        equity_usdt,
+        risk_fraction,
+        kelly_fraction,
+        win_probability,
+        reward_risk_ratio,
+        stop_fraction,
+    )
+    size_usdt, binding = bound_size(bounds)
+    return SizePlan(size_usdt, SIZE_BOUNDS[binding], MappingProxyType(dict(zip(SIZE_BOUNDS, bounds, strict=True))))
+
+
+def size_bounds(
+    base_usdt: float,
+    confidence: float,
+    risk_score: float,
+    regime: MarketRegime,
+    equity_usdt: float,
+    risk_fraction: float,
+    kelly_fraction: float,
+    win_probability: float,
+    reward_risk_ratio: float,
+    stop_fraction: float,
+) -> tuple[float, float, float]:
+    """The bounds of `plan_size` in the order of `SIZE_BOUNDS` (the arguments are the same, positional)."""
+    return (
+        base_size_usdt(base_usdt, confidence, risk_score, regime),
+        risk_budget_cap_usdt(equity_usdt, risk_fraction, stop_fraction),
+        kelly_cap_usdt(equity_usdt, kelly_fraction, win_probability, reward_risk_ratio, stop_fraction),
+    )
+
+
+def bound_size(bounds: tuple[float, float, float]) -> tuple[float, int]:
+    """The size the smallest bound allows, rounded down to cents, and where that bound stands (the first of
+    equal ones, as min() picks it)."""
+    binding = 0
+    if bounds[1] < bounds[binding]:
+        binding = 1
+    if bounds[2] < bounds[binding]:
+        binding = 2
+    smallest = bounds[binding]
+    return floor_to_cents(0.0 if smallest < 0.0 else smallest), binding  # max(smallest, 0.0)

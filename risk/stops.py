@@ -64,21 +64,20 @@ def expected_move_fraction(price: float, atr: float, sigma_1m: float, horizon_mi
     """A typical adverse move over the horizon as a fraction of price: the larger of ATR and σ·√T."""
     atr_fraction = atr / price if atr > 0.0 else 0.0
     sigma_move = sigma_1m * math.sqrt(horizon_minutes) if sigma_1m > 0.0 else 0.0
-    return max(atr_fraction, sigma_move)
+    return sigma_move if sigma_move > atr_fraction else atr_fraction  # max(atr_fraction, sigma_move)
 
 
 def stop_fractions(move_fraction: float, regime: MarketRegime, settings: StopSettings) -> tuple[float, float, float]:
     """(stop fraction, take-profit fraction, volatility scale) for a measured move and a regime."""
     lowest = settings.min_stop_fraction / settings.base_stop_fraction
     highest = settings.max_stop_fraction / settings.base_stop_fraction
-    volatility_scale = min(max(move_fraction / settings.reference_move_fraction, lowest), highest)
-    stop_fraction = min(
-        max(
-            settings.base_stop_fraction * volatility_scale * REGIME_STOP_SCALE[regime],
-            settings.min_stop_fraction,
-        ),
-        settings.max_stop_fraction,
-    )
+    # min(max(x, low), high) spelt out, step by step as the builtins take it, without calling them
+    volatility_scale = move_fraction / settings.reference_move_fraction
+    volatility_scale = lowest if lowest > volatility_scale else volatility_scale
+    volatility_scale = highest if highest < volatility_scale else volatility_scale
+    stop_fraction = settings.base_stop_fraction * volatility_scale * REGIME_STOP_SCALE[regime]
+    stop_fraction = settings.min_stop_fraction if settings.min_stop_fraction > stop_fraction else stop_fraction
+    stop_fraction = settings.max_stop_fraction if settings.max_stop_fraction < stop_fraction else stop_fraction
     ratio = settings.base_take_profit_fraction / settings.base_stop_fraction
     take_profit_fraction = stop_fraction * ratio * REGIME_TAKE_PROFIT_SCALE[regime] / REGIME_STOP_SCALE[regime]
     return stop_fraction, take_profit_fraction, volatility_scale
@@ -86,7 +85,8 @@ def stop_fractions(move_fraction: float, regime: MarketRegime, settings: StopSet
 
 def price_tick(price: float) -> float:
     """The rounding step for stop and target prices: eight significant digits, never finer than 1e-6."""
-    return max(10.0 ** (math.floor(math.log10(price)) - 7), 1e-6)
+    tick = 10.0 ** (math.floor(math.log10(price)) - 7)
+    return 1e-6 if tick < 1e-6 else tick  # max(tick, 1e-6)
 
 
 def risk_reward_ratio(entry_price: float, stop_loss_price: float, take_profit_price: float) -> float:
@@ -109,6 +109,19 @@ def plan_stops(
     so the rounding never moves a stop closer to the liquidation price; the risk-reward ratio is computed
     from the rounded prices, so it holds exactly.
     """
+    return StopPlan(*stop_levels(side, entry_price, atr, sigma_1m, horizon_minutes, regime, settings))
+
+
+def stop_levels(
+    side: Side,
+    entry_price: float,
+    atr: float,
+    sigma_1m: float,
+    horizon_minutes: int,
+    regime: MarketRegime,
+    settings: StopSettings,
+) -> tuple[float, float, float, float, float, float]:
+    """The fields of `plan_stops`' StopPlan, in their order, without building the plan."""
     move = expected_move_fraction(entry_price, atr, sigma_1m, horizon_minutes)
     stop_fraction, take_profit_fraction, volatility_scale = stop_fractions(move, regime, settings)
     tick = price_tick(entry_price)
@@ -118,13 +131,7 @@ def plan_stops(
     else:
         stop_loss_price = math.floor(entry_price * (1.0 + stop_fraction) / tick) * tick
         take_profit_price = math.ceil(entry_price * (1.0 - take_profit_fraction) / tick) * tick
-    return StopPlan(
-        stop_loss_price=stop_loss_price,
-        take_profit_price=take_profit_price,
-        stop_fraction=stop_fraction,
-        take_profit_fraction=take_profit_fraction,
-        risk_reward_ratio=risk_reward_ratio(entry_price, stop_loss_price, take_profit_price)
-        if stop_loss_price != entry_price
-        else 0.0,
-        volatility_scale=volatility_scale,
+    reward_risk = (
+        risk_reward_ratio(entry_price, stop_loss_price, take_profit_price) if stop_loss_price != entry_price else 0.0
     )
+    return stop_loss_price, take_profit_price, stop_fraction, take_profit_fraction, reward_risk, volatility_scale

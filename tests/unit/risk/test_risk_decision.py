@@ -1,11 +1,12 @@
 """decide(): the rules of one decision, case by case."""
 
+import dataclasses
 import math
 
 import pytest
 from risk_strategies import flat_portfolio, snapshot
 
-from risk import ModelView, OpenPosition, PortfolioState, RegimeState, RiskConfig, decide
+from risk import ModelView, OpenPosition, PortfolioState, RegimeState, RiskConfig, RiskDecision, decide
 
 CONFIG = RiskConfig()
 SURE_UP = ModelView(p_up=0.9, confidence=0.8, disagreement=0.1, horizon_minutes=60)
@@ -116,3 +117,38 @@ def test_decide_is_deterministic():
     first = decide(snapshot(), SURE_UP, None, flat_portfolio(), None, CONFIG)
     second = decide(snapshot(), SURE_UP, None, flat_portfolio(), None, CONFIG)
     assert first == second
+
+
+def test_the_decision_fields_keep_the_order_decide_builds_them_in():
+    # risk.decision passes RiskDecision's fields positionally: reordering them must be done there as well
+    assert [field.name for field in dataclasses.fields(RiskDecision)] == [
+        "signal_type",
+        "signal_strength",
+        "confidence_score",
+        "risk_level",
+        "market_regime",
+        "entry_price",
+        "recommended_leverage",
+        "position_size_usdt",
+        "quantity",
+        "stop_loss_price",
+        "take_profit_price",
+        "risk_reward_ratio",
+        "liquidation_price",
+        "risk_score",
+        "liquidation_risk",
+        "portfolio_impact",
+        "volatility_score",
+        "liquidity_score",
+        "risk_components",
+        "reasons",
+        "regime_state",
+        "base_position_size",
+        "leverage_multiplier",
+        "stop_loss_adjustment",
+        "take_profit_adjustment",
+        "confidence_boost",
+        "risk_factors",
+        "trading_state",
+        "symbol",
+    ]
