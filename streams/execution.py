@@ -39,6 +39,20 @@ class PaperBook:
             "last_price": self.last_price,
         }
 
+    def unchanged_since(self, stored: Any) -> bool:
+        """Whether `stored` (this book as last written) still restores it: flat then and now, nothing pending, the
+        same totals. A flat book's last price moves every bar but is read only while a position is open, and the
+        next bar sets it again, so most bars of most symbols need no write."""
+        return (
+            isinstance(stored, dict)
+            and self.pending is None
+            and self.book.position is None
+            and stored.get("pending") is None
+            and stored.get("pending_bars") == self.pending_bars
+            and stored.get("open_signal_id") == self.open_signal_id
+            and stored.get("book") == self.book.to_dict()
+        )
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PaperBook:
         return cls(

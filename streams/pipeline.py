@@ -159,7 +159,9 @@ class Pipeline:
     def persist(self, item: BarEvent, symbol: str, state: SymbolState, paper: PaperBook) -> None:
         in_partition_of(item.event)
         self.tables["engine_state"][symbol] = state.to_bytes().decode()
-        self.tables["paper_books"][symbol] = paper.to_dict()
+        papers = self.tables["paper_books"]
+        if not paper.unchanged_since(papers.get(symbol)):  # a flat book is written when it changes, not every bar
+            papers[symbol] = paper.to_dict()
 
     async def emit(self, signal: dict[str, Any] | None, executions: list[dict[str, Any]], item: BarEvent) -> None:
         key = item.bar.symbol.encode()
