@@ -8,11 +8,12 @@
   every symbol name replays a copy of BTCUSDT's real 1-minute klines (warmed up on the klines before), so the
   figures are those of N markets' load, not of N real markets; also with two workers in one group (every
   signal must arrive exactly once);
-- steady: 50 symbol names, each a copy of one of BTCUSDT's real futures trade captures, thinned to every k-th
-  trade so that together they offer 1,000 events/s; latency from sending the trade that closes a bar to the
+- steady: 50 symbol names, each a copy of BTCUSDT's two real futures trade captures played back to back (the
+  second moved in time to follow the first, so that each name closes about 16 bars on trades), thinned to every
+  k-th trade so that together they offer 1,000 events/s; latency from sending the trade that closes a bar to the
   arrival of its signal;
-- scale: 200 symbol names fed a real trade capture at its real pace for a while: the worker's resident memory,
-  how far its count of accepted events fell behind the sending, and the memory per symbol.
+- scale: 200 symbol names fed the same back-to-back captures at their real pace for 10 minutes: the worker's
+  resident memory, how far its count of accepted events fell behind the sending, and the memory per symbol.
 """
 
 from __future__ import annotations
@@ -39,12 +40,15 @@ BURST_KLINES_FROM = "2024-06-10"  # BTCUSDT's real klines from here on feed ever
 BURST_TIMEOUT_S = 60.0  # a burst whose signals have not all arrived by then counts as lost
 STEADY_SYMBOLS = 50
 STEADY_RATE = 1_000.0  # events/s offered across all symbols
-STEADY_CAPTURES = (
+# two continuous real captures of about 8 minutes each (a capture is split over two files at midnight), played
+# back to back: the 2023 one first, so that trade ids keep rising
+CAPTURES = (
     ("btcusdt_20230404.dat.gz", "btcusdt_20230405.dat.gz"),
     ("btcusdt_20240718.gz", "btcusdt_20240719.gz"),
-)  # continuous captures of about 8 minutes
+)
+STEADY_SECONDS = 150.0
 SCALE_SYMBOLS = 200
-SCALE_CAPTURE = ("btcusdt_20230404.dat.gz", "btcusdt_20230405.dat.gz")
+SCALE_SECONDS = 600.0
 STAGE_SECONDS = "mlrisk_signal_stage_seconds_total"
 STAGE_CPU_SECONDS = "mlrisk_signal_stage_cpu_seconds_total"
 SIGNALS_TOTAL = "mlrisk_signals_total"
@@ -356,6 +360,39 @@ def _capture_trades(names: Sequence[str]) -> list[tuple[bytes, int, int]]:
     return rows
 
 
+def _back_to_back(captures: Sequence[Sequence[str]]) -> list[tuple[bytes, int, int]]:
+    """The captures' trades one after the other, each capture moved to follow the one before it: in time, to open
+    the minute after it closed (trade and event times alike), in price, scaled to open at its last price, and in
+    trade ids, to go on from its last id (ingest refuses an id implausibly far ahead). The trades' order, spacing,
+    sizes and returns are the real ones; only the level, the date and the numbering are moved."""
+    rows: list[tuple[bytes, int, int]] = []
+    last: dict[str, Any] = {}
+    for names in captures:
+        trades = _capture_trades(names)
+        shift_ms, ids, scale = 0, 0, 1.0
+        if rows:
+            first = orjson.loads(trades[0][0])["data"]
+            shift_ms = rows[-1][2] - rows[-1][2] % 60_000 + 60_000 - (trades[0][2] - trades[0][2] % 60_000)
+            ids = int(last["t"]) + 1 - int(first["t"])
+            scale = float(last["p"]) / float(first["p"])
+        for payload, event_ms, trade_ms in trades:
+            rows.append((_moved(payload, shift_ms, ids, scale), event_ms + shift_ms, trade_ms + shift_ms))
+        last = orjson.loads(rows[-1][0])["data"]
+    return rows
+
+
+def _moved(payload: bytes, shift_ms: int, ids: int, scale: float) -> bytes:
+    if shift_ms == ids == 0 and scale == 1.0:
+        return payload
+    message = orjson.loads(payload)
+    data = message["data"]
+    data["E"] += shift_ms
+    data["T"] += shift_ms
+    data["t"] += ids
+    data["p"] = f"{float(data['p']) * scale:.2f}"
+    return orjson.dumps(message)
+
+
 def _renamed(payload: bytes, symbol: str) -> bytes:
     message = orjson.loads(payload)
     data = message["data"]
@@ -384,14 +421,14 @@ def steady(
     home: Path,
     symbols: int = STEADY_SYMBOLS,
     rate: float = STEADY_RATE,
-    seconds: float = 120.0,
+    seconds: float = STEADY_SECONDS,
 ) -> dict[str, Any]:
     """Latency of trade-closed bars on a mixed real feed of `symbols` names at `rate` events/s."""
     from bench.run import produce, start_worker, worker_env
     from models.features import WARMUP_BARS
     from models.registry import load_bundle
 
-    captures = [_capture_trades(names) for names in STEADY_CAPTURES]
+    capture = _back_to_back(CAPTURES)
     names = symbol_names(symbols, "S")
     per_symbol = int(rate * seconds / symbols)
     warm_minutes = WARMUP_BARS + load_bundle(model_dir).window + 5
@@ -400,11 +437,9 @@ def steady(
     warm: list[tuple[bytes, bytes]] = []
     thinning: list[int] = []
     for i, symbol in enumerate(names):
-        capture = captures[i % len(captures)]
         step = max(1, math.ceil(len(capture) / per_symbol))  # every step-th real trade: the capture fits the run
         thinning.append(step)
-        offset = (i // len(captures)) % step  # copies of one capture keep different real trades
-        trades = capture[offset::step]
+        trades = capture[i % step :: step]  # the copies keep different real trades
         streams.append([(symbol.encode(), _renamed(p, symbol), event_ms) for p, event_ms, _ in trades])
         first_minute = trades[0][2] - trades[0][2] % 60_000
         warm += _warm_klines(symbol, first_minute, warm_minutes)
@@ -428,8 +463,9 @@ def steady(
     result.update(
         symbols=symbols,
         at_events_per_s=rate,
+        seconds=seconds,
         trades_thinned_to_every=sorted(set(thinning)),
-        captures=[list(c) for c in STEADY_CAPTURES],
+        captures=[list(c) for c in CAPTURES],
     )
     return result
 
@@ -470,14 +506,14 @@ async def _steady_run(
 
 
 def scale(
-    settings: Settings, model_dir: Path, home: Path, symbols: int = SCALE_SYMBOLS, seconds: float = 60.0
+    settings: Settings, model_dir: Path, home: Path, symbols: int = SCALE_SYMBOLS, seconds: float = SCALE_SECONDS
 ) -> dict[str, Any]:
-    """`symbols` names, each a copy of a real trade capture at its real pace: RSS, lag and memory per symbol."""
+    """`symbols` names, each a copy of real trade captures at their real pace: RSS, lag and memory per symbol."""
     from bench.run import produce, start_worker, worker_env
     from models.features import WARMUP_BARS
     from models.registry import load_bundle
 
-    capture = _capture_trades(SCALE_CAPTURE)
+    capture = _back_to_back(CAPTURES)
     names = symbol_names(symbols, "R")
     warm_minutes = WARMUP_BARS + load_bundle(model_dir).window + 5
     start_ms = capture[0][1]
@@ -506,7 +542,7 @@ def scale(
         "symbols": symbols,
         "seconds": seconds,
         "events_per_s": rate,
-        "capture": list(SCALE_CAPTURE),
+        "captures": [list(c) for c in CAPTURES],
     }
 
 
