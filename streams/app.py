@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import faust
+from aiokafka import TopicPartition
 
 from streams import faust_fixes, metrics
 from streams.config import Settings
@@ -103,12 +104,16 @@ def attach_ingest(runtime: Runtime) -> IngestService:
     app.service(service)  # type: ignore[arg-type]  # Faust takes a service instance as well as a class
     broker = Progress()
 
+    probe_partition = TopicPartition(settings.market_data_topic, 0)
+
     async def broker_probe() -> None:
-        """A metadata request on the ingest consumer's connection: does the broker answer at all?"""
+        """A small request on the ingest consumer's connection, the end offset of one market-data partition: does
+        the broker answer at all? (Not the metadata of every topic: on a cluster of thousands of topics, decoding
+        that holds the event loop for tens of milliseconds.)"""
         if service.consumer is None:
             return
         try:
-            await asyncio.wait_for(service.consumer.topics(), BROKER_PROBE_S)
+            await asyncio.wait_for(service.consumer.end_offsets([probe_partition]), BROKER_PROBE_S)
         except Exception as error:  # the broker away or refusing: health says so
             broker.failed(repr(error))
         else:
