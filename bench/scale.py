@@ -8,12 +8,13 @@
   every symbol name replays a copy of BTCUSDT's real 1-minute klines (warmed up on the klines before), so the
   figures are those of N markets' load, not of N real markets; also with two workers in one group (every
   signal must arrive exactly once);
-- steady: 50 symbol names, each a copy of BTCUSDT's two real futures trade captures played back to back (the
-  second moved in time to follow the first, so that each name closes about 16 bars on trades), thinned to every
-  k-th trade so that together they offer 1,000 events/s; latency from sending the trade that closes a bar to the
-  arrival of its signal;
-- scale: 200 symbol names fed the same back-to-back captures at their real pace for 10 minutes: the worker's
-  resident memory, how far its count of accepted events fell behind the sending, and the memory per symbol.
+- steady: 50 symbol names, each following one of 12 feeds: a real BTCUSDT futures trade capture and another real
+  capture (BTCUSDT's or ETHUSDT's) after it, moved to follow it, so that each name closes 11 to 16 bars on
+  trades; thinned to every k-th trade so that together they offer 1,000 events/s; latency from sending the trade
+  that closes a bar to the arrival of its signal;
+- scale: 200 symbol names fed BTCUSDT's two longest captures back to back at their real pace for 10 minutes: the
+  worker's resident memory, how far its count of accepted events fell behind the sending, and the memory per
+  symbol.
 """
 
 from __future__ import annotations
@@ -40,12 +41,17 @@ BURST_KLINES_FROM = "2024-06-10"  # BTCUSDT's real klines from here on feed ever
 BURST_TIMEOUT_S = 60.0  # a burst whose signals have not all arrived by then counts as lost
 STEADY_SYMBOLS = 50
 STEADY_RATE = 1_000.0  # events/s offered across all symbols
-# two continuous real captures of about 8 minutes each (a capture is split over two files at midnight), played
-# back to back: the 2023 one first, so that trade ids keep rising
-CAPTURES = (
+# continuous real futures trade captures of 6 to 9 minutes (one split over two files at midnight is one capture)
+BTC_CAPTURES = (
     ("btcusdt_20230404.dat.gz", "btcusdt_20230405.dat.gz"),
     ("btcusdt_20240718.gz", "btcusdt_20240719.gz"),
+    ("btcusdt_20240808.gz",),
 )
+ETH_CAPTURES = (("ethusdt_20240718.gz", "ethusdt_20240719.gz"), ("ethusdt_20240808.gz",))
+CAPTURES = BTC_CAPTURES[:2]  # the scale run's: BTCUSDT's two longest, back to back
+# the steady run's: each BTCUSDT capture (warmed up on BTCUSDT's klines before it) followed by each other capture,
+# so that the symbol names follow 12 different feeds whose minutes fall at different moments of the run
+STEADY_CHAINS = tuple((a, b) for a in BTC_CAPTURES for b in BTC_CAPTURES + ETH_CAPTURES if b != a)
 STEADY_SECONDS = 150.0
 SCALE_SYMBOLS = 200
 SCALE_SECONDS = 600.0
@@ -428,7 +434,7 @@ def steady(
     from models.features import WARMUP_BARS
     from models.registry import load_bundle
 
-    capture = _back_to_back(CAPTURES)
+    chains = [_back_to_back(chain) for chain in STEADY_CHAINS]
     names = symbol_names(symbols, "S")
     per_symbol = int(rate * seconds / symbols)
     warm_minutes = WARMUP_BARS + load_bundle(model_dir).window + 5
@@ -437,9 +443,10 @@ def steady(
     warm: list[tuple[bytes, bytes]] = []
     thinning: list[int] = []
     for i, symbol in enumerate(names):
+        capture = chains[i % len(chains)]
         step = max(1, math.ceil(len(capture) / per_symbol))  # every step-th real trade: the capture fits the run
         thinning.append(step)
-        trades = capture[i % step :: step]  # the copies keep different real trades
+        trades = capture[(i // len(chains)) % step :: step]  # copies of one feed keep different real trades
         streams.append([(symbol.encode(), _renamed(p, symbol), event_ms) for p, event_ms, _ in trades])
         first_minute = trades[0][2] - trades[0][2] % 60_000
         warm += _warm_klines(symbol, first_minute, warm_minutes)
@@ -465,7 +472,7 @@ def steady(
         at_events_per_s=rate,
         seconds=seconds,
         trades_thinned_to_every=sorted(set(thinning)),
-        captures=[list(c) for c in CAPTURES],
+        feeds=[[list(c) for c in chain] for chain in STEADY_CHAINS],
     )
     return result
 
