@@ -237,11 +237,14 @@ def decide(
     problem = _input_problem(market, model)
     if problem is not None:
         return context.hold(problem)
-    if position is not None:
-        if position.symbol != market.symbol:
-            raise ValueError(f"position in {position.symbol} passed with a market snapshot of {market.symbol}")
-        return _manage_position(context, position)
-    return _consider_entry(context)
+    if position is not None and position.symbol != market.symbol:
+        raise ValueError(f"position in {position.symbol} passed with a market snapshot of {market.symbol}")
+    try:
+        return _consider_entry(context) if position is None else _manage_position(context, position)
+    except (ArithmeticError, ValueError) as error:
+        # numbers that do not compute (say a restored position of 1e308 coins: its notional overflows) hold the
+        # bar and say why; a decision never raises on its inputs' values
+        return context.hold(f"the inputs do not compute: {error!r}")
 
 
 def _close_reason(context: _Context, position: OpenPosition) -> str | None:

@@ -7,6 +7,7 @@ import pytest
 from risk_strategies import flat_portfolio, snapshot
 
 from risk import ModelView, OpenPosition, PortfolioState, RegimeState, RiskConfig, RiskDecision, decide
+from risk.decision import invariant_violations
 
 CONFIG = RiskConfig()
 SURE_UP = ModelView(p_up=0.9, confidence=0.8, disagreement=0.1, horizon_minutes=60)
@@ -152,3 +153,13 @@ def test_the_decision_fields_keep_the_order_decide_builds_them_in():
         "trading_state",
         "symbol",
     ]
+
+
+def test_a_position_whose_numbers_do_not_compute_holds_instead_of_raising():
+    # a position restored from a forged state: its notional overflows when the stop is hit and it would close
+    absurd = OpenPosition("BTCUSDT", "long", 1e308, 60_000.0, 10, 1e9, 1e10, 54_000.0, 0)
+    portfolio = PortfolioState(equity=10_000.0, peak_equity=10_000.0, day_start_equity=10_000.0, positions=(absurd,))
+    decision = decide(snapshot(), SURE_UP, absurd, portfolio, RANGING, CONFIG)
+    assert decision.signal_type == "hold"
+    assert decision.reasons[-1].startswith("the inputs do not compute: OverflowError")
+    assert not invariant_violations(decision, CONFIG)
