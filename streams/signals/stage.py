@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from streams.execution import PaperBook, PaperBroker
 log = logging.getLogger("mlrisk.signals")
 
 ACTIONABLE = ("long", "short", "close")
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -257,7 +258,10 @@ class SignalStage:
         cached = self.decoded.get(symbol)
         if cached is not None and cached[0] is blob:  # the very value this stage wrote last: still current
             return self.engine.adopt(cached[1])
-        return self.engine.adopt(SymbolState.from_bytes(blob.encode()))
+        try:
+            return self.engine.adopt(SymbolState.from_bytes(blob.encode()))
+        except Exception as error:  # a stored state that does not decode (forged, or another format): start afresh
+            return self._afresh("engine state", symbol, error, self.engine.new_state(symbol))
 
     def take_events(self) -> list[dict[str, Any]]:
         """Drift and decay events since the last call, for the database."""
@@ -267,9 +271,19 @@ class SignalStage:
 
     def load_paper(self, symbol: str) -> PaperBook:
         data = self.paper_books.get(symbol)
-        book = PaperBook() if data is None else PaperBook.from_dict(data)
+        try:
+            book = PaperBook() if data is None else PaperBook.from_dict(data)
+        except Exception as error:  # as with the engine state: a book that does not decode starts flat
+            book = self._afresh("paper book", symbol, error, PaperBook())
         self.broker.account.books[symbol] = book
         return book
+
+    def _afresh(self, what: str, symbol: str, error: Exception, fresh: _T) -> _T:
+        """A stored value that does not decode must not stop the worker on every redelivery: the symbol starts
+        afresh (an engine state warms up again), and the error is logged and counted."""
+        log.error("%s: the stored %s does not decode (%r); starting afresh", symbol, what, error)
+        metrics.ERRORS.labels("restore").inc()
+        return fresh
 
     async def process(
         self,

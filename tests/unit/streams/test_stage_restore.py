@@ -1,0 +1,72 @@
+"""A stored engine state or paper book that does not decode must not stop the signal stage.
+
+Tables are internal topics, and so hostile until checked: a forged or foreign record restored into them would
+otherwise raise on every redelivery of the symbol's next bar, stopping the worker each time. The symbol starts
+afresh instead (its engine state warms up again, its paper book is flat), and the error is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from models.bars import parse_iso_ms
+from models.data import load_bars
+from models.engine import SignalEngine, SymbolState
+from models.registry import load_bundle
+from risk.config import RiskConfig
+from streams import metrics
+from streams.execution import FillCosts, PaperAccount, PaperBroker
+from streams.signals.stage import BarEvent, SignalStage
+
+
+def _restore_errors() -> float:
+    return metrics.REGISTRY.get_sample_value("mlrisk_errors_total", {"stage": "restore"}) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("state", "book"),
+    [
+        ("not json at all", None),
+        (orjson.dumps({"format": "from elsewhere"}).decode(), None),
+        (12345, ["a", "list"]),  # the tables' JSON may restore any type
+        (None, {"book": {"position": ["BTCUSDT", "long", "many"]}}),
+    ],
+)
+def test_a_stored_value_that_does_not_decode_starts_the_symbol_afresh(
+    quick_models: Path, klines_dir: Path, state: Any, book: Any
+) -> None:
+    config = RiskConfig()
+    engine = SignalEngine(load_bundle(quick_models), config)
+    start = parse_iso_ms("2024-06-03")
+    bars = list(load_bars(klines_dir, "BTCUSDT", start, start + 400 * 60_000).bars())
+    states: dict[str, Any] = {} if state is None else {"BTCUSDT": state}
+    books: dict[str, Any] = {} if book is None else {"BTCUSDT": book}
+    broker = PaperBroker(PaperAccount(config.equity_usdt, config.limits), FillCosts(config.taker_fee_rate, 0.0))
+    stage = SignalStage(engine, states, books, broker, publish_hold=True)
+    signals: list[dict[str, Any]] = []
+
+    def persist(item: BarEvent, symbol: str, kept: SymbolState, paper: Any) -> None:
+        states[symbol] = kept.to_bytes().decode()
+        books[symbol] = paper.to_dict()
+
+    async def emit(signal: dict[str, Any] | None, executions: list[dict[str, Any]], item: BarEvent) -> None:
+        if signal is not None:
+            signals.append(signal)
+
+    errors_before = _restore_errors()
+    for bar in bars:
+        asyncio.run(stage.process([BarEvent(bar, time.time() * 1000, None)], persist, emit))
+
+    forged = (state is not None) + (book is not None)
+    assert _restore_errors() == errors_before + forged  # each counted once: what the stage wrote since decodes
+    decoded = SymbolState.from_bytes(states["BTCUSDT"].encode())
+    assert decoded.last_close_time == bars[-1].close_time
+    # started afresh: warmed up on these bars alone, then decided each bar after the warm-up
+    assert 0 < len(signals) < len(bars)
+    assert signals[-1]["bar_close_time"] == bars[-1].close_time
