@@ -243,7 +243,9 @@ def decide(
         return _consider_entry(context) if position is None else _manage_position(context, position)
     except (ArithmeticError, ValueError) as error:
         # numbers that do not compute (say a restored position of 1e308 coins: its notional overflows) hold the
-        # bar and say why; a decision never raises on its inputs' values
+        # bar and say why; a decision never raises on its inputs' values. The failed path's own reason (an entry
+        # it was describing) is dropped: the hold's reason is the failure alone.
+        context.reasons.clear()
         return context.hold(f"the inputs do not compute: {error!r}")
 
 

@@ -161,5 +161,6 @@ def test_a_position_whose_numbers_do_not_compute_holds_instead_of_raising():
     portfolio = PortfolioState(equity=10_000.0, peak_equity=10_000.0, day_start_equity=10_000.0, positions=(absurd,))
     decision = decide(snapshot(), SURE_UP, absurd, portfolio, RANGING, CONFIG)
     assert decision.signal_type == "hold"
+    assert len(decision.reasons) == 1
     assert decision.reasons[-1].startswith("the inputs do not compute: OverflowError")
     assert not invariant_violations(decision, CONFIG)
