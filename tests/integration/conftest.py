@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -145,18 +146,15 @@ def worker_env(kafka: str, database_url: str, topic_prefix: str, tmp_path: Path)
 
 
 @pytest.fixture
-def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
-    workers: list[WorkerProcess] = []
+def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Any:
+    """Start a worker with these settings over `worker_env`; every one is stopped when the test ends (by
+    `_no_worker_outlives_its_test` in tests/conftest.py, as any worker a test starts)."""
+    logs = itertools.count()
 
     def start(**overrides: str) -> WorkerProcess:
-        env = {**worker_env, **overrides}
-        worker = WorkerProcess(env, tmp_path / f"worker-{len(workers)}.log")
-        workers.append(worker)  # before it starts: one that never gets ready is stopped too
-        return worker.start()
+        return WorkerProcess({**worker_env, **overrides}, tmp_path / f"worker-{next(logs)}.log").start()
 
-    yield start
-    for worker in workers:
-        worker.stop(kill=True)
+    return start
 
 
 async def consume_all(
