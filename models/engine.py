@@ -11,6 +11,7 @@ continues bit for bit.
 from __future__ import annotations
 
 import base64
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ import orjson
 
 from models.bars import DAY_MS, Bar
 from models.ensemble import EnsemblePrediction, EnsembleState, combine, new_state, remember, resolve, weights
-from models.features import N_FEATURES, WARMUP_BARS, FeatureState, MarketFeatures, update_many
+from models.features import N_FEATURES, RING_VALUES, WARMUP_BARS, FeatureState, MarketFeatures, update_many
 from models.registry import ModelBundle
 from models.signal import build_signal, risk_config_key
 from models.simulate import FillCosts, VirtualBook, check_exits, close_position, open_position
@@ -29,7 +30,10 @@ from risk.config import RiskConfig
 from risk.types import MarketSnapshot, ModelView, OpenPosition, PortfolioState, RegimeState
 
 RECENT_SIGNALS = 5
-STATE_FORMAT = 1
+# a state's bytes: the magic (its format, 2), the header's length (u32), the header, the rings, the rows
+STATE_MAGIC = b"MLS\x02"
+_PREFIX = struct.Struct("<4sI")
+MAX_STATE_BYTES = 1 << 20
 
 
 @dataclass(slots=True)
@@ -53,15 +57,15 @@ class SymbolState:
     model_version: str | None = None  # the version whose ensemble memory this state holds
 
     def to_bytes(self) -> bytes:
-        """Compact, exact serialisation (orjson; arrays as raw bytes)."""
+        """Compact, exact serialisation: a small JSON header (orjson), then the feature rings (float64) and the
+        feature rows (float32) as raw little-endian bytes, behind `STATE_MAGIC`."""
         regime = self.regime
-        return orjson.dumps(
+        rows = np.ascontiguousarray(self.rows, dtype="<f4")
+        header = orjson.dumps(
             {
-                "format": STATE_FORMAT,
                 "symbol": self.symbol,
-                "features": self.features.to_dict(),
-                "rows": base64.b64encode(np.ascontiguousarray(self.rows, dtype="<f4").tobytes()).decode("ascii"),
-                "rows_shape": list(self.rows.shape),
+                "features": self.features.header(),
+                "rows_shape": rows.shape,
                 "rows_filled": self.rows_filled,
                 "ensemble": self.ensemble.to_dict(),
                 "regime": None
@@ -78,17 +82,49 @@ class SymbolState:
                 "model_version": self.model_version,
             }
         )
+        rings = self.features.ring_values().astype("<f8", copy=False)
+        return b"".join((_PREFIX.pack(STATE_MAGIC, len(header)), header, rings.data, rows.data))
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> SymbolState:
+        """Restore a state written by `to_bytes`, or by the earlier JSON format (1); anything that does not fit
+        the layout exactly raises ValueError."""
+        if blob[:1] == b"{":
+            return cls._from_json(blob)
+        if len(blob) > MAX_STATE_BYTES or len(blob) < _PREFIX.size:
+            raise ValueError(f"an engine state of {len(blob)} bytes")
+        magic, size = _PREFIX.unpack_from(blob)
+        if magic != STATE_MAGIC:
+            raise ValueError(f"unsupported engine state format {bytes(magic)!r}")
+        start = _PREFIX.size + size
+        data = orjson.loads(blob[_PREFIX.size : start])
+        if not isinstance(data, dict):
+            raise ValueError("an engine state's header is not an object")
+        shape = data["rows_shape"]
+        if not (isinstance(shape, list) and len(shape) == 2 and all(type(n) is int and 0 < n <= 4096 for n in shape)):
+            raise ValueError(f"an engine state's rows shape {shape!r}")
+        rows_at = start + RING_VALUES * 8
+        if len(blob) != rows_at + shape[0] * shape[1] * 4:
+            raise ValueError(f"an engine state of {len(blob)} bytes does not fit its header")
+        rings = np.frombuffer(blob, dtype="<f8", count=RING_VALUES, offset=start).astype(np.float64)
+        rows = np.frombuffer(blob, dtype="<f4", offset=rows_at).reshape(shape).astype(np.float32)
+        return cls._from_parts(data, FeatureState.from_parts(data["features"], rings), rows)
+
+    @classmethod
+    def _from_json(cls, blob: bytes) -> SymbolState:
+        """The earlier format: one JSON document, arrays as base64 strings."""
         data = orjson.loads(blob)
-        if data.get("format") != STATE_FORMAT:
+        if data.get("format") != 1:
             raise ValueError(f"unsupported engine state format {data.get('format')!r}")
         rows = np.frombuffer(base64.b64decode(data["rows"]), dtype="<f4").reshape(data["rows_shape"]).copy()
+        return cls._from_parts(data, FeatureState.from_dict(data["features"]), rows)
+
+    @classmethod
+    def _from_parts(cls, data: dict[str, Any], features: FeatureState, rows: np.ndarray) -> SymbolState:
         regime = data["regime"]
         return cls(
             symbol=data["symbol"],
-            features=FeatureState.from_dict(data["features"]),
+            features=features,
             rows=rows,
             rows_filled=int(data["rows_filled"]),
             ensemble=EnsembleState.from_dict(data["ensemble"]),

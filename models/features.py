@@ -510,6 +510,10 @@ _RINGS: dict[str, int] = {
 }
 
 
+RING_VALUES = sum(_RINGS.values())
+RECURSIVE_VALUES = 9  # the recursive indicators' state (`_recursive_step`)
+
+
 class FeatureState:
     """Per-symbol state of the live feature path: ring buffers, recursive indicators, the last bar."""
 
@@ -577,44 +581,67 @@ class FeatureState:
         rings["hl"].push(row[_IN_HL])
         return row[_IN_R1]
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict that restores the state exactly (arrays as raw float64 bytes)."""
+    def header(self) -> dict[str, Any]:
+        """Everything but the rings, JSON-ready and exact (floats as raw float64 bytes)."""
         return {
             "symbol": self.symbol,
             "last_open_time": self.last_open_time,
             "count": self.count,
             "prev": pack_floats(np.array(self.prev)),
             "recursive": None if self.recursive is None else pack_floats(np.array(self.recursive)),
-            # every ring's newest values, oldest first, in `_RINGS` order: one packed string per state
-            "rings": pack_floats(np.concatenate([r.buf[r.pos : r.pos + r.size] for r in self.rings.values()])),
             "market": None if self.market is None else _market_to_list(self.market),
         }
 
+    def ring_values(self) -> np.ndarray:
+        """Every ring's newest values, oldest first, in `_RINGS` order (RING_VALUES float64 values)."""
+        return np.concatenate([r.buf[r.pos : r.pos + r.size] for r in self.rings.values()])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict that restores the state exactly: `header` and the rings as one packed string."""
+        return {**self.header(), "rings": pack_floats(self.ring_values())}
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FeatureState:
-        """Restore a state written by `to_dict`."""
+    def from_parts(cls, data: dict[str, Any], values: np.ndarray) -> FeatureState:
+        """Restore a state from its `header` and `ring_values` (checked: a forged state must fail here, not in
+        the kernels of a batch)."""
         state = cls(data["symbol"])
         state.last_open_time = data["last_open_time"]
         state.count = int(data["count"])
         prev = unpack_floats(data["prev"])
+        if len(prev) != 3:
+            raise ValueError(f"a feature state's prev holds {len(prev)} values, not 3")
         state.prev = (float(prev[0]), float(prev[1]), float(prev[2]))
-        state.recursive = None if data["recursive"] is None else [float(v) for v in unpack_floats(data["recursive"])]
-        rings = data["rings"]
-        if isinstance(rings, str):
-            values = unpack_floats(rings)
-            start = 0
-            for ring in state.rings.values():
-                newest = values[start : start + ring.size]
-                ring.buf = np.concatenate([newest, newest])
-                ring.pos = 0
-                start += ring.size
-        else:  # the earlier layout: each ring's doubled buffer and position
-            for name, (buf, pos) in rings.items():
-                ring = state.rings[name]
-                ring.buf = unpack_floats(buf)
-                ring.pos = int(pos)
+        if data["recursive"] is not None:
+            recursive = [float(v) for v in unpack_floats(data["recursive"])]
+            if len(recursive) != RECURSIVE_VALUES:
+                raise ValueError(f"a feature state's recursive part holds {len(recursive)} values")
+            state.recursive = recursive
+        if len(values) != RING_VALUES:
+            raise ValueError(f"a feature state's rings hold {len(values)} values, not {RING_VALUES}")
+        start = 0
+        for ring in state.rings.values():
+            newest = values[start : start + ring.size]
+            ring.buf = np.concatenate([newest, newest])
+            ring.pos = 0
+            start += ring.size
         state.market = None if data["market"] is None else _market_from_list(data["market"])
         return state
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureState:
+        """Restore a state written by `to_dict` (or in the earlier layout: each ring's doubled buffer and
+        position)."""
+        rings = data["rings"]
+        if isinstance(rings, str):
+            return cls.from_parts(data, unpack_floats(rings))
+        values = []
+        for name, size in _RINGS.items():
+            buf, pos = rings[name]
+            doubled, pos = unpack_floats(buf), int(pos)
+            if len(doubled) != 2 * size or not 0 <= pos < size:
+                raise ValueError(f"a feature state's ring {name} does not fit its size")
+            values.append(doubled[pos : pos + size])
+        return cls.from_parts(data, np.concatenate(values))
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.to_dict())

@@ -49,8 +49,10 @@ def build_app(settings: Settings) -> Runtime:
         )
     }
     tables = {
-        # str keys and JSON values through Faust's json codec, which is orjson when installed
-        "engine_state": app.Table("engine-state", partitions=settings.partitions, key_type=str),
+        # str keys through Faust's json codec (orjson when installed); the engine state is bytes of its own
+        # format (`SymbolState.to_bytes`), kept as they are (Faust's raw codec for a bytes value type); the paper
+        # book is JSON
+        "engine_state": app.Table("engine-state", partitions=settings.partitions, key_type=str, value_type=bytes),
         "paper_books": app.Table("paper-books", partitions=settings.partitions, key_type=str),
     }
     ingest = Ingest(

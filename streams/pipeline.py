@@ -142,7 +142,7 @@ class Pipeline:
 
     def admit_to_stage(self, symbol: str, batch: list[BarEvent]) -> None:
         """Ingest's symbol limits again, for what reaches `bars` by other ways: each symbol here costs an engine
-        state (about 44 KB, in memory and in the changelog) and a paper book."""
+        state (about 30 KB, in memory and in the changelog) and a paper book."""
         if self.allowed and symbol not in self.allowed:
             raise InvalidMessage("symbol_not_allowed", f"{symbol} is not in MLRISK_SYMBOLS")
         states = self.tables["engine_state"]
@@ -158,7 +158,7 @@ class Pipeline:
 
     def persist(self, item: BarEvent, symbol: str, state: SymbolState, paper: PaperBook) -> None:
         in_partition_of(item.event)
-        self.tables["engine_state"][symbol] = state.to_bytes().decode()
+        self.tables["engine_state"][symbol] = state.to_bytes()
         papers = self.tables["paper_books"]
         if not paper.unchanged_since(papers.get(symbol)):  # a flat book is written when it changes, not every bar
             papers[symbol] = paper.to_dict()
@@ -228,6 +228,7 @@ class Pipeline:
         rows = []
         if stage is not None:
             version = stage.engine.bundle.version
+            stage.measure_monitors()
             rows = [event_row(e.pop("kind"), version, name, e) for e in stage.take_events()]
         rows += [event_row("swap", v, name, d) for v, d in self.switch.take_swaps()]
         rows += [event_row("load_failure", v, name, d) for v, d in self.switch.take_failures()]

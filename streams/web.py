@@ -31,7 +31,7 @@ from streams import metrics
 from streams.config import parse_symbol
 from streams.ingest.events import EARLIEST_MS, MAX_PRICE, MAX_QUANTITY, NANOSECONDS_FROM
 from streams.runtime import Runtime, Serving
-from streams.signals.stage import DECAY_IC, DECAY_MIN_RESOLVED
+from streams.signals.stage import DECAY_IC, DECAY_MIN_RESOLVED, decode_state
 
 log = logging.getLogger("mlrisk.api")
 
@@ -204,7 +204,7 @@ class Api:
 
     def state_of(self, symbol: str) -> SymbolState | None:
         blob = self.runtime.tables["engine_state"].get(symbol)
-        return None if blob is None else SymbolState.from_bytes(blob.encode())
+        return None if blob is None else decode_state(blob)
 
     async def answer(self, view: web.View, handler: Callable[[], Awaitable[tuple[int, Any]]]) -> web.Response:
         """Run a handler; every error is a JSON answer: 4xx for what the client sent, 503 for what is away or

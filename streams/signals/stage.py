@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 
 from models.bars import Bar
 from models.drift import PSI_DRIFT, feature_psi, psi
@@ -52,8 +53,9 @@ DECAY_IC = 0.0  # the ensemble's rolling IC at or below this: its ranking no lon
 class PerformanceTracker:
     """Rolling, out-of-sample hit rate and IC per model, resolved once the horizon has passed.
 
-    Every `every` outcomes the figures go to the metrics, and the ensemble's rolling IC crossing `DECAY_IC`
-    (either way) is an event in `events`, as with drift.
+    Once `every` outcomes have resolved since the last time, `measure_if_due` puts the figures in the metrics,
+    and the ensemble's rolling IC crossing `DECAY_IC` (either way) is an event in `events`, as with drift. The
+    measurement is the caller's to run (the worker: on a timer), so that no bar waits for it.
     """
 
     def __init__(self, horizon_minutes: int, window: int = 2_000, every: int = 60) -> None:
@@ -67,8 +69,14 @@ class PerformanceTracker:
         self.names: tuple[str, ...] | None = None
         self.rows: list[tuple[float, ...]] = []
         self.outcomes = 0
+        self.measured_at = 0  # `outcomes` when last measured
         self.decayed = False
         self.events: list[dict[str, Any]] = []
+
+    def measure_if_due(self) -> None:
+        if self.outcomes - self.measured_at >= self.every:
+            self.measured_at = self.outcomes
+            self._measure()
 
     def _measure(self) -> None:
         figures = self.report()
@@ -117,8 +125,6 @@ class PerformanceTracker:
                 del self.resolved[: max(0, len(self.resolved) - self.window)]
                 del self.rows[: max(0, len(self.rows) - self.window)]
                 self.outcomes += 1
-                if self.outcomes % self.every == 0:
-                    self._measure()
             elif open_time + due < bar.open_time:
                 queue.pop(open_time)  # a gap: no clean outcome
         probs = {name: c["p_up"] for name, c in signal["model_contributions"].items()}
@@ -149,7 +155,8 @@ class DriftMonitor:
 
     Per feature, PSI of the recent feature rows against the training reference; for the predictions, PSI of the
     recent ensemble P(up) against its validation distribution. A crossing of the threshold (and the return
-    below it) is an event, kept in `events` until the caller records it.
+    below it) is an event, kept in `events` until the caller records it. `measure_if_due` measures once `every`
+    rows have come since the last time (and the window holds at least four times that); the caller runs it.
     """
 
     def __init__(
@@ -165,6 +172,7 @@ class DriftMonitor:
         self.rows = np.full((window, len(FEATURE_NAMES)), np.nan, dtype=np.float32)
         self.predictions = np.full(window, np.nan)
         self.count, self.every = 0, every
+        self.measured_at = 0  # `count` when last measured
         self.latest: dict[str, float] = {}
         self.prediction_psi: float | None = None
         self.drifted: set[str] = set()
@@ -175,7 +183,10 @@ class DriftMonitor:
         self.rows[slot] = row
         self.predictions[slot] = p_up
         self.count += 1
-        if self.count % self.every == 0 and self.count >= self.every * 4:
+
+    def measure_if_due(self) -> None:
+        if self.count - self.measured_at >= self.every and self.count >= self.every * 4:
+            self.measured_at = self.count
             self._measure()
 
     def _measure(self) -> None:
@@ -259,9 +270,15 @@ class SignalStage:
         if cached is not None and cached[0] is blob:  # the very value this stage wrote last: still current
             return self.engine.adopt(cached[1])
         try:
-            return self.engine.adopt(SymbolState.from_bytes(blob.encode()))
+            return self.engine.adopt(decode_state(blob))
         except Exception as error:  # a stored state that does not decode (forged, or another format): start afresh
             return self._afresh("engine state", symbol, error, self.engine.new_state(symbol))
+
+    def measure_monitors(self) -> None:
+        """Drift and decay measured where enough has come since the last time: off the bars' path (the worker runs
+        it on its 5 s timer), so that no bar waits for a measurement."""
+        self.drift.measure_if_due()
+        self.tracker.measure_if_due()
 
     def take_events(self) -> list[dict[str, Any]]:
         """Drift and decay events since the last call, for the database."""
@@ -394,6 +411,18 @@ class SignalStage:
         started = time.thread_time()
         predictions = self.engine.score(pendings)
         return predictions, time.thread_time() - started
+
+
+def decode_state(blob: Any) -> SymbolState:
+    """A symbol's engine state from its table value: the bytes `SymbolState.to_bytes` wrote, or a state of the
+    earlier format, which the table kept as a JSON string."""
+    if isinstance(blob, bytes) and blob[:1] == b'"':
+        blob = orjson.loads(blob)
+    if isinstance(blob, str):
+        blob = blob.encode()
+    if not isinstance(blob, bytes):
+        raise ValueError(f"an engine state of type {type(blob).__name__}")
+    return SymbolState.from_bytes(blob)
 
 
 def _rounds(items: Sequence[BarEvent]) -> Iterator[list[BarEvent]]:

@@ -60,6 +60,91 @@ def test_state_round_trip_gives_identical_continuation(engine: SignalEngine, fra
     assert restored.to_bytes() == straight.to_bytes()
 
 
+def _format_1(state: SymbolState) -> bytes:
+    """A state as the earlier format wrote it: one JSON document, the rows base64 float32."""
+    import base64
+
+    regime = state.regime
+    return orjson.dumps(
+        {
+            "format": 1,
+            "symbol": state.symbol,
+            "features": state.features.to_dict(),
+            "rows": base64.b64encode(np.ascontiguousarray(state.rows, dtype="<f4").tobytes()).decode(),
+            "rows_shape": list(state.rows.shape),
+            "rows_filled": state.rows_filled,
+            "ensemble": state.ensemble.to_dict(),
+            "regime": None
+            if regime is None
+            else [regime.regime, regime.candidate, regime.count, regime.liquidation_bars_left],
+            "book": state.book.to_dict(),
+            "peak_equity": state.peak_equity,
+            "day_start_equity": state.day_start_equity,
+            "day": state.day,
+            "last_close_time": state.last_close_time,
+            "recent": state.recent,
+            "model_version": state.model_version,
+        }
+    )
+
+
+def test_a_state_of_the_earlier_format_restores_and_continues_identically(
+    engine: SignalEngine, frame: BarFrame
+) -> None:
+    """A worker upgraded over a changelog of the earlier format carries on bit for bit (the table kept those
+    states as JSON strings)."""
+    from streams.signals.stage import decode_state
+
+    straight = engine.new_state("BTCUSDT")
+    run(engine, frame, straight, 0, len(frame))
+    state = engine.new_state("BTCUSDT")
+    run(engine, frame, state, 0, 500)
+    earlier = _format_1(state)
+    assert earlier[:1] == b"{" and len(earlier) > len(state.to_bytes())
+    for blob in (earlier, orjson.dumps(earlier.decode())):  # as bytes, and as the table's JSON string
+        restored = decode_state(blob)
+        assert restored.to_bytes() == state.to_bytes()
+        run(engine, frame, restored, 500, len(frame))
+        assert restored.to_bytes() == straight.to_bytes()
+
+
+def test_a_state_that_does_not_fit_its_layout_is_refused(engine: SignalEngine, frame: BarFrame) -> None:
+    """Every forged variation of a real state's bytes raises ValueError on restore, before any kernel sees it:
+    cut short, grown, another magic, a header that lies about its length or the rows' shape, rings cut short."""
+    import struct
+
+    state = engine.new_state("BTCUSDT")
+    run(engine, frame, state, 0, 300)
+    blob = state.to_bytes()
+    _, size = struct.unpack_from("<4sI", blob)
+    header = orjson.loads(blob[8 : 8 + size])
+
+    def with_header(changed: dict) -> bytes:
+        head = orjson.dumps({**header, **changed})
+        return struct.pack("<4sI", blob[:4], len(head)) + head + blob[8 + size :]
+
+    short_rings = {**header["features"]}
+    forged = [
+        blob[:-4],
+        blob + b"\x00" * 4,
+        b"MLS\x09" + blob[4:],
+        struct.pack("<4sI", blob[:4], size + 3) + blob[8:],
+        struct.pack("<4sI", blob[:4], 2**31) + blob[8:],
+        with_header({"rows_shape": [header["rows_shape"][0] + 1, header["rows_shape"][1]]}),
+        with_header({"rows_shape": [0, -5]}),
+        with_header({"rows_shape": "many"}),
+        with_header({"features": {**short_rings, "recursive": short_rings["prev"]}}),
+        with_header({"features": {**short_rings, "prev": short_rings["prev"][:8]}}),
+        orjson.dumps([1, 2, 3]),
+        b"",
+        blob[:8] + b"[]" + blob[8 + size :],
+    ]
+    for bad in forged:
+        with pytest.raises(ValueError):
+            SymbolState.from_bytes(bad)
+    assert SymbolState.from_bytes(with_header({})).to_bytes() == blob  # the helper itself changes nothing
+
+
 def test_batched_scoring_equals_single_row_scoring(engine: SignalEngine, frame: BarFrame) -> None:
     state = engine.new_state("BTCUSDT")
     pendings = []

@@ -52,7 +52,7 @@ def test_a_stored_value_that_does_not_decode_starts_the_symbol_afresh(
     signals: list[dict[str, Any]] = []
 
     def persist(item: BarEvent, symbol: str, kept: SymbolState, paper: Any) -> None:
-        states[symbol] = kept.to_bytes().decode()
+        states[symbol] = kept.to_bytes()
         books[symbol] = paper.to_dict()
 
     async def emit(signal: dict[str, Any] | None, executions: list[dict[str, Any]], item: BarEvent) -> None:
@@ -65,7 +65,7 @@ def test_a_stored_value_that_does_not_decode_starts_the_symbol_afresh(
 
     forged = (state is not None) + (book is not None)
     assert _restore_errors() == errors_before + forged  # each counted once: what the stage wrote since decodes
-    decoded = SymbolState.from_bytes(states["BTCUSDT"].encode())
+    decoded = SymbolState.from_bytes(states["BTCUSDT"])
     assert decoded.last_close_time == bars[-1].close_time
     # started afresh: warmed up on these bars alone, then decided each bar after the warm-up
     assert 0 < len(signals) < len(bars)
