@@ -61,31 +61,16 @@ def test_state_round_trip_gives_identical_continuation(engine: SignalEngine, fra
 
 
 def _format_1(state: SymbolState) -> bytes:
-    """A state as the earlier format wrote it: one JSON document, the rows base64 float32."""
+    """A state as the earlier format wrote it: one JSON document holding what the header holds now, with the
+    feature rings packed in the features and the rows as base64 float32."""
     import base64
+    import struct
 
-    regime = state.regime
-    return orjson.dumps(
-        {
-            "format": 1,
-            "symbol": state.symbol,
-            "features": state.features.to_dict(),
-            "rows": base64.b64encode(np.ascontiguousarray(state.rows, dtype="<f4").tobytes()).decode(),
-            "rows_shape": list(state.rows.shape),
-            "rows_filled": state.rows_filled,
-            "ensemble": state.ensemble.to_dict(),
-            "regime": None
-            if regime is None
-            else [regime.regime, regime.candidate, regime.count, regime.liquidation_bars_left],
-            "book": state.book.to_dict(),
-            "peak_equity": state.peak_equity,
-            "day_start_equity": state.day_start_equity,
-            "day": state.day,
-            "last_close_time": state.last_close_time,
-            "recent": state.recent,
-            "model_version": state.model_version,
-        }
-    )
+    blob = state.to_bytes()
+    _, size = struct.unpack_from("<4sI", blob)
+    header = orjson.loads(blob[8 : 8 + size])
+    rows = base64.b64encode(np.ascontiguousarray(state.rows, dtype="<f4").tobytes()).decode()
+    return orjson.dumps({**header, "format": 1, "features": state.features.to_dict(), "rows": rows})
 
 
 def test_a_state_of_the_earlier_format_restores_and_continues_identically(
