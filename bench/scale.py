@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import math
 import time
@@ -201,6 +202,10 @@ async def _bursts(
     before = [_stage_figures(w.port) for w in workers]
     latencies: list[float] = []
     expected: set[tuple[str, int]] = set()
+    # the bench's own heap (the feeds of every symbol) out of its collector while it times: a full collection of it
+    # took 30-40 ms here, and one that met a boundary would delay the subscriber's clock, not the worker
+    gc.collect()
+    gc.freeze()
     try:
         for number in range(settle + boundaries):
             burst = [feed.next(s) for s in symbols]
@@ -222,6 +227,7 @@ async def _bursts(
             await asyncio.sleep(0.2)
         await asyncio.sleep(3)  # late duplicates, if any, arrive
     finally:
+        gc.unfreeze()
         await producer.stop()
         await subscriber.stop()
     after = [_stage_figures(w.port) for w in workers]
