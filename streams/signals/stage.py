@@ -414,14 +414,12 @@ class SignalStage:
 
 
 def decode_state(blob: Any) -> SymbolState:
-    """A symbol's engine state from its table value: the bytes `SymbolState.to_bytes` wrote, or a state of the
-    earlier format, which the table kept as a JSON string."""
-    if isinstance(blob, bytes) and blob[:1] == b'"':
-        blob = orjson.loads(blob)
-    if isinstance(blob, str):
-        blob = blob.encode()
+    """A symbol's engine state from its table value (bytes, through Faust's raw codec): what `SymbolState.to_bytes`
+    wrote, or a state of the earlier format, which the table kept as a JSON string."""
     if not isinstance(blob, bytes):
         raise ValueError(f"an engine state of type {type(blob).__name__}")
+    if blob[:1] == b'"':  # a JSON document that opens with a quote is a string
+        blob = orjson.loads(blob).encode()
     return SymbolState.from_bytes(blob)
 
 

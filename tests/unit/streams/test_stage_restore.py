@@ -32,9 +32,10 @@ def _restore_errors() -> float:
 @pytest.mark.parametrize(
     ("state", "book"),
     [
-        ("not json at all", None),
-        (orjson.dumps({"format": "from elsewhere"}).decode(), None),
-        (12345, ["a", "list"]),  # the tables' JSON may restore any type
+        (b"not json at all", None),
+        (orjson.dumps({"format": "from elsewhere"}), None),
+        (b'"a JSON string, as the earlier format was kept, of no state"', None),
+        (12345, ["a", "list"]),  # not bytes (the paper book's JSON may restore any type)
         (None, {"book": {"position": ["BTCUSDT", "long", "many"]}}),
     ],
 )
