@@ -87,11 +87,13 @@ class SymbolState:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> SymbolState:
-        """Restore a state written by `to_bytes`, or by the earlier JSON format (1); anything that does not fit
-        the layout exactly raises ValueError."""
+        """Restore a state written by `to_bytes`, or by the earlier JSON format (1), of at most MAX_STATE_BYTES;
+        anything that does not fit the layout raises (ValueError where the layout itself is wrong)."""
+        if len(blob) > MAX_STATE_BYTES:
+            raise ValueError(f"an engine state of {len(blob)} bytes")
         if blob[:1] == b"{":
             return cls._from_json(blob)
-        if len(blob) > MAX_STATE_BYTES or len(blob) < _PREFIX.size:
+        if len(blob) < _PREFIX.size:
             raise ValueError(f"an engine state of {len(blob)} bytes")
         magic, size = _PREFIX.unpack_from(blob)
         if magic != STATE_MAGIC:

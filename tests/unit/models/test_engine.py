@@ -122,6 +122,7 @@ def test_a_state_that_does_not_fit_its_layout_is_refused(engine: SignalEngine, f
         with_header({"features": {**short_rings, "prev": short_rings["prev"][:8]}}),
         orjson.dumps([1, 2, 3]),
         b"",
+        orjson.dumps({"format": 1, "padding": "x" * (1 << 20)}),  # the earlier format is bounded too
         blob[:8] + b"[]" + blob[8 + size :],
     ]
     for bad in forged:
