@@ -21,7 +21,7 @@ from streams.ingest.bars import BarBuilder
 from streams.ingest.book import OrderBook
 from streams.ingest.rules import Ingest
 from streams.ingest.service import IngestService
-from streams.kafka_security import faust_credentials
+from streams.kafka_security import PRODUCER_BATCH_BYTES, faust_credentials
 from streams.pipeline import attach_pipeline
 from streams.runtime import Runtime
 from streams.web import register_api
@@ -97,6 +97,7 @@ def _faust_app(settings: Settings) -> faust.App:
         table_standby_replicas=0,
         producer_acks=-1,
         producer_linger_ms=1,
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
     )
 
 

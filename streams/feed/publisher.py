@@ -15,6 +15,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from streams.feed import metrics
+from streams.kafka_security import PRODUCER_BATCH_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class Publisher:
             enable_idempotence=True,
             linger_ms=5,
             request_timeout_ms=int(delivery_timeout_s * 1000),
-            max_batch_size=256 * 1024,
+            max_batch_size=PRODUCER_BATCH_BYTES,
         )
         self._in_flight = 0
         self._changed = asyncio.Event()  # set on every acknowledgement

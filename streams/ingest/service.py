@@ -41,7 +41,7 @@ from streams.config import Settings
 from streams.health import Progress, healthy, stalled
 from streams.ingest.events import BadEvent
 from streams.ingest.rules import CONTROL_HEADER, Ingest, dead_letter, dead_letter_key, wall_ms
-from streams.kafka_security import client_options
+from streams.kafka_security import PRODUCER_BATCH_BYTES, client_options
 from streams.serialization import dumps, loads
 
 log = logging.getLogger("mlrisk.ingest")
@@ -128,7 +128,7 @@ class IngestService(Service):
     async def on_start(self) -> None:
         kafka = client_options(self.settings)
         self.producer = AIOKafkaProducer(
-            **kafka, acks="all", enable_idempotence=True, linger_ms=2, max_batch_size=262_144
+            **kafka, acks="all", enable_idempotence=True, linger_ms=2, max_batch_size=PRODUCER_BATCH_BYTES
         )
         self.consumer = AIOKafkaConsumer(
             **kafka,

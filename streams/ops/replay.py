@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 
 from models.bars import to_epoch_ms
 from models.data import BarFrame, bar_files, load_bars, symbol_from_path
+from streams.kafka_security import PRODUCER_BATCH_BYTES
 
 CAPTURE_RE = re.compile(r"^([a-z0-9]+)_(\d{8})(\.dat)?\.gz$")
 
@@ -149,7 +150,9 @@ async def publish(
     """Send the messages in order, keyed by symbol; `speed` x real time, or as fast as possible when None.
 
     `kafka`: the client options of `streams.kafka_security.client_options`."""
-    producer = AIOKafkaProducer(**kafka, linger_ms=5, acks="all", max_batch_size=256 * 1024, enable_idempotence=True)
+    producer = AIOKafkaProducer(
+        **kafka, linger_ms=5, acks="all", max_batch_size=PRODUCER_BATCH_BYTES, enable_idempotence=True
+    )
     await producer.start()
     sent = 0
     try:
