@@ -463,6 +463,38 @@ def ensure_models(model_dir: Path) -> Path:
 
 
 PARTS = ("throughput", "latency", "sink", "inference", "burst", "steady", "scale")
+CPU_REFERENCE_ITERATIONS = 1_000_000
+
+
+def cpu_reference_ns() -> float:
+    """Nanoseconds an iteration of a fixed pure-Python loop takes: how fast this machine runs the interpreter, now.
+
+    The burst, steady and risk figures are times, not same-run ratios, so they move with the machine: sampled
+    at the start and after every part, this shows a machine slower than another, or one whose speed moves
+    during the run (a shared host), beside them."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(CPU_REFERENCE_ITERATIONS):
+        total += i
+    return (time.perf_counter() - started) / CPU_REFERENCE_ITERATIONS * 1e9
+
+
+def cpu_model() -> str:
+    """The processor's name as the kernel reports it (empty where it does not)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def _reference_figures(samples: list[float]) -> dict[str, Any]:
+    return {
+        "samples": [round(v, 1) for v in samples],
+        "min": min(samples),
+        "median": float(np.median(samples)),
+        "max": max(samples),
+    }
 
 
 def run(events: int, out: Path, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
@@ -481,11 +513,17 @@ def run(events: int, out: Path, parts: tuple[str, ...] = PARTS) -> dict[str, Any
     items = [(k, v) for k, v, _, _ in trades]
     home = settings.home / "bench"
     report: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "events": len(items),
         "parts": list(parts),
     }
     print(f"bench: {len(items)} real trades; {', '.join(parts)}")
+    reference = [min(cpu_reference_ns() for _ in range(3))]
     if "inference" in parts:  # the pure decision first, before any part of the bench has loaded the machine
         report["risk_us_per_decision"] = bench_decide_us()
     if "throughput" in parts:
@@ -519,6 +557,7 @@ def run(events: int, out: Path, parts: tuple[str, ...] = PARTS) -> dict[str, Any
             )
         print(f"  pipeline {report['pipeline_msgs_per_s']:.0f} msg/s, worker RSS {report['worker_rss_mb']:.0f} MB")
 
+    reference.append(cpu_reference_ns())
     if "latency" in parts:
         warm, feed, closes = latency_feed(trades, WARM_MINUTES)
         env, worker, _ = warmed_worker(settings, model_dir, home / "latency", trades, warm)
@@ -528,6 +567,7 @@ def run(events: int, out: Path, parts: tuple[str, ...] = PARTS) -> dict[str, Any
             worker.stop()
         print(f"  latency {report['latency_ms']}")
 
+    reference.append(cpu_reference_ns())
     if "sink" in parts:
         report["sink_rows_per_s"] = sink_bench(url, 20_000)
         print(f"  sink {report['sink_rows_per_s']}")
@@ -539,16 +579,21 @@ def run(events: int, out: Path, parts: tuple[str, ...] = PARTS) -> dict[str, Any
         bundle = load_bundle(model_dir)
         report["inference_us_per_row"] = bench_inference(bundle)
 
+    reference.append(cpu_reference_ns())
     if "burst" in parts:
         detail = scale.burst(settings, model_dir, home)
         report["burst"] = [{key: run[key] for key in BURST_KEYS} for run in detail["runs"]]
         report["burst_detail"] = detail
+    reference.append(cpu_reference_ns())
     if "steady" in parts:
         report["steady_latency_ms"] = scale.steady(settings, model_dir, home)
         print(f"  steady {report['steady_latency_ms']}")
+    reference.append(cpu_reference_ns())
     if "scale" in parts:
         report["scale_200"] = scale.scale(settings, model_dir, home)
         print(f"  scale {report['scale_200']}")
+    reference.append(cpu_reference_ns())
+    report["cpu_reference_ns"] = _reference_figures(reference)
     out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     _table(report)
     return report
@@ -658,6 +703,13 @@ def _table(report: dict[str, Any]) -> None:
             f"{big['seconds']:.0f} s): RSS MB / max lag s",
             f"{big['rss_mb']:.0f} / {big['max_lag_s']:.1f}",
             f"{big['mb_per_symbol']:.2f} MB/symbol",
+        )
+    ref = report.get("cpu_reference_ns")
+    if ref:
+        table.add_row(
+            f"CPU reference: a pure-Python loop, ns an iteration, min / median / max ({len(ref['samples'])} samples)",
+            f"{ref['min']:.0f} / {ref['median']:.0f} / {ref['max']:.0f}",
+            report["machine"].get("cpu_model", ""),
         )
     Console().print(table)
 

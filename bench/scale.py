@@ -240,6 +240,7 @@ async def _bursts(
         "symbols": len(symbols),
         **_percentiles(latencies),
         "boundaries": len(latencies),
+        "latencies_ms": [round(v, 1) for v in latencies],
         "compute_us_per_symbol_bar": cpu_s / decided * 1e6 if decided else None,
         "stage_wall_us_per_symbol_bar": wall_s / decided * 1e6 if decided else None,
         "inference_calls_per_burst": calls / (settle + boundaries),
@@ -312,7 +313,7 @@ def burst(
     two_workers: bool = True,
 ) -> dict[str, Any]:
     """The minute-boundary burst for each N in `counts` on one worker, then the largest N on two workers."""
-    from bench.run import free_port, start_worker, worker_env
+    from bench.run import cpu_reference_ns, free_port, start_worker, worker_env
     from models.features import WARMUP_BARS
     from models.registry import load_bundle
 
@@ -333,6 +334,7 @@ def burst(
         report["warm_up_bars"] = warm_minutes * largest
         for n in counts:
             run = asyncio.run(_bursts(settings, env, feed, symbols[:n], boundaries, workers))
+            run["cpu_reference_ns"] = cpu_reference_ns()  # the machine's speed right after (bench.run)
             report["runs"].append(run)
             print(
                 f"  burst N={n}: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, "

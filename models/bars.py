@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, overload
 
 MINUTE_MS = 60_000
@@ -98,8 +99,11 @@ def parse_iso_ms(text: str | None) -> int | None:
     return int(moment.timestamp() * 1000)
 
 
+@lru_cache(maxsize=4096, typed=True)
 def iso_utc(epoch_ms: int) -> str:
-    """Epoch ms → ISO 8601 UTC with a Z (`2024-07-19T00:01:00Z`); milliseconds only when present."""
+    """Epoch ms → ISO 8601 UTC with a Z (`2024-07-19T00:01:00Z`); milliseconds only when present.
+
+    Kept for the last few thousand times: every symbol's signal of a minute carries the same one."""
     text = datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     if epoch_ms % 1000:
         text += f".{epoch_ms % 1000:03d}"

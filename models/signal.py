@@ -21,10 +21,22 @@ SIGNAL_NAMESPACE = uuid.UUID("6f1d2c1e-8a5b-4f9e-9a51-3c2f0e7d4b10")
 EXTRA_KEYS = ("mark_price", "spread_bps", "depth_usdt", "book_imbalance")
 
 
+_NAMESPACE_BYTES = SIGNAL_NAMESPACE.bytes
+
+
 def signal_id(symbol: str, bar_close_time_ms: int, model_version: str, risk_config_key: str = "") -> str:
     """uuid5 of (symbol, bar close, model version, risk configuration): a replayed bar gets the same id, so sinks
-    deduplicate; the same bar decided under other risk settings is another signal."""
-    return str(uuid.uuid5(SIGNAL_NAMESPACE, f"{symbol}|{bar_close_time_ms}|{model_version}|{risk_config_key}"))
+    deduplicate; the same bar decided under other risk settings is another signal.
+
+    RFC 4122's name-based UUID written out directly (`uuid.uuid5` gives the same text, at more than twice the cost on
+    a path that runs for every symbol of every minute): SHA-1 of the namespace and the name, version 5, variant 1.
+    """
+    name = f"{symbol}|{bar_close_time_ms}|{model_version}|{risk_config_key}".encode()
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def risk_config_key(config: RiskConfig) -> str:
