@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKFILL_TRADES = 100_000  # per gap: at 1,000 a page, a few minutes of the REST weight budget
 SNAPSHOT_RETRY_S = 1.0
+STOP_GRACE_S = 3.0  # at a stop, how long the message in hand and a snapshot being fetched may take to finish
 ID_KEYS = {"trade": "t", "aggTrade": "a", "depth": "u", "bookTicker": "u"}
 TRADE_KINDS = ("trade", "aggTrade")
 
@@ -272,12 +273,20 @@ class FeedRouter:
         await self.publisher.publish(state.symbol, message)
 
     async def close(self) -> None:
-        """Cancel the snapshot fetches under way."""
-        for state in self.states.values():
-            if state.snapshot_task is not None:
-                state.snapshot_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await state.snapshot_task
+        """Let the snapshots under way be fetched and published within the grace; cancel what is left."""
+        await finish_or_cancel([s.snapshot_task for s in self.states.values() if s.snapshot_task], STOP_GRACE_S)
+
+
+async def finish_or_cancel(tasks: list[asyncio.Task[None]], grace_s: float) -> None:
+    """Wait up to `grace_s` for the tasks to end by themselves, then cancel the rest and wait for them."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=grace_s)
+    for task in pending:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def connection_groups(
@@ -381,11 +390,10 @@ class FeedService:
         """Close the connections, publish what is buffered (within MLRISK_STOP_TIMEOUT_S) and disconnect."""
         for connection in self.connections:
             await connection.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # each connection stops after the message in hand (a diff and the snapshot it bridges are published
+        # together, or a consumer's book would end out of sync); a reader idle on its socket looks up every
+        # second; one still held (a back-fill meeting 429s, Kafka away) is cancelled after the grace
+        await finish_or_cancel(self._tasks, STOP_GRACE_S)
         await self.router.close()
         try:  # what Kafka acknowledges within the stop timeout; a broker that is away must not hold the stop
             await asyncio.wait_for(self.publisher.stop(), self.settings.stop_timeout_s)
