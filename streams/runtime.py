@@ -6,6 +6,7 @@ and attaches the stages to it. Nothing here imports a stage.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 from collections.abc import AsyncIterator
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mlrisk")
 
+IDLE_WAKE_S = 1.0  # how often an idle batched stream looks up to see whether the worker is stopping
+
 
 async def ack_all(stream: Any, events: list[Any]) -> None:
     """Acknowledge a processed batch. Batches come from `batches`: a batch cut short (the worker stopping)
@@ -50,21 +53,59 @@ async def stop_on_unexpected(app: faust.App, stage: str, error: BaseException) -
 
 
 async def batches(stream: Any, size: int, within_s: float) -> AsyncIterator[list[Any]]:
-    """The stream in batches (`noack_take`) that the caller acknowledges itself (`ack_all`), once processed.
+    """The stream in batches of at most `size` events, which the caller acknowledges itself (`ack_all`) once
+    processed.
 
-    When the loop ends (the agent cancelled, the worker stopping), the take's own clean-up turns the stream's
-    acknowledgements back on and drops its buffering step, while the stream's background drainer goes on pulling
-    buffered messages until the stream itself stops: each would be acknowledged unprocessed, and a commit could
-    then skip a run of input. Acknowledgements are therefore turned off again after that clean-up: whatever the
-    stream still pulls stays uncommitted and is delivered again.
+    A batch goes when it is full, or `within_s` after the stage looked for it and found events (an idle stage:
+    after the first event's arrival). The stream is drained in the background by Faust's passive drainer while
+    the caller processes a batch, so that what arrives meanwhile is already buffered when the next batch is
+    looked for; the drainer stops only at a full buffer. (Faust's `noack_take` holds the drainer back while a
+    batch is processed, so the next batch held only what the drainer could pull in `within_s` afterwards: on 2
+    slow cores, a burst of 200 bars came out in 19 batches instead of 3, each paying a batch's fixed costs.)
+
+    Acknowledgements stay off after the loop ends (the agent cancelled, the worker stopping): whatever the
+    drainer still pulls, and whatever the buffer holds, stays uncommitted and is delivered again.
     """
-    takes = stream.noack_take(size, within=within_s)
+    buffer: list[Any] = []
+    arrived = asyncio.Event()  # set when the buffer gains its first event
+    full = asyncio.Event()  # set when the buffer holds `size` events
+    room = asyncio.Event()  # set when a full buffer has been taken
+    room.set()
+
+    async def add(value: Any) -> Any:
+        event = stream.current_event
+        if event is None:
+            raise RuntimeError("a batched stream found no current event")
+        while len(buffer) >= size:
+            room.clear()
+            if await stream.wait_for_stopped(room):
+                return value  # the worker is stopping: not buffered, not acknowledged, delivered again
+        buffer.append(event)
+        arrived.set()
+        if len(buffer) >= size:
+            full.set()
+        return value
+
+    stream.enable_acks = False
+    stream.add_processor(add)
+    stream._enable_passive(aiter(stream.channel))  # what Faust's take does to drain the stream in the background
     try:
-        async for events in takes:
-            yield events
+        while not stream.should_stop:
+            if not buffer:
+                arrived.clear()
+                await stream.wait_for_stopped(arrived, timeout=IDLE_WAKE_S)
+                if not buffer:
+                    continue
+            if len(buffer) < size:
+                await stream.wait_for_stopped(full, timeout=within_s)
+            batch = buffer[:size]
+            del buffer[:size]
+            full.clear()
+            room.set()
+            yield batch
     finally:
-        await takes.aclose()
         stream.enable_acks = False
+        stream._processors.remove(add)
 
 
 def in_partition_of(event: Any) -> None:
