@@ -111,7 +111,7 @@ async def batches(stream: Any, size: int, within_s: float) -> AsyncIterator[list
 def in_partition_of(event: Any) -> None:
     """Make `event` the current one, so that table writes go to its partition's changelog.
 
-    Batches (`take_events`) do not set the current event per message; table writes must land in the partition
+    Batches (`batches`) do not set the current event per message; table writes must land in the partition
     of the symbol they belong to, or a rebalance would restore them on the wrong worker.
     """
     _current_event.set(weakref.ref(event))

@@ -1,6 +1,6 @@
 """The signal stage: closed bars → features → batched ensemble inference → risk → signals and paper fills.
 
-Bars arrive keyed by symbol. A batch from `stream.take_events` is processed in rounds (one bar per symbol per
+Bars arrive keyed by symbol. A batch from `streams.runtime.batches` is processed in rounds (one bar per symbol per
 round, so each symbol's bars stay in order); each round is scored with one inference call per model, run in an
 executor so the event loop never blocks. Per-symbol engine and paper state live in changelog-backed tables: a
 restarted worker resumes exactly where it left off, and a redelivered bar gets its earlier signal back.
