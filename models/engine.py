@@ -82,8 +82,8 @@ class SymbolState:
                 "model_version": self.model_version,
             }
         )
-        rings = self.features.ring_values().astype("<f8", copy=False)
-        return b"".join((_PREFIX.pack(STATE_MAGIC, len(header)), header, rings.data, rows.data))
+        rings = [ring.data for ring in self.features.ring_slices()]
+        return b"".join((_PREFIX.pack(STATE_MAGIC, len(header)), header, *rings, rows.data))
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> SymbolState:

@@ -511,6 +511,7 @@ _RINGS: dict[str, int] = {
 
 
 RING_VALUES = sum(_RINGS.values())
+_NATIVE_F8 = np.dtype(np.float64) == np.dtype("<f8")  # the rings' values are written little-endian
 RECURSIVE_VALUES = 9  # the recursive indicators' state (`_recursive_step`)
 
 
@@ -594,7 +595,13 @@ class FeatureState:
 
     def ring_values(self) -> np.ndarray:
         """Every ring's newest values, oldest first, in `_RINGS` order (RING_VALUES float64 values)."""
-        return np.concatenate([r.buf[r.pos : r.pos + r.size] for r in self.rings.values()])
+        return np.concatenate(self.ring_slices())
+
+    def ring_slices(self) -> list[np.ndarray]:
+        """`ring_values` as one little-endian float64 view a ring, without copying them into one array: a
+        state's bytes join them as they are (`SymbolState.to_bytes`)."""
+        slices = [r.buf[r.pos : r.pos + r.size] for r in self.rings.values()]
+        return slices if _NATIVE_F8 else [s.astype("<f8") for s in slices]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict that restores the state exactly: `header` and the rings as one packed string."""

@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from models.data import BarFrame, load_bars
-from models.engine import SignalEngine, SymbolState
+from models.engine import STATE_MAGIC, SignalEngine, SymbolState
+from models.features import RING_VALUES
 from models.registry import load_bundle
 
 SPAN = (1717200000000 - 3 * 3600_000, 1717200000000 + 8 * 3600_000)  # around 2024-06-01, after training ends
@@ -58,6 +59,25 @@ def test_state_round_trip_gives_identical_continuation(engine: SignalEngine, fra
     tail = run(engine, frame, restored, 500, len(frame))
     assert orjson.dumps(head + tail) == orjson.dumps(expected)
     assert restored.to_bytes() == straight.to_bytes()
+
+
+def test_state_bytes_hold_the_rings_then_the_rows_after_the_header(engine: SignalEngine, frame: BarFrame) -> None:
+    """The layout behind the magic: header length, header, every ring's newest values oldest first (float64,
+    little-endian) in ring order, then the feature rows (float32, little-endian); the rings are joined straight
+    from their buffers, which wrap around at different places."""
+    import struct
+
+    state = engine.new_state("BTCUSDT")
+    run(engine, frame, state, 0, 500)
+    assert len({ring.pos for ring in state.features.rings.values()}) > 1  # the rings wrap at different places
+    blob = state.to_bytes()
+    magic, size = struct.unpack_from("<4sI", blob)
+    rings_at = 8 + size
+    rows_at = rings_at + RING_VALUES * 8
+    assert magic == STATE_MAGIC and orjson.loads(blob[8:rings_at])["last_close_time"] == state.last_close_time
+    expected_rings = np.concatenate([ring.last(ring.size) for ring in state.features.rings.values()])
+    np.testing.assert_array_equal(np.frombuffer(blob[rings_at:rows_at], dtype="<f8"), expected_rings)
+    np.testing.assert_array_equal(np.frombuffer(blob[rows_at:], dtype="<f4").reshape(state.rows.shape), state.rows)
 
 
 def _format_1(state: SymbolState) -> bytes:
