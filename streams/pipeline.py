@@ -35,6 +35,8 @@ from streams.sink.writer import SINK_BATCH, Sink, event_row, metrics_row
 log = logging.getLogger("mlrisk.pipeline")
 LOOP_PROBE_S = 0.5  # the event-loop lag probe's sleep
 SIGNAL_BATCH = 256  # bars per signal-stage batch: a minute boundary of a few hundred symbols is one or two batches
+SIGNAL_QUIET_S = 0.003  # a lone bar waits this long for company; bars coming closer together go in one batch,
+SIGNAL_LINGER_S = 0.025  # waiting for them at most this long
 
 
 @dataclass(slots=True)
@@ -110,7 +112,7 @@ class Pipeline:
     # the signal agent: bars → decisions, paper executions
 
     async def signal_agent(self, stream: Any) -> None:
-        async for events in batches(stream, SIGNAL_BATCH, 0.003):  # a bar waits at most 3 ms for company
+        async for events in batches(stream, SIGNAL_BATCH, SIGNAL_LINGER_S, SIGNAL_QUIET_S):
             self.decisions.begin()
             loaded = self.switch.take_loaded()
             if loaded is not None:  # between batches: every signal of a batch comes from one whole version

@@ -53,3 +53,46 @@ def test_what_arrives_during_a_batch_is_in_the_next_one() -> None:
     # few events a batch at 1 ms an event, whatever the host. Here the drainer runs during the 30 ms of
     # processing, so a batch holds what arrived meanwhile.
     assert 2 * len(taken) < len(faust_taken), ([len(b) for b in taken], [len(b) for b in faust_taken])
+
+
+async def take_quietly(gaps_s: list[float], quiet_s: float, within_s: float) -> list[tuple[float, list[int]]]:
+    """Events sent after the given gaps, taken with `quiet_s` and `within_s`: (seconds from the first send to
+    the batch, its values) of each batch, until every event has come."""
+    app = faust.App("test-batches-quiet", broker="kafka://localhost:9092", store="memory://", web_enabled=False)
+    app.flow_control.resume()
+    channel = app.channel()
+    stream = app.stream(channel)
+    started = time.monotonic()
+
+    async def feed() -> None:
+        for i, gap in enumerate(gaps_s):
+            await asyncio.sleep(gap)
+            await channel.send(value=i)
+
+    feeder = asyncio.create_task(feed())
+    taken: list[tuple[float, list[int]]] = []
+    async for events in batches(stream, 256, within_s, quiet_s):
+        taken.append((time.monotonic() - started, [event.value for event in events]))
+        if sum(len(values) for _, values in taken) >= len(gaps_s):
+            break
+    await feeder
+    return taken
+
+
+def test_events_closer_together_than_the_quiet_gap_go_in_one_batch() -> None:
+    """Forty events 5 ms apart, a quiet gap of 250 ms: one batch, though the first event waited for the last
+    (at least 195 ms, and 250 ms more for the gap). A lone event after a pause of 1.5 s is a batch of its own,
+    taken once the gap has passed, long before `within_s`."""
+    gaps = [0.0] + [0.005] * 39 + [1.5]
+    taken = asyncio.run(asyncio.wait_for(take_quietly(gaps, quiet_s=0.25, within_s=30.0), timeout=60))
+    assert [values for _, values in taken] == [list(range(40)), [40]]
+    assert taken[1][0] < 10.0  # the lone event did not wait out within_s (30 s)
+
+
+def test_a_stream_that_never_goes_quiet_is_cut_within_s() -> None:
+    """Events 5 ms apart for 1.5 s with a quiet gap of 100 ms: no gap ever passes, and `within_s` (0.3 s) still
+    cuts the batches; every event once, in order."""
+    gaps = [0.0] + [0.005] * 299
+    taken = asyncio.run(asyncio.wait_for(take_quietly(gaps, quiet_s=0.1, within_s=0.3), timeout=60))
+    assert [value for _, values in taken for value in values] == list(range(300))
+    assert len(taken) >= 3
