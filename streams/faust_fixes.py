@@ -1,4 +1,7 @@
-"""A fix to faust-streaming's recovery: seek the stream partitions to their committed offsets before resuming them.
+"""Two changes to faust-streaming: its recovery seeks the stream partitions to their committed offsets before
+resuming them, and its consumer hands a message to its channels without four tasks when nothing waits.
+
+Recovery.
 
 After a restart or a rebalance, Faust's `Recovery` resumes the assigned stream partitions and only then awaits the
 seek to their committed offsets (in `on_recovery_completed` and `_resume_streams`). The fetcher is already
@@ -8,6 +11,15 @@ already read: a run of input never processed, found as bars missing after a rest
 race was fixed upstream for the table-less path (faust-streaming issue 216); this applies the order to both paths.
 
 The two methods below are Faust's own, with the seek moved before the resume.
+
+Delivery. Faust's consumer loop (`Consumer._drain_messages`) hands each fetched message to its channels through
+`wait_first(callback(message), suspend_flow.wait())`, so that a rebalance suspending the flow (or the consumer
+stopping) can abandon a delivery that waits, say on a full stream buffer. That makes four tasks and an
+`asyncio.wait` for every message, though the delivery nearly always completes without waiting: about a third of
+the worker's own per-message cost on the bars, signals and executions topics. `_drain_messages` below is Faust's
+own loop, except that a delivery is first run up to its first wait; one that completes there is done, and only
+one that waits (or one begun while the flow is suspended or the consumer stopping) goes through `wait_first`,
+resumed where it stopped.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ import asyncio
 from typing import Any, cast
 
 from faust.tables.recovery import Recovery
+from faust.transport.consumer import CONSUMER_FETCHING, Consumer
 
 
 async def _seek_then_resume(recovery: Any, assignment: set[Any]) -> None:
@@ -83,6 +96,117 @@ async def _resume_streams(self: Any, generation_id: int = 0) -> None:
     self.log.info("Worker ready")
 
 
+class _Resumed:
+    """The rest of a coroutine that has already run up to `first` (what it yielded to the event loop): awaiting
+    this drives it on from there, as `yield from` would have."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Any, first: Any) -> None:
+        self.coro, self.first = coro, first
+
+    def __await__(self) -> Any:
+        coro, value = self.coro, self.first
+        while True:
+            try:
+                received = yield value
+            except BaseException as error:  # cancelled, or thrown in: the coroutine sees it where it waits
+                try:
+                    value = coro.throw(error)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    value = coro.send(received)
+                except StopIteration as stop:
+                    return stop.value
+
+
+async def deliver(consumer: Any, callback: Any, message: Any) -> None:
+    """`await consumer.wait_first(callback(message), consumer.suspend_flow.wait())`, without its tasks when the
+    delivery completes before it first waits and the flow is neither suspended nor stopping."""
+    coro = callback(message)
+    if not (consumer.suspend_flow.is_set() or consumer._stopped.is_set() or consumer._crashed.is_set()):
+        try:
+            first = coro.send(None)
+        except StopIteration:
+            return
+        coro = _Resumed(coro, first)
+    await consumer.wait_first(coro, consumer.suspend_flow.wait())
+
+
+async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover (Faust's loop; `deliver` tested)
+    """Faust's `Consumer._drain_messages` (faust-streaming 0.15), delivering through `deliver`."""
+    callback = self.callback
+    getmany = self.getmany
+    consumer_should_stop = self._stopped.is_set
+    fetcher_should_stop = fetcher._stopped.is_set
+
+    get_read_offset = self._read_offset.__getitem__
+    set_read_offset = self._read_offset.__setitem__
+    flag_consumer_fetching = CONSUMER_FETCHING
+    set_flag = self.diag.set_flag
+    unset_flag = self.diag.unset_flag
+    commit_every = self._commit_every
+    acks_enabled_for = self.app.topics.acks_enabled_for
+
+    yield_every = 100
+    num_since_yield = 0
+    sleep = asyncio.sleep
+
+    try:
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            set_flag(flag_consumer_fetching)
+            ait = cast(Any, getmany(timeout=1.0))
+
+            # Sleeping because sometimes getmany is called in a loop
+            # never releasing to the event loop
+            await self.sleep(0)
+            if not self.should_stop:
+                async for tp, message in ait:
+                    num_since_yield += 1
+                    if num_since_yield > yield_every:
+                        await sleep(0)
+                        num_since_yield = 0
+
+                    offset = message.offset
+                    r_offset = get_read_offset(tp)
+                    if r_offset is None or offset >= r_offset:
+                        gap = offset - (r_offset or 0)
+                        # We have a gap in income messages
+                        if gap > 1 and r_offset:
+                            acks_enabled = acks_enabled_for(message.topic)
+                            if acks_enabled:
+                                await self._add_gap(tp, r_offset + 1, offset)
+                        if commit_every is not None and self._n_acked >= commit_every:
+                            self._n_acked = 0
+                            await self.commit()
+                        await deliver(self, callback, message)
+                        set_read_offset(tp, offset)
+                    else:
+                        self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, message.key, message.value)
+                unset_flag(flag_consumer_fetching)
+
+    except self.consumer_stopped_errors:
+        if self.transport.app.should_stop:
+            # we're already stopping so ignore
+            self.log.info("Broker stopped consumer, shutting down...")
+            return
+        raise
+    except asyncio.CancelledError:
+        if self.transport.app.should_stop:
+            # we're already stopping so ignore
+            self.log.info("Consumer shutting down for user cancel.")
+            return
+        raise
+    except Exception as exc:
+        self.log.exception("Drain messages raised: %r", exc)
+        raise
+    finally:
+        unset_flag(flag_consumer_fetching)
+
+
 def apply() -> None:
     cast(Any, Recovery).on_recovery_completed = on_recovery_completed
     cast(Any, Recovery)._resume_streams = _resume_streams
+    cast(Any, Consumer)._drain_messages = _drain_messages
