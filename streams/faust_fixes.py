@@ -25,10 +25,14 @@ resumed where it stopped.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, cast
 
+import faust
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import CONSUMER_FETCHING, Consumer
+
+log = logging.getLogger("mlrisk")
 
 
 async def _seek_then_resume(recovery: Any, assignment: set[Any]) -> None:
@@ -206,7 +210,13 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover 
         unset_flag(flag_consumer_fetching)
 
 
+DRAIN_LOOP_OF = "0.15."  # the faust-streaming releases whose consumer loop `_drain_messages` copies
+
+
 def apply() -> None:
     cast(Any, Recovery).on_recovery_completed = on_recovery_completed
     cast(Any, Recovery)._resume_streams = _resume_streams
-    cast(Any, Consumer)._drain_messages = _drain_messages
+    if faust.__version__.startswith(DRAIN_LOOP_OF):
+        cast(Any, Consumer)._drain_messages = _drain_messages
+    else:  # another release's loop may differ: keep Faust's own
+        log.info("faust-streaming %s: its own consumer loop is kept", faust.__version__)

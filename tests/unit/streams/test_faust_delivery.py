@@ -106,3 +106,16 @@ def test_with_the_flow_suspended_a_delivery_goes_through_wait_first() -> None:
     delivered, waits = asyncio.run(scenario())
     assert waits == 1
     assert delivered == [3]  # Faust's wait_first runs it too (both of its awaitables complete at once)
+
+
+def test_the_installed_faust_runs_the_loop_that_delivers_in_place() -> None:
+    """The locked faust-streaming is the release whose consumer loop `faust_fixes` copies: an upgrade that
+    changes it must look at the loop again, not lose the change quietly."""
+    import faust
+    from faust.transport.consumer import Consumer as FaustConsumer
+
+    from streams import faust_fixes
+
+    faust_fixes.apply()
+    assert faust.__version__.startswith(faust_fixes.DRAIN_LOOP_OF)
+    assert FaustConsumer._drain_messages is faust_fixes._drain_messages  # type: ignore[comparison-overlap]
