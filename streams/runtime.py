@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +108,13 @@ async def batches(stream: Any, size: int, within_s: float, quiet_s: float | None
                 if not buffer:
                     continue
             if len(buffer) < size:
-                await _company(stream, full, within_s, quiet_s, lambda: last_added)
+                if quiet_s is None:
+                    await stream.wait_for_stopped(full, timeout=within_s)
+                else:  # until quiet_s has passed since the newest event, within within_s
+                    deadline = loop.time() + within_s
+                    while (wait_s := min(last_added + quiet_s, deadline) - loop.time()) > 0:
+                        if await stream.wait_for_stopped(full, timeout=wait_s) or full.is_set():
+                            break
             batch = buffer[:size]
             del buffer[:size]
             full.clear()
@@ -117,21 +123,6 @@ async def batches(stream: Any, size: int, within_s: float, quiet_s: float | None
     finally:
         stream.enable_acks = False
         stream._processors.remove(add)
-
-
-async def _company(
-    stream: Any, full: asyncio.Event, within_s: float, quiet_s: float | None, last_added: Callable[[], float]
-) -> None:
-    """Wait for the batch to fill: at most `within_s`, and with `quiet_s`, only until `quiet_s` has passed since
-    the last event was buffered (at once, when that was longer ago)."""
-    if quiet_s is None:
-        await stream.wait_for_stopped(full, timeout=within_s)
-        return
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while (wait_s := min(last_added() + quiet_s, deadline) - loop.time()) > 0:
-        if await stream.wait_for_stopped(full, timeout=wait_s) or full.is_set():
-            return
 
 
 def in_partition_of(event: Any) -> None:
