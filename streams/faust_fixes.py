@@ -15,8 +15,9 @@ The two methods below are Faust's own, with the seek moved before the resume.
 Delivery. Faust's consumer loop (`Consumer._drain_messages`) hands each fetched message to its channels through
 `wait_first(callback(message), suspend_flow.wait())`, so that a rebalance suspending the flow (or the consumer
 stopping) can abandon a delivery that waits, say on a full stream buffer. That makes four tasks and an
-`asyncio.wait` for every message, though the delivery nearly always completes without waiting: about a third of
-the worker's own per-message cost on the bars, signals and executions topics. `_drain_messages` below is Faust's
+`asyncio.wait` for every message of the bars, signals and executions topics, though the delivery nearly always
+completes without waiting; in a burst of 200 bars on 2 cores the signal stage then received them in 10 or 11
+clumps, each decided as a batch of its own, where it now gets them in about 3. `_drain_messages` below is Faust's
 own loop, except that a delivery is first run up to its first wait; one that completes there is done, and only
 one that waits (or one begun while the flow is suspended or the consumer stopping) goes through `wait_first`,
 resumed where it stopped.
