@@ -12,7 +12,8 @@
   against the raw rows (`bench/timescale_bench.py`);
 - inference per model at batch 1 and 64, one risk decision, the worker's RSS;
 - scale (`bench/scale.py`): a batched passthrough (the throughput baseline that is a real limit), minute-boundary
-  bursts of 1 to 200 symbols (one worker, then two in one group), steady latency over 50 symbols, and memory
+  bursts of 1 to 200 symbols (one worker, then two in one group, then the signal stage in a process apart from
+  ingest and the sink), steady latency over 50 symbols, and memory
   and lag at 200 symbols. `--only` runs some parts (`PARTS`).
 """
 
@@ -584,10 +585,17 @@ def run(events: int, out: Path, parts: tuple[str, ...] = PARTS) -> dict[str, Any
         detail = scale.burst(settings, model_dir, home)
         report["burst"] = [{key: run[key] for key in BURST_KEYS} for run in detail["runs"]]
         report["burst_detail"] = detail
+        # the same bursts with the signal stage in a process of its own (MLRISK_WORKER_STAGES=signals) and ingest
+        # and the sink in another, as a deployment on one host of a few cores may run them
+        apart = scale.burst(settings, model_dir, home / "apart", two_workers=False, stages_apart=True)
+        report["burst_stages_apart"] = [{key: run[key] for key in BURST_KEYS} for run in apart["runs"]]
+        report["burst_stages_apart_detail"] = apart
     reference.append(cpu_reference_ns())
     if "steady" in parts:
         report["steady_latency_ms"] = scale.steady(settings, model_dir, home)
         print(f"  steady {report['steady_latency_ms']}")
+        report["steady_latency_ms_stages_apart"] = scale.steady(settings, model_dir, home / "apart", stages_apart=True)
+        print(f"  steady, stages apart {report['steady_latency_ms_stages_apart']}")
     reference.append(cpu_reference_ns())
     if "scale" in parts:
         report["scale_200"] = scale.scale(settings, model_dir, home)
@@ -681,6 +689,13 @@ def _table(report: dict[str, Any]) -> None:
             f"{_ms(run['p50_ms'])} / {_ms(run['p99_ms'])}",
             "-" if compute is None else f"{compute:.0f} µs/symbol-bar",
         )
+    for run in report.get("burst_stages_apart", []):
+        compute = run["compute_us_per_symbol_bar"]
+        table.add_row(
+            f"burst of {run['symbols']} symbols, stages apart (signals | ingest, sink), p50 / p99 ms",
+            f"{_ms(run['p50_ms'])} / {_ms(run['p99_ms'])}",
+            "-" if compute is None else f"{compute:.0f} µs/symbol-bar",
+        )
     two = report.get("burst_detail", {}).get("two_workers")
     if two:
         table.add_row(
@@ -688,14 +703,15 @@ def _table(report: dict[str, Any]) -> None:
             f"{_ms(two['p50_ms'])} / {_ms(two['p99_ms'])}",
             f"missing {two['signals_missing']}, duplicated {two['signals_duplicated']}",
         )
-    steady = report.get("steady_latency_ms")
-    if steady:
-        table.add_row(
-            f"steady, {steady['symbols']} symbols at {steady['at_events_per_s']:.0f} events/s, "
-            f"p50 / p99 ms ({steady['samples']} trade-closed bars)",
-            f"{_ms(steady['p50'])} / {_ms(steady['p99'])}",
-            "",
-        )
+    for key, how in (("steady_latency_ms", ""), ("steady_latency_ms_stages_apart", ", stages apart")):
+        steady = report.get(key)
+        if steady:
+            table.add_row(
+                f"steady{how}, {steady['symbols']} symbols at {steady['at_events_per_s']:.0f} events/s, "
+                f"p50 / p99 ms ({steady['samples']} trade-closed bars)",
+                f"{_ms(steady['p50'])} / {_ms(steady['p99'])}",
+                "",
+            )
     big = report.get("scale_200")
     if big:
         table.add_row(

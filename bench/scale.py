@@ -281,19 +281,27 @@ def _stage_figures(port: int) -> tuple[float, float, float, float]:
 
 
 def _warm(
-    settings: Settings, env: dict[str, str], feed: KlineFanOut, symbols: list[str], minutes: int, workers: list[Any]
+    settings: Settings,
+    env: dict[str, str],
+    feed: KlineFanOut,
+    symbols: list[str],
+    minutes: int,
+    workers: list[Any],
+    beside: Sequence[Any] = (),
 ) -> None:
-    """Every symbol through `minutes` real klines, interleaved minute by minute; back when the worker is idle."""
+    """Every symbol through `minutes` real klines, interleaved minute by minute; back when the workers (and the
+    processes `beside` them, which may be the ones that ingest) are idle."""
     from bench.run import produce
 
     items = [(k, v) for _ in range(minutes) for k, v, _ in (feed.next(s) for s in symbols)]
     asyncio.run(produce(client_options(settings), env["MLRISK_TOPIC_PREFIX"] + "market-data", items))
-    _wait_idle(workers, len(items))
+    _wait_idle([*workers, *beside], len(items))
 
 
 def _wait_idle(workers: list[Any], bars: int) -> None:
     """Back once the workers closed `bars` more bars and their signal stage is through them (its time spent
-    and its count of bars decided hold still for 2 s: warm-up bars decide nothing but still take time)."""
+    and its count of bars decided hold still for 2 s: warm-up bars decide nothing but still take time). Each
+    figure is summed over `workers`: a process without the stage that makes it reports none."""
     closed = "mlrisk_bars_closed_total"
     while sum(metric(w.port, closed) for w in workers) < bars:
         time.sleep(0.2)
@@ -311,8 +319,13 @@ def burst(
     counts: Sequence[int] = BURST_COUNTS,
     boundaries: int = BURST_BOUNDARIES,
     two_workers: bool = True,
+    stages_apart: bool = False,
 ) -> dict[str, Any]:
-    """The minute-boundary burst for each N in `counts` on one worker, then the largest N on two workers."""
+    """The minute-boundary burst for each N in `counts` on one worker, then the largest N on two workers.
+
+    With `stages_apart`, the worker's stages run as a deployment may split them (`MLRISK_WORKER_STAGES`): the
+    signal stage in a process of its own, ingest and the sink together in another; the second "worker" of
+    `two_workers` is then a second signal-stage process."""
     from bench.run import cpu_reference_ns, free_port, start_worker, worker_env
     from models.features import WARMUP_BARS
     from models.registry import load_bundle
@@ -324,12 +337,21 @@ def burst(
     feed = KlineFanOut(minutes_needed)
     env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home / "burst")
     env["MLRISK_MAX_SYMBOLS"] = str(max(largest, 300))
+    beside = []  # processes of the other stages, whose figures are not the signal stage's
+    if stages_apart:
+        io_env = {**env, "MLRISK_WEB_PORT": str(free_port()), "MLRISK_HOME": str(home / "burst-io")}
+        beside.append(start_worker({**io_env, "MLRISK_WORKER_STAGES": "ingest,sink"}, home / "burst-io"))
+        env["MLRISK_WORKER_STAGES"] = "signals"
     first = start_worker(env, home / "burst")
     workers = [first]
-    report: dict[str, Any] = {"fan_out_of": "BTCUSDT 1-minute klines", "runs": []}
+    report: dict[str, Any] = {
+        "fan_out_of": "BTCUSDT 1-minute klines",
+        "stages": "signals | ingest,sink" if stages_apart else "ingest,signals,sink",
+        "runs": [],
+    }
     try:
         started = time.monotonic()
-        _warm(settings, env, feed, symbols, warm_minutes, workers)
+        _warm(settings, env, feed, symbols, warm_minutes, workers, beside)
         report["warm_up_s"] = time.monotonic() - started
         report["warm_up_bars"] = warm_minutes * largest
         for n in counts:
@@ -337,10 +359,10 @@ def burst(
             run["cpu_reference_ns"] = cpu_reference_ns()  # the machine's speed right after (bench.run)
             report["runs"].append(run)
             print(
-                f"  burst N={n}: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, "
-                f"{run['compute_us_per_symbol_bar']} µs/symbol-bar"
+                f"  burst N={n}{' (stages apart)' if stages_apart else ''}: p50 {run['p50_ms']} ms, "
+                f"p99 {run['p99_ms']} ms, {run['compute_us_per_symbol_bar']} µs/symbol-bar"
             )
-        report["rss_mb"] = first.rss_mb()
+        report["rss_mb"] = first.rss_mb() + sum(w.rss_mb() for w in beside)
         if two_workers:
             second_env = {**env, "MLRISK_WEB_PORT": str(free_port()), "MLRISK_HOME": str(home / "burst-2")}
             workers.append(start_worker(second_env, home / "burst-2"))
@@ -352,7 +374,7 @@ def burst(
                 f"missing {run['signals_missing']}, duplicated {run['signals_duplicated']}"
             )
     finally:
-        for worker in workers:
+        for worker in workers + beside:
             worker.stop()
     return report
 
@@ -436,9 +458,11 @@ def steady(
     symbols: int = STEADY_SYMBOLS,
     rate: float = STEADY_RATE,
     seconds: float = STEADY_SECONDS,
+    stages_apart: bool = False,
 ) -> dict[str, Any]:
-    """Latency of trade-closed bars on a mixed real feed of `symbols` names at `rate` events/s."""
-    from bench.run import produce, start_worker, worker_env
+    """Latency of trade-closed bars on a mixed real feed of `symbols` names at `rate` events/s; with
+    `stages_apart`, the signal stage in a process of its own and ingest and the sink in another (as in `burst`)."""
+    from bench.run import free_port, produce, start_worker, worker_env
     from models.features import WARMUP_BARS
     from models.registry import load_bundle
 
@@ -467,15 +491,22 @@ def steady(
     placed.sort(key=lambda item: item[0])
     feed = [(key, value, symbol, event_ms) for _, key, value, symbol, event_ms in placed]
     env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home / "steady")
+    beside = []
+    if stages_apart:
+        io_env = {**env, "MLRISK_WEB_PORT": str(free_port()), "MLRISK_HOME": str(home / "steady-io")}
+        beside.append(start_worker({**io_env, "MLRISK_WORKER_STAGES": "ingest,sink"}, home / "steady-io"))
+        env["MLRISK_WORKER_STAGES"] = "signals"
     worker = start_worker(env, home / "steady")
     try:
         asyncio.run(produce(client_options(settings), env["MLRISK_TOPIC_PREFIX"] + "market-data", warm))
-        _wait_idle([worker], len(warm))
+        _wait_idle([worker, *beside], len(warm))
         result = asyncio.run(_steady_run(settings, env, feed, rate, lateness))
-        result["rss_mb"] = worker.rss_mb()
+        result["rss_mb"] = worker.rss_mb() + sum(w.rss_mb() for w in beside)
     finally:
-        worker.stop()
+        for process in (worker, *beside):
+            process.stop()
     result.update(
+        stages="signals | ingest,sink" if stages_apart else "ingest,signals,sink",
         symbols=symbols,
         at_events_per_s=rate,
         seconds=seconds,

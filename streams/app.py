@@ -34,7 +34,11 @@ GC_YOUNG_OBJECTS = 10_000  # allocations between collections of the youngest gen
 
 
 def build_app(settings: Settings) -> Runtime:
-    """The worker: its app, topics and tables, then the stages in flow order: ingest, the pipeline, the API."""
+    """The worker: its app, topics and tables, then the stages in flow order: ingest, the pipeline, the API.
+
+    `MLRISK_WORKER_STAGES` picks the stages of this process (all by default): the signal stage may run in a
+    process of its own, with ingest and the sink in another, so that the event loop that decides a minute
+    boundary's bars does nothing else."""
     faust_fixes.apply()
     app = _faust_app(settings)
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
@@ -49,13 +53,18 @@ def build_app(settings: Settings) -> Runtime:
             ("executions", settings.executions_topic),
         )
     }
-    tables = {
-        # str keys through Faust's json codec (orjson when installed); the engine state is bytes of its own
-        # format (`SymbolState.to_bytes`), kept as they are (Faust's raw codec for a bytes value type); the paper
-        # book is JSON
-        "engine_state": app.Table("engine-state", partitions=settings.partitions, key_type=str, value_type=bytes),
-        "paper_books": app.Table("paper-books", partitions=settings.partitions, key_type=str),
-    }
+    stages = settings.worker_stages
+    tables = (
+        {
+            # str keys through Faust's json codec (orjson when installed); the engine state is bytes of its own
+            # format (`SymbolState.to_bytes`), kept as they are (Faust's raw codec for a bytes value type); the
+            # paper book is JSON
+            "engine_state": app.Table("engine-state", partitions=settings.partitions, key_type=str, value_type=bytes),
+            "paper_books": app.Table("paper-books", partitions=settings.partitions, key_type=str),
+        }
+        if "signals" in stages
+        else {}  # the tables are the signal stage's: a worker without it neither restores nor joins them
+    )
     ingest = Ingest(
         BarBuilder(settings.allowed_lateness_ms),
         {},
@@ -65,9 +74,12 @@ def build_app(settings: Settings) -> Runtime:
         max_symbols=settings.max_symbols,
     )
     runtime = Runtime(settings, app, topics, tables, ingest, HealthReport(settings.health_stall_s))
-    attach_ingest(runtime)
-    attach_pipeline(runtime)
-    register_api(runtime)
+    service = attach_ingest(runtime) if "ingest" in stages else None
+    attach_broker_health(runtime, service)
+    if "signals" in stages or "sink" in stages:
+        attach_pipeline(runtime)
+    if "signals" in stages:  # the API answers from the signal stage's live state
+        register_api(runtime)
     attach_operations(runtime)
     return runtime
 
@@ -75,7 +87,7 @@ def build_app(settings: Settings) -> Runtime:
 def _faust_app(settings: Settings) -> faust.App:
     (settings.home / "faust").mkdir(parents=True, exist_ok=True)
     return faust.App(
-        settings.faust_app_id,
+        settings.faust_group_id,
         broker=settings.kafka_brokers,
         store="memory://",
         datadir=str(settings.home / "faust"),
@@ -102,22 +114,43 @@ def _faust_app(settings: Settings) -> faust.App:
 
 
 def attach_ingest(runtime: Runtime) -> IngestService:
-    """Ingest's own consumer loop (started once the tables are recovered), a broker probe, and their health."""
-    app, settings = runtime.app, runtime.settings
-    service = IngestService(settings, runtime.ingest, app.crash)
-    app.service(service)  # type: ignore[arg-type]  # Faust takes a service instance as well as a class
-    broker = Progress()
+    """Ingest's own consumer loop (started once the tables are recovered) and its health."""
+    settings = runtime.settings
+    service = IngestService(settings, runtime.ingest, runtime.app.crash)
+    runtime.app.service(service)  # type: ignore[arg-type]  # Faust takes a service instance as well as a class
+    runtime.health.register("ingest", lambda now: service.health(now, settings.health_stall_s))
+    return service
 
-    probe_partition = TopicPartition(settings.market_data_topic, 0)
+
+def attach_broker_health(runtime: Runtime, service: IngestService | None) -> None:
+    """A broker probe on a timer, and the kafka health check: is the broker answering, and how many partitions
+    are assigned to this worker (Faust's consumer's; ingest's where the worker only ingests)."""
+    app, settings = runtime.app, runtime.settings
+    broker = Progress()
+    stages = settings.worker_stages
+    first_read = (
+        settings.market_data_topic
+        if "ingest" in stages
+        else settings.bars_topic
+        if "signals" in stages
+        else settings.signals_topic
+    )
+    probe_partition = TopicPartition(first_read, 0)
+    faust_reads = "signals" in stages or "sink" in stages
 
     async def broker_probe() -> None:
-        """A small request on the ingest consumer's connection, the end offset of one market-data partition: does
-        the broker answer at all? (Not the metadata of every topic: on a cluster of thousands of topics, decoding
-        that holds the event loop for tens of milliseconds.)"""
-        if service.consumer is None:
-            return
+        """A small request, the end offset of one partition this worker reads: does the broker answer at all?
+        (Not the metadata of every topic: on a cluster of thousands of topics, decoding that holds the event
+        loop for tens of milliseconds.) On ingest's consumer where this worker ingests, else on Faust's."""
         try:
-            await asyncio.wait_for(service.consumer.end_offsets([probe_partition]), BROKER_PROBE_S)
+            if service is not None:
+                if service.consumer is None:
+                    return
+                await asyncio.wait_for(service.consumer.end_offsets([probe_partition]), BROKER_PROBE_S)
+            else:
+                if app.consumer is None:
+                    return
+                await asyncio.wait_for(app.consumer.highwaters(probe_partition), BROKER_PROBE_S)
         except Exception as error:  # the broker away or refusing: health says so
             broker.failed(repr(error))
         else:
@@ -125,7 +158,11 @@ def attach_ingest(runtime: Runtime) -> IngestService:
 
     def kafka_health(now: float) -> dict[str, Any]:
         consumer = app.consumer
-        detail = {"assigned_partitions": len(consumer.assignment()) if consumer is not None else 0}
+        if faust_reads:
+            assigned = len(consumer.assignment()) if consumer is not None else 0
+        else:  # ingest alone: the partitions of market-data it owns
+            assigned = len(service.owned) if service is not None else 0
+        detail = {"assigned_partitions": assigned}
         if broker.idle_s(now) > settings.health_stall_s:
             return stalled(
                 f"the broker has not answered for {broker.idle_s(now):.0f} s"
@@ -136,8 +173,6 @@ def attach_ingest(runtime: Runtime) -> IngestService:
 
     app.timer(BROKER_PROBE_S)(broker_probe)
     runtime.health.register("kafka", kafka_health)
-    runtime.health.register("ingest", lambda now: service.health(now, settings.health_stall_s))
-    return service
 
 
 def attach_operations(runtime: Runtime) -> None:

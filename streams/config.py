@@ -16,6 +16,8 @@ from typing import Any
 from risk.config import RiskConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# what one worker process can run: each stage once across the processes of a deployment (see Settings.faust_group_id)
+WORKER_STAGES = ("ingest", "signals", "sink")
 
 
 class SettingsError(ValueError):
@@ -57,6 +59,7 @@ class Settings:
     health_stall_s: float = 10.0
     model_poll_s: float = 10.0
     publish_hold: bool = False
+    worker_stages: tuple[str, ...] = WORKER_STAGES
     log_level: str = "warn"
     # `mlrisk feed`: empty URLs mean the venue's documented production endpoints
     binance_ws_url: str = ""
@@ -104,6 +107,16 @@ class Settings:
         return f"{self.app_id}-{self.topic_prefix}" if self.topic_prefix else self.app_id
 
     @property
+    def faust_group_id(self) -> str:
+        """The Faust app's id, its consumer group. The signal stage's tables live under `faust_app_id`, so a worker
+        with that stage (all of them, by default) uses it. A worker with the sink but not the signal stage reads
+        `signals` and `executions` in a group of its own, so that it sinks every signal whichever worker made it;
+        one with ingest alone reads nothing through Faust, and still keeps out of the others' groups."""
+        if "signals" in self.worker_stages:
+            return self.faust_app_id
+        return f"{self.faust_app_id}-{'sink' if 'sink' in self.worker_stages else 'ingest-only'}"
+
+    @property
     def bootstrap_servers(self) -> str:
         """The brokers as aiokafka wants them: host:port,host:port without the kafka:// scheme."""
         servers = []
@@ -146,6 +159,7 @@ class Settings:
             health_stall_s=_number(env, "MLRISK_HEALTH_STALL_S", defaults.health_stall_s, 2.0, 3600.0),
             model_poll_s=_number(env, "MLRISK_MODEL_POLL_S", defaults.model_poll_s, 0.5, 3600.0),
             publish_hold=_flag(env, "MLRISK_PUBLISH_HOLD", defaults.publish_hold),
+            worker_stages=_stages(env, "MLRISK_WORKER_STAGES"),
             log_level=_choice(env, "MLRISK_LOG_LEVEL", defaults.log_level, ("crit", "error", "warn", "info", "debug")),
             binance_ws_url=_url(env, "MLRISK_BINANCE_WS_URL", ("ws://", "wss://")),
             binance_rest_url=_url(env, "MLRISK_BINANCE_REST_URL", ("http://", "https://")),
@@ -254,6 +268,17 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str:
     if raw and (len(raw) > 500 or not raw.startswith(schemes) or " " in raw):
         raise SettingsError(f"{name} must be a URL starting with {' or '.join(schemes)}, got {raw!r}")
     return raw.rstrip("/")
+
+
+def _stages(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated subset of WORKER_STAGES, each once; unset or empty: all of them. Kept in flow order."""
+    raw = env.get(name, "")
+    if not raw.strip():
+        return WORKER_STAGES
+    stages = [part.strip().lower() for part in raw.split(",")]
+    if any(stage not in WORKER_STAGES for stage in stages) or len(set(stages)) != len(stages):
+        raise SettingsError(f"{name} must list stages of {', '.join(WORKER_STAGES)}, each once, got {raw!r}")
+    return tuple(stage for stage in WORKER_STAGES if stage in stages)
 
 
 def _symbols(env: Mapping[str, str], name: str) -> tuple[str, ...]:

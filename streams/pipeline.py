@@ -78,7 +78,7 @@ class Pipeline:
         self.allowed = frozenset(settings.symbols)
         self.loop_lag_s = 0.0  # the largest wake-up delay of the last 5 s
         self.decisions = Progress()  # the signal agent's batches
-        initial = self.serving.switch.load_initial()
+        initial = self.serving.switch.load_initial() if "signals" in settings.worker_stages else None
         if initial is not None:
             self.serve(initial)
 
@@ -336,24 +336,26 @@ class Pipeline:
 
 
 def attach_pipeline(runtime: Runtime) -> Pipeline:
-    """Register the pipeline's agents, timers and health checks on the runtime's app, in flow order."""
+    """Register the agents, timers and health checks of this worker's stages (`MLRISK_WORKER_STAGES`: the signal
+    stage, the sink, or both) on the runtime's app, in flow order. Both keep a database connection: the signal
+    stage records model events and a row of service metrics a minute, and its API reads the tables."""
     pipeline = Pipeline(runtime)
-    app, topics = runtime.app, runtime.topics
-    app.agent(topics["bars"], name="signals")(pipeline.signal_agent)
-    app.agent(topics["signals"], name="sink-signals")(pipeline.sink_signals)
-    app.agent(topics["executions"], name="sink-executions")(pipeline.sink_executions)
+    app, topics, stages = runtime.app, runtime.topics, runtime.settings.worker_stages
+    checks: list[tuple[str, Callable[[float], dict[str, Any]]]] = []
+    if "signals" in stages:
+        app.agent(topics["bars"], name="signals")(pipeline.signal_agent)
+        app.timer(runtime.settings.model_poll_s)(pipeline.follow_registry)
+        app.timer(5.0)(pipeline.record_model_events)
+        app.timer(60.0)(pipeline.service_metrics)
+        checks += [("signals", pipeline.signals_health), ("models", pipeline.models_health)]
+    if "sink" in stages:
+        app.agent(topics["signals"], name="sink-signals")(pipeline.sink_signals)
+        app.agent(topics["executions"], name="sink-executions")(pipeline.sink_executions)
     app.task(pipeline.open_sink)
     app.task(pipeline.event_loop_lag)
-    app.timer(runtime.settings.model_poll_s)(pipeline.follow_registry)
-    app.timer(5.0)(pipeline.record_model_events)
     app.timer(5.0)(pipeline.database_probe)
     app.timer(5.0)(pipeline.consumer_lag)
-    app.timer(60.0)(pipeline.service_metrics)
-    for name, check in (
-        ("signals", pipeline.signals_health),
-        ("sink", pipeline.sink_health),
-        ("models", pipeline.models_health),
-        ("event_loop", pipeline.event_loop_health),
-    ):
+    checks += [("sink", pipeline.sink_health), ("event_loop", pipeline.event_loop_health)]
+    for name, check in checks:
         runtime.health.register(name, check)
     return pipeline

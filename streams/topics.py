@@ -38,8 +38,8 @@ async def ensure_topics(settings: Settings) -> None:
             NewTopic(name, settings.partitions, replicas, topic_configs={"cleanup.policy": "compact"})
             for name in compacted
         ]
-        # Faust's leader election topic: one partition
-        + [NewTopic(f"{settings.faust_app_id}-__assignor-__leader", 1, replicas)],
+        # Faust's leader election topic of this worker's group (`Settings.faust_group_id`): one partition
+        + [NewTopic(f"{settings.faust_group_id}-__assignor-__leader", 1, replicas)],
         create=settings.create_topics,
     )
 

@@ -432,3 +432,32 @@ def test_two_workers_in_one_group_produce_the_signals_of_one(
         ]
         assert [status for status, _ in posted] == [200, 200], posted
         assert posted[0][1]["signal_id"] == posted[1][1]["signal_id"] == newest["signal_id"]
+
+
+def test_stages_in_processes_of_their_own_give_the_signals_and_rows_of_one_worker(
+    start_worker: Any, worker_env: dict[str, str], model_dir: Path, data_dir: Path, database_url: str
+) -> None:
+    """MLRISK_WORKER_STAGES: the signal stage in one process, ingest and the sink in another (its own sink group):
+    the same signals as the engine's, each in the database once; each process serves only its stages."""
+    env = _env(worker_env, model_dir)
+    deciding = start_worker(**_env({}, model_dir), MLRISK_WORKER_STAGES="signals")
+    edges = start_worker(**_env({}, model_dir), MLRISK_WORKER_STAGES="ingest,sink", MLRISK_WEB_PORT=str(free_port()))
+    expected = offline_signals(model_dir, data_dir, env)
+    _replay_days(env, data_dir)
+    live = [
+        orjson.loads(m.value) for m in read_topic(env["MLRISK_TOPIC_PREFIX"] + "signals", len(expected), timeout_s=300)
+    ]
+    by_id = {s["signal_id"]: s for s in live}
+    assert len(live) == len(by_id) == len(expected)
+    for signal_id, signal in expected.items():
+        _same_decision(by_id[signal_id], signal)
+    rows = _wait_for_rows(database_url, set(expected), timeout_s=240)
+    assert len(rows) == len(expected) and all(count == 1 for _, count in rows)
+    checks = {name: set(_get(w.port, "/health")[1]["checks"]) for name, w in (("deciding", deciding), ("edges", edges))}
+    assert checks["deciding"] == {"kafka", "signals", "models", "sink", "event_loop"}
+    assert checks["edges"] == {"kafka", "ingest", "sink", "event_loop"}
+    symbol = SYMBOLS[0]
+    assert _get(deciding.port, f"/ml-risk/market-regime?symbol={symbol}")[0] == 200
+    with pytest.raises(urllib.error.HTTPError) as refused:  # no API where there is no signal stage
+        urllib.request.urlopen(f"http://127.0.0.1:{edges.port}/ml-risk/market-regime?symbol={symbol}", timeout=30)
+    assert refused.value.code == 404

@@ -28,6 +28,9 @@ from streams.config import Settings, SettingsError, normalise_symbol
         ("MLRISK_PARTITIONS", "0"),
         ("MLRISK_PUBLISH_HOLD", "maybe"),
         ("MLRISK_LOG_LEVEL", "loud"),
+        ("MLRISK_WORKER_STAGES", "signals,bars"),
+        ("MLRISK_WORKER_STAGES", "sink,sink"),
+        ("MLRISK_WORKER_STAGES", "ingest,,sink"),
     ],
 )
 def test_bad_setting_is_named(name: str, value: str) -> None:
@@ -57,6 +60,29 @@ def test_defaults_match_the_contract() -> None:
     assert settings.market_data_topic == "market-data"
     assert (settings.risk.base_position_usdt, settings.risk.max_leverage, settings.web_port) == (1000.0, 125, 6066)
     assert settings.database_url is None
+
+
+def test_worker_stages_and_the_consumer_group_each_set_uses() -> None:
+    default = Settings.from_env({"MLRISK_TOPIC_PREFIX": "x-"})
+    assert default.worker_stages == ("ingest", "signals", "sink")
+    assert default.faust_group_id == default.faust_app_id == "mlrisk-x-"  # the tables' changelogs keep their names
+    apart = {
+        raw: Settings.from_env({"MLRISK_TOPIC_PREFIX": "x-", "MLRISK_WORKER_STAGES": raw})
+        for raw in ("signals", " Sink, ingest", "ingest", "signals,sink")
+    }
+    assert [s.worker_stages for s in apart.values()] == [
+        ("signals",),
+        ("ingest", "sink"),
+        ("ingest",),
+        ("signals", "sink"),
+    ]
+    # the signal stage owns the tables under the app's id; a sink apart from it reads every signal in its own group
+    assert [s.faust_group_id for s in apart.values()] == [
+        "mlrisk-x-",
+        "mlrisk-x--sink",
+        "mlrisk-x--ingest-only",
+        "mlrisk-x-",
+    ]
 
 
 def test_symbol_spellings() -> None:
