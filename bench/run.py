@@ -682,20 +682,14 @@ def _table(report: dict[str, Any]) -> None:
         table.add_row("risk decision, µs", f"{report['risk_us_per_decision']:.0f}", "")
     if "worker_rss_mb" in report:
         table.add_row("worker RSS, MB", f"{report['worker_rss_mb']:.0f}", "")
-    for run in report.get("burst", []):
-        compute = run["compute_us_per_symbol_bar"]
-        table.add_row(
-            f"burst of {run['symbols']} symbols, p50 / p99 ms ({run['boundaries']} minutes)",
-            f"{_ms(run['p50_ms'])} / {_ms(run['p99_ms'])}",
-            "-" if compute is None else f"{compute:.0f} µs/symbol-bar",
-        )
-    for run in report.get("burst_stages_apart", []):
-        compute = run["compute_us_per_symbol_bar"]
-        table.add_row(
-            f"burst of {run['symbols']} symbols, stages apart (signals | ingest, sink), p50 / p99 ms",
-            f"{_ms(run['p50_ms'])} / {_ms(run['p99_ms'])}",
-            "-" if compute is None else f"{compute:.0f} µs/symbol-bar",
-        )
+    for key, how in (("burst", ""), ("burst_stages_apart", ", stages apart (signals | ingest, sink)")):
+        for run in report.get(key, []):
+            compute = run["compute_us_per_symbol_bar"]
+            table.add_row(
+                f"burst of {run['symbols']} symbols{how}, p50 / p99 ms ({run['boundaries']} minutes)",
+                f"{_ms(run['p50_ms'])} / {_ms(run['p99_ms'])}",
+                "-" if compute is None else f"{compute:.0f} µs/symbol-bar",
+            )
     two = report.get("burst_detail", {}).get("two_workers")
     if two:
         table.add_row(

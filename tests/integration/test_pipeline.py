@@ -399,14 +399,10 @@ def test_database_outage_of_30s_loses_and_duplicates_nothing(
     assert all(count == 1 for _, count in rows)
 
 
-def test_two_workers_in_one_group_produce_the_signals_of_one(
-    start_worker: Any, worker_env: dict[str, str], model_dir: Path, data_dir: Path
-) -> None:
-    env = _env(worker_env, model_dir)
-    first = start_worker(**_env({}, model_dir))
-    second = start_worker(**_env({}, model_dir), MLRISK_WEB_PORT=str(free_port()))
+def _replayed_as_offline(env: dict[str, str], model_dir: Path, data_dir: Path) -> dict[str, dict[str, Any]]:
+    """Replay the days to the running workers: the signals topic carries each of the engine's decisions once, the
+    same; the engine's decisions by id."""
     expected = offline_signals(model_dir, data_dir, env)
-    second.wait_ready()
     _replay_days(env, data_dir)
     live = [
         orjson.loads(m.value) for m in read_topic(env["MLRISK_TOPIC_PREFIX"] + "signals", len(expected), timeout_s=300)
@@ -415,6 +411,17 @@ def test_two_workers_in_one_group_produce_the_signals_of_one(
     assert len(live) == len(by_id) == len(expected)
     for signal_id, signal in expected.items():
         _same_decision(by_id[signal_id], signal)
+    return expected
+
+
+def test_two_workers_in_one_group_produce_the_signals_of_one(
+    start_worker: Any, worker_env: dict[str, str], model_dir: Path, data_dir: Path
+) -> None:
+    env = _env(worker_env, model_dir)
+    first = start_worker(**_env({}, model_dir))
+    second = start_worker(**_env({}, model_dir), MLRISK_WEB_PORT=str(free_port()))
+    second.wait_ready()
+    expected = _replayed_as_offline(env, model_dir, data_dir)
     assert first.proc is not None and first.proc.poll() is None
     # each symbol's state lives on one worker; either worker answers for it (the other passes the request on)
     last = {}
@@ -442,15 +449,7 @@ def test_stages_in_processes_of_their_own_give_the_signals_and_rows_of_one_worke
     env = _env(worker_env, model_dir)
     deciding = start_worker(**_env({}, model_dir), MLRISK_WORKER_STAGES="signals")
     edges = start_worker(**_env({}, model_dir), MLRISK_WORKER_STAGES="ingest,sink", MLRISK_WEB_PORT=str(free_port()))
-    expected = offline_signals(model_dir, data_dir, env)
-    _replay_days(env, data_dir)
-    live = [
-        orjson.loads(m.value) for m in read_topic(env["MLRISK_TOPIC_PREFIX"] + "signals", len(expected), timeout_s=300)
-    ]
-    by_id = {s["signal_id"]: s for s in live}
-    assert len(live) == len(by_id) == len(expected)
-    for signal_id, signal in expected.items():
-        _same_decision(by_id[signal_id], signal)
+    expected = _replayed_as_offline(env, model_dir, data_dir)
     rows = _wait_for_rows(database_url, set(expected), timeout_s=240)
     assert len(rows) == len(expected) and all(count == 1 for _, count in rows)
     checks = {name: set(_get(w.port, "/health")[1]["checks"]) for name, w in (("deciding", deciding), ("edges", edges))}
