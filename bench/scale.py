@@ -312,6 +312,21 @@ def _wait_idle(workers: list[Any], bars: int) -> None:
         settled, last = (settled + 1, now) if now == last else (0, now)
 
 
+def _stage_processes(env: dict[str, str], home: Path, stages_apart: bool) -> tuple[list[Any], str]:
+    """The processes started beside the signal stage's, and the layout's name. With `stages_apart`, one of ingest
+    and the sink (under `home`-io) is started, and `env` is set to the signal stage alone; otherwise none, and
+    the worker started from `env` runs every stage."""
+    if not stages_apart:
+        return [], "ingest,signals,sink"
+    from bench.run import free_port, start_worker
+
+    io_home = home.with_name(f"{home.name}-io")
+    io_env = {**env, "MLRISK_WEB_PORT": str(free_port()), "MLRISK_HOME": str(io_home)}
+    beside = [start_worker({**io_env, "MLRISK_WORKER_STAGES": "ingest,sink"}, io_home)]
+    env["MLRISK_WORKER_STAGES"] = "signals"
+    return beside, "signals | ingest,sink"
+
+
 def burst(
     settings: Settings,
     model_dir: Path,
@@ -337,18 +352,10 @@ def burst(
     feed = KlineFanOut(minutes_needed)
     env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home / "burst")
     env["MLRISK_MAX_SYMBOLS"] = str(max(largest, 300))
-    beside = []  # processes of the other stages, whose figures are not the signal stage's
-    if stages_apart:
-        io_env = {**env, "MLRISK_WEB_PORT": str(free_port()), "MLRISK_HOME": str(home / "burst-io")}
-        beside.append(start_worker({**io_env, "MLRISK_WORKER_STAGES": "ingest,sink"}, home / "burst-io"))
-        env["MLRISK_WORKER_STAGES"] = "signals"
+    beside, stages = _stage_processes(env, home / "burst", stages_apart)
     first = start_worker(env, home / "burst")
     workers = [first]
-    report: dict[str, Any] = {
-        "fan_out_of": "BTCUSDT 1-minute klines",
-        "stages": "signals | ingest,sink" if stages_apart else "ingest,signals,sink",
-        "runs": [],
-    }
+    report: dict[str, Any] = {"fan_out_of": "BTCUSDT 1-minute klines", "stages": stages, "runs": []}
     try:
         started = time.monotonic()
         _warm(settings, env, feed, symbols, warm_minutes, workers, beside)
@@ -462,7 +469,7 @@ def steady(
 ) -> dict[str, Any]:
     """Latency of trade-closed bars on a mixed real feed of `symbols` names at `rate` events/s; with
     `stages_apart`, the signal stage in a process of its own and ingest and the sink in another (as in `burst`)."""
-    from bench.run import free_port, produce, start_worker, worker_env
+    from bench.run import produce, start_worker, worker_env
     from models.features import WARMUP_BARS
     from models.registry import load_bundle
 
@@ -491,11 +498,7 @@ def steady(
     placed.sort(key=lambda item: item[0])
     feed = [(key, value, symbol, event_ms) for _, key, value, symbol, event_ms in placed]
     env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home / "steady")
-    beside = []
-    if stages_apart:
-        io_env = {**env, "MLRISK_WEB_PORT": str(free_port()), "MLRISK_HOME": str(home / "steady-io")}
-        beside.append(start_worker({**io_env, "MLRISK_WORKER_STAGES": "ingest,sink"}, home / "steady-io"))
-        env["MLRISK_WORKER_STAGES"] = "signals"
+    beside, stages = _stage_processes(env, home / "steady", stages_apart)
     worker = start_worker(env, home / "steady")
     try:
         asyncio.run(produce(client_options(settings), env["MLRISK_TOPIC_PREFIX"] + "market-data", warm))
@@ -506,7 +509,7 @@ def steady(
         for process in (worker, *beside):
             process.stop()
     result.update(
-        stages="signals | ingest,sink" if stages_apart else "ingest,signals,sink",
+        stages=stages,
         symbols=symbols,
         at_events_per_s=rate,
         seconds=seconds,

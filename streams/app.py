@@ -157,9 +157,8 @@ def attach_broker_health(runtime: Runtime, service: IngestService | None) -> Non
             broker.moved()
 
     def kafka_health(now: float) -> dict[str, Any]:
-        consumer = app.consumer
         if faust_reads:
-            assigned = len(consumer.assignment()) if consumer is not None else 0
+            assigned = len(app.consumer.assignment()) if app.consumer is not None else 0
         else:  # ingest alone: the partitions of market-data it owns
             assigned = len(service.owned) if service is not None else 0
         detail = {"assigned_partitions": assigned}
