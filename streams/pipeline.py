@@ -25,18 +25,30 @@ from streams.health import Progress, healthy, stalled
 from streams.ingest.events import BadEvent
 from streams.ingest.rules import dead_letter, dead_letter_key
 from streams.messages import InvalidMessage, check_execution, check_signal, decode_bar
-from streams.runtime import Runtime, Serving, ack_all, batches, in_partition_of, stop_on_unexpected
+from streams.runtime import (
+    Activity,
+    Pause,
+    Runtime,
+    Serving,
+    ack_all,
+    batches,
+    in_partition_of,
+    stop_on_unexpected,
+)
 from streams.serialization import dumps, loads
 from streams.signals.model_switch import ModelSwitch
 from streams.signals.stage import BarEvent, SignalStage
 from streams.sink.db import database_url
-from streams.sink.writer import SINK_BATCH, Sink, event_row, metrics_row
+from streams.sink.writer import PIECE, SINK_BATCH, Sink, event_row, metrics_row
 
 log = logging.getLogger("mlrisk.pipeline")
 LOOP_PROBE_S = 0.5  # the event-loop lag probe's sleep
 SIGNAL_BATCH = 256  # bars per signal-stage batch: a minute boundary of a few hundred symbols is one or two batches
 SIGNAL_QUIET_S = 0.003  # a lone bar waits this long for company; bars coming closer together go in one batch,
 SIGNAL_LINGER_S = 0.025  # waiting for them at most this long
+# what can wait (a sink batch, the monitors' measurements) waits at most this long, in all, while the signal stage
+# has bars in hand: a minute boundary's burst goes first on the worker's one thread, and nothing waits for ever
+YIELD_AT_MOST_S = 0.25
 
 
 @dataclass(slots=True)
@@ -78,6 +90,7 @@ class Pipeline:
         self.allowed = frozenset(settings.symbols)
         self.loop_lag_s = 0.0  # the largest wake-up delay of the last 5 s
         self.decisions = Progress()  # the signal agent's batches
+        self.activity = Activity()  # whether the signal agent has bars in hand
         initial = self.serving.switch.load_initial() if "signals" in settings.worker_stages else None
         if initial is not None:
             self.serve(initial)
@@ -112,7 +125,7 @@ class Pipeline:
     # the signal agent: bars → decisions, paper executions
 
     async def signal_agent(self, stream: Any) -> None:
-        async for events in batches(stream, SIGNAL_BATCH, SIGNAL_LINGER_S, SIGNAL_QUIET_S):
+        async for events in batches(stream, SIGNAL_BATCH, SIGNAL_LINGER_S, SIGNAL_QUIET_S, self.activity):
             self.decisions.begin()
             loaded = self.switch.take_loaded()
             if loaded is not None:  # between batches: every signal of a batch comes from one whole version
@@ -208,30 +221,37 @@ class Pipeline:
             ),
         )
 
-    async def valid(self, name: str, events: list[Any], check: Callable[[bytes | None], None]) -> list[Any]:
-        """The events whose messages pass `check`; the others parked."""
+    async def valid(
+        self, name: str, events: list[Any], check: Callable[[bytes | None], None], pause: Pause | None = None
+    ) -> list[Any]:
+        """The events whose messages pass `check`, decoded; the others parked. With `pause`, awaited before every
+        `PIECE` events."""
         kept = []
-        for event in events:
+        for i, event in enumerate(events):
+            if pause is not None and i % PIECE == 0:
+                await pause()
             try:
                 check(event.value)
             except InvalidMessage as error:
                 await self.park(name, event, error)
                 continue
-            kept.append(event)
+            kept.append(loads(event.value))
         return kept
 
     # the sink agents: signals and executions → the database, acknowledged once durable
 
     async def sink_signals(self, stream: Any) -> None:
         async for events in batches(stream, SINK_BATCH, 0.5):
-            signals = [loads(e.value) for e in await self.valid("signals", events, check_signal)]
-            await self.sink.write_signals(signals, time.time() * 1000)
+            pause = self.activity.pauses(YIELD_AT_MOST_S)
+            signals = await self.valid("signals", events, check_signal, pause)
+            await self.sink.write_signals(signals, time.time() * 1000, pause)
             await ack_all(stream, events)
 
     async def sink_executions(self, stream: Any) -> None:
         async for events in batches(stream, SINK_BATCH, 0.5):
-            executions = [loads(e.value) for e in await self.valid("executions", events, check_execution)]
-            await self.sink.write_executions(executions, time.time() * 1000)
+            pause = self.activity.pauses(YIELD_AT_MOST_S)
+            executions = await self.valid("executions", events, check_execution, pause)
+            await self.sink.write_executions(executions, time.time() * 1000, pause)
             await ack_all(stream, events)
 
     # housekeeping
@@ -243,6 +263,7 @@ class Pipeline:
         stage, name = self.serving.stage, self.service_name
         rows = []
         if stage is not None:
+            await self.activity.yield_to(YIELD_AT_MOST_S)
             version = stage.engine.bundle.version
             stage.measure_monitors()
             rows = [event_row(e.pop("kind"), version, name, e) for e in stage.take_events()]

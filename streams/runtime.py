@@ -7,9 +7,11 @@ and attaches the stages to it. Nothing here imports a stage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mlrisk")
 
+Pause = Callable[[], Awaitable[None]]  # awaited between the pieces of work that can wait (`Activity.pauses`)
 IDLE_WAKE_S = 1.0  # how often an idle batched stream looks up to see whether the worker is stopping
 
 
@@ -52,7 +55,52 @@ async def stop_on_unexpected(app: faust.App, stage: str, error: BaseException) -
     await app.crash(error)
 
 
-async def batches(stream: Any, size: int, within_s: float, quiet_s: float | None = None) -> AsyncIterator[list[Any]]:
+class Activity:
+    """Whether a stage has events in hand (buffered for its next batch, or a batch being processed).
+
+    Work that can wait (the sink's copies, the monitors' measurements) calls `yield_to` before each piece, so
+    that a minute boundary's bars do not queue behind it on the worker's one thread; it waits at most
+    `at_most_s` a piece, so that a stage that is never idle delays the waiting work but never stops it.
+    """
+
+    def __init__(self) -> None:
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.yielded_s = 0.0  # how long waiting work has waited for the stage, in all
+
+    @property
+    def busy(self) -> bool:
+        return not self._idle.is_set()
+
+    def began(self) -> None:
+        self._idle.clear()
+
+    def ended(self) -> None:
+        self._idle.set()
+
+    async def yield_to(self, at_most_s: float) -> None:
+        """Return once the stage has nothing in hand, or after `at_most_s`."""
+        if self._idle.is_set() or at_most_s <= 0:
+            return
+        started = time.perf_counter()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), at_most_s)
+        self.yielded_s += time.perf_counter() - started
+
+    def pauses(self, at_most_s: float) -> Pause:
+        """A pause for each piece of one job: each yields to the stage, all of them together at most
+        `at_most_s`."""
+        deadline = time.perf_counter() + at_most_s
+
+        async def pause() -> None:
+            await self.yield_to(deadline - time.perf_counter())
+
+        return pause
+
+
+async def batches(
+    stream: Any, size: int, within_s: float, quiet_s: float | None = None, activity: Activity | None = None
+) -> AsyncIterator[list[Any]]:
     """The stream in batches of at most `size` events, which the caller acknowledges itself (`ack_all`) once
     processed.
 
@@ -72,6 +120,9 @@ async def batches(stream: Any, size: int, within_s: float, quiet_s: float | None
 
     Acknowledgements stay off after the loop ends (the agent cancelled, the worker stopping): whatever the
     drainer still pulls, and whatever the buffer holds, stays uncommitted and is delivered again.
+
+    With `activity`, the stream's stage is marked busy from the first event buffered until a processed batch
+    leaves the buffer empty.
     """
     buffer: list[Any] = []
     last_added = 0.0  # the event loop's time when the newest event was buffered
@@ -93,6 +144,8 @@ async def batches(stream: Any, size: int, within_s: float, quiet_s: float | None
         buffer.append(event)
         last_added = loop.time()
         arrived.set()
+        if activity is not None:
+            activity.began()
         if len(buffer) >= size:
             full.set()
         return value
@@ -120,7 +173,11 @@ async def batches(stream: Any, size: int, within_s: float, quiet_s: float | None
             full.clear()
             room.set()
             yield batch
+            if activity is not None and not buffer:
+                activity.ended()
     finally:
+        if activity is not None:
+            activity.ended()
         stream.enable_acks = False
         stream._processors.remove(add)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import psycopg
@@ -22,11 +22,15 @@ from psycopg_pool import AsyncConnectionPool
 from streams import metrics
 from streams.backoff import Backoff
 from streams.health import Progress, healthy, stalled
+from streams.runtime import Pause
 
 log = logging.getLogger("mlrisk.sink")
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 SINK_BATCH = 2_000  # rows per transaction: large enough that per-statement costs vanish
 QUARANTINE_MAX_CHARS = 65_536  # of a refused row's text
+PIECE = 64  # rows formatted between two pauses of a write that yields to the signal stage (a few ms)
 
 SIGNAL_COLUMNS = (
     "timestamp",
@@ -181,6 +185,17 @@ def event_row(
     return (stamp, event_type, model_version, source[:50], json_value(details))
 
 
+async def in_pieces(items: Sequence[_T], convert: Callable[[_T], _R], pause: Pause | None) -> list[_R]:
+    """`convert` over the items, with `pause` awaited before every `PIECE` of them."""
+    if pause is None:
+        return [convert(item) for item in items]
+    out: list[_R] = []
+    for start in range(0, len(items), PIECE):
+        await pause()
+        out += [convert(item) for item in items[start : start + PIECE]]
+    return out
+
+
 def insert_sql(table: str, rows: int) -> str:
     columns = COLUMNS[table]
     one = "(" + ", ".join(["%s"] * len(columns)) + ")"
@@ -190,8 +205,11 @@ def insert_sql(table: str, rows: int) -> str:
     )
 
 
-async def copy_rows(conn: psycopg.AsyncConnection[Any], table: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """COPY the rows into a staging table that empties itself at commit, then insert what is new."""
+async def copy_rows(
+    conn: psycopg.AsyncConnection[Any], table: str, rows: Sequence[tuple[Any, ...]], pause: Pause | None = None
+) -> None:
+    """COPY the rows into a staging table that empties itself at commit, then insert what is new; with `pause`,
+    awaited before every `PIECE` rows are formatted."""
     columns = ", ".join(COLUMNS[table])
     staging = f"staging_{table}"
     async with conn.transaction():
@@ -200,7 +218,9 @@ async def copy_rows(conn: psycopg.AsyncConnection[Any], table: str, rows: Sequen
             f"SELECT {columns} FROM {table} WITH NO DATA"
         )
         async with conn.cursor() as cursor, cursor.copy(f"COPY {staging} ({columns}) FROM STDIN") as copy:
-            for row in rows:
+            for i, row in enumerate(rows):
+                if pause is not None and i % PIECE == 0:
+                    await pause()
                 await copy.write_row(row)
         await conn.execute(
             f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} "  # noqa: S608 (names are constants)
@@ -280,16 +300,18 @@ class Sink:
             )
         return healthy(**detail)
 
-    async def write(self, table: str, rows: Sequence[tuple[Any, ...]], oldest_ms: float | None = None) -> None:
+    async def write(
+        self, table: str, rows: Sequence[tuple[Any, ...]], oldest_ms: float | None = None, pause: Pause | None = None
+    ) -> None:
         """Write the rows in one transaction (COPY to staging, then one INSERT); retry until the database takes
-        them."""
+        them. `pause` is awaited between pieces of the work (see `streams.runtime.Activity`)."""
         if not rows:
             return
         backoff = Backoff(most_s=self.max_retry_delay_s)
         while True:
             try:
                 async with self.pool.connection() as conn:
-                    await copy_rows(conn, table, rows)
+                    await copy_rows(conn, table, rows, pause)
                 self._answered(True)
                 self.rows_written += len(rows)
                 self.progress.moved()
@@ -308,8 +330,8 @@ class Sink:
                     await self.quarantine(table, rows[0], error)
                     return
                 middle = len(rows) // 2
-                await self.write(table, rows[:middle], oldest_ms)
-                await self.write(table, rows[middle:], oldest_ms)
+                await self.write(table, rows[:middle], oldest_ms, pause)
+                await self.write(table, rows[middle:], oldest_ms, pause)
                 return
             except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as error:
                 # psycopg_pool raises PoolTimeout (an OperationalError) while the server is away
@@ -342,14 +364,19 @@ class Sink:
                 self._answered(False)
                 await backoff.wait(log, "quarantining a row of %s failed (%s)", table, failure)
 
-    async def write_signals(self, signals: Sequence[dict[str, Any]], received_ms: float | None = None) -> None:
-        await self.write("actionable_trade_signals", [signal_row(s) for s in signals], received_ms)
-        await self.write(
-            "risk_adjusted_positions", [position_row(s) for s in signals if s["signal_type"] != "hold"], received_ms
-        )
+    async def write_signals(
+        self, signals: Sequence[dict[str, Any]], received_ms: float | None = None, pause: Pause | None = None
+    ) -> None:
+        rows = await in_pieces(signals, signal_row, pause)
+        await self.write("actionable_trade_signals", rows, received_ms, pause)
+        positions = await in_pieces([s for s in signals if s["signal_type"] != "hold"], position_row, pause)
+        await self.write("risk_adjusted_positions", positions, received_ms, pause)
 
-    async def write_executions(self, executions: Sequence[dict[str, Any]], received_ms: float | None = None) -> None:
-        await self.write("signal_execution_logs", [execution_row(e) for e in executions], received_ms)
+    async def write_executions(
+        self, executions: Sequence[dict[str, Any]], received_ms: float | None = None, pause: Pause | None = None
+    ) -> None:
+        rows = await in_pieces(executions, execution_row, pause)
+        await self.write("signal_execution_logs", rows, received_ms, pause)
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """A read for the API, on the read pool (never on the connections the sink writes with)."""

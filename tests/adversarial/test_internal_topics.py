@@ -20,6 +20,7 @@ import pytest
 from streams import metrics
 from streams.messages import InvalidMessage, check_execution, check_signal, decode_bar
 from streams.sink.writer import Sink, execution_row, signal_row
+from tests.shapes import signal_like as _signal
 
 BAR = {
     "symbol": "BTCUSDT",
@@ -40,54 +41,6 @@ BAR = {
 
 def _bar(**changes: Any) -> bytes:
     return orjson.dumps({k: v for k, v in {**BAR, **changes}.items() if v is not ...})
-
-
-def _signal(**changes: Any) -> dict[str, Any]:
-    """A long signal shaped as the engine makes them (models.signal.build_signal)."""
-    signal = {
-        "schema_version": 1,
-        "signal_id": str(uuid.uuid4()),
-        "symbol": "QUARUSDT",
-        "timestamp": "2024-08-08T23:54:00Z",
-        "bar_close_time": 1_723_161_299_999,
-        "signal_type": "long",
-        "signal_strength": "buy",
-        "confidence_score": 0.61,
-        "ml_confidence": 0.2,
-        "ml_prediction": "up",
-        "risk_level": "low",
-        "market_regime": "ranging",
-        "entry_price": 61807.8,
-        "recommended_leverage": 5,
-        "position_size_usdt": 488.0,
-        "quantity": 0.0079,
-        "stop_loss_price": 61500.0,
-        "take_profit_price": 62300.0,
-        "risk_reward_ratio": 1.6,
-        "liquidation_price": 55000.0,
-        "risk_score": 20.0,
-        "liquidation_risk": 3.0,
-        "portfolio_impact": 0.05,
-        "volatility_score": 0.3,
-        "liquidity_score": 0.9,
-        "model_contributions": {"lightgbm": {"p_up": 0.6, "weight": 1.0}},
-        "model_version": "v-test",
-        "latency_ms": 1.5,
-        "metadata": {
-            "p_up": 0.6,
-            "risk_adjusted_positions": {
-                "base_position_size": 1000.0,
-                "risk_adjusted_size": 488.0,
-                "leverage_multiplier": 1.0,
-                "stop_loss_adjustment": 1.0,
-                "take_profit_adjustment": 1.0,
-                "confidence_boost": 0.1,
-                "risk_factors": {},
-            },
-        },
-    }
-    signal.update(changes)
-    return signal
 
 
 BAD_BARS: list[tuple[str, bytes]] = [

@@ -8,7 +8,7 @@ from typing import Any
 
 import faust
 
-from streams.runtime import batches
+from streams.runtime import Activity, batches
 
 EVENTS = 120
 
@@ -96,3 +96,74 @@ def test_a_stream_that_never_goes_quiet_is_cut_within_s() -> None:
     taken = asyncio.run(asyncio.wait_for(take_quietly(gaps, quiet_s=0.1, within_s=0.3), timeout=60))
     assert [value for _, values in taken for value in values] == list(range(300))
     assert len(taken) >= 3
+
+
+async def busy_samples() -> dict[str, list[bool]]:
+    """Ten events 1 ms apart, then ten more a second later, each batch processed for 50 ms: whether the stage was
+    marked busy before anything came, while each batch was processed, and halfway between the two clumps."""
+    app = faust.App("test-batches-activity", broker="kafka://localhost:9092", store="memory://", web_enabled=False)
+    app.flow_control.resume()
+    channel = app.channel()
+    stream = app.stream(channel)
+    activity = Activity()
+    samples: dict[str, list[bool]] = {"before": [activity.busy], "processing": [], "between": []}
+
+    async def feed() -> None:
+        for clump in range(2):
+            for i in range(10):
+                await channel.send(value=clump * 10 + i)
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0.5)
+            if clump == 0:
+                samples["between"].append(activity.busy)
+            await asyncio.sleep(0.5)
+
+    feeder = asyncio.create_task(feed())
+    seen = 0
+    async for events in batches(stream, 256, 0.1, 0.01, activity):
+        samples["processing"].append(activity.busy)
+        await asyncio.sleep(0.05)
+        seen += len(events)
+        if seen >= 20:
+            break
+    await feeder
+    samples["after"] = [activity.busy]
+    return samples
+
+
+def test_the_stage_is_busy_from_its_first_buffered_event_until_a_batch_leaves_the_buffer_empty() -> None:
+    samples = asyncio.run(asyncio.wait_for(busy_samples(), timeout=60))
+    assert samples["before"] == [False]
+    assert samples["processing"] and all(samples["processing"])
+    assert samples["between"] == [False]  # the first clump processed, nothing buffered
+    assert samples["after"] == [False]
+
+
+async def waits() -> dict[str, float]:
+    activity = Activity()
+    out: dict[str, float] = {}
+    started = time.monotonic()
+    await activity.pauses(5.0)()
+    out["idle"] = time.monotonic() - started
+    activity.began()
+    pause = activity.pauses(0.2)
+    started = time.monotonic()
+    for _ in range(5):
+        await pause()
+    out["never_idle"] = time.monotonic() - started
+    out["yielded"] = activity.yielded_s
+    asyncio.get_running_loop().call_later(0.1, activity.ended)
+    started = time.monotonic()
+    await activity.yield_to(10.0)
+    out["ended_meanwhile"] = time.monotonic() - started
+    return out
+
+
+def test_work_that_can_wait_yields_to_a_busy_stage_within_its_bound() -> None:
+    """An idle stage costs a pause nothing; a stage that stays busy holds all the pauses of one job together for
+    their bound (0.2 s), not each of them; a stage that ends its work releases a pause at once."""
+    out = asyncio.run(asyncio.wait_for(waits(), timeout=60))
+    assert out["idle"] < 0.05
+    assert 0.19 <= out["never_idle"] < 0.6  # five pauses, one bound between them: not 5 × 0.2 s
+    assert out["yielded"] >= 0.19
+    assert 0.09 <= out["ended_meanwhile"] < 5.0
