@@ -58,9 +58,9 @@ async def stop_on_unexpected(app: faust.App, stage: str, error: BaseException) -
 class Activity:
     """Whether a stage has events in hand (buffered for its next batch, or a batch being processed).
 
-    Work that can wait (the sink's copies, the monitors' measurements) calls `yield_to` before each piece, so
-    that a minute boundary's bars do not queue behind it on the worker's one thread; it waits at most
-    `at_most_s` a piece, so that a stage that is never idle delays the waiting work but never stops it.
+    Work that can wait (the sink's copies, the monitors' measurements) awaits a pause before each piece, so that
+    a minute boundary's bars do not queue behind it on the worker's one thread. The pauses of one job wait at
+    most `at_most_s` together (`pauses`), so that a stage that is never idle delays that work but never stops it.
     """
 
     def __init__(self) -> None:
