@@ -27,7 +27,7 @@ def _stored(url: str, marker: str) -> int:
 async def _write_while_busy(url: str, marker: str, at_most_s: float, busy_for_s: float | None) -> dict[str, float]:
     """Write a batch while the stage is busy; the stage ends its work after `busy_for_s` (never, if None). Returns
     how long the write took, how many rows were stored halfway through the stage's work, and the wait counted."""
-    signals = [signal_like(model_version=marker, signal_id=str(uuid.uuid4())) for _ in range(SIGNALS)]
+    signals = [signal_like(model_version=marker) for _ in range(SIGNALS)]  # each with an id of its own
     sink = Sink(url)
     await sink.open()
     activity = Activity()
