@@ -326,23 +326,31 @@ class SignalStage:
             prepared = self.engine.prepare_many([m[1] for m in moving], [m[0].bar for m in moving])
             pendings = [pending for pending in prepared if pending is not None]
             by_pending = dict(zip([id(p) for p in pendings], await self._predict(pendings, clock), strict=True))
+            decisions: list[tuple[BarEvent, SymbolState, PaperBook, Pending | None, dict[str, Any] | None]] = []
             for (item, state, paper, executions), pending in zip(moving, prepared, strict=True):
-                symbol = item.bar.symbol
                 signal = None
                 if pending is not None:
                     signal = self.engine.finish(state, pending, by_pending[id(pending)], item.market)
                     decided += 1
-                    self._record(item, pending, signal)
                     if signal["signal_type"] in ACTIONABLE:
                         executions = executions + self.broker.on_signal(signal)
-                persist(item, symbol, state, paper)
-                self.decoded[symbol] = (self.engine_states.get(symbol), state)
+                decisions.append((item, state, paper, pending, signal))
                 publishable = signal is not None and (signal["signal_type"] in ACTIONABLE or self.publish_hold)
                 if publishable or executions:
                     if signal is not None and item.received_ms is not None:
                         signal["latency_ms"] = round(time.time() * 1000 - item.received_ms, 3)
                         metrics.LATENCY.observe(signal["latency_ms"] / 1000)
                     await emit_outside(signal if publishable else None, executions, item)
+            # the round's signals leave before its bookkeeping: nothing is acknowledged before the batch is done,
+            # and a bar redelivered before its state was stored is decided again to the same signal
+            with clock.paused():
+                await _let_the_producer_send()
+            for item, state, paper, pending, signal in decisions:
+                symbol = item.bar.symbol
+                if pending is not None and signal is not None:
+                    self._record(item, pending, signal)
+                persist(item, symbol, state, paper)
+                self.decoded[symbol] = (self.engine_states.get(symbol), state)
         account = self.broker.account
         metrics.PAPER_EQUITY.set(account.equity_usdt())
         metrics.DRAWDOWN.set(account.drawdown())
@@ -421,6 +429,17 @@ def decode_state(blob: Any) -> SymbolState:
     if blob[:1] == b'"':  # a JSON document that opens with a quote is a string
         blob = orjson.loads(blob).encode()
     return SymbolState.from_bytes(blob)
+
+
+SEND_HOPS = 4  # loop iterations from a message handed to the producer to its request on the socket
+
+
+async def _let_the_producer_send() -> None:
+    """Give the loop the few iterations that the producer's sender needs to put what it holds on the wire (it
+    wakes, drains the ready batches, then a task writes each request): the stage's own work in between would
+    otherwise hold the round's signals in the process."""
+    for _ in range(SEND_HOPS):
+        await asyncio.sleep(0)
 
 
 def _rounds(items: Sequence[BarEvent]) -> Iterator[list[BarEvent]]:
