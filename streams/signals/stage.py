@@ -309,7 +309,8 @@ class SignalStage:
         emit: Callable[[dict[str, Any], list[dict[str, Any]], BarEvent], Awaitable[None]],
     ) -> int:
         """Run the batch in rounds (one bar of each symbol a round, in the order they came); `persist` stores a
-        symbol's state, `emit` publishes a signal and fills. Returns how many bars were decided."""
+        symbol's state, `emit` publishes a signal and fills. A round's signals and fills are emitted, and the
+        producer given the loop to send them, before its states are stored. Returns how many bars were decided."""
         stage_started = time.perf_counter()
         clock = _CpuClock()
 
@@ -327,6 +328,7 @@ class SignalStage:
             pendings = [pending for pending in prepared if pending is not None]
             by_pending = dict(zip([id(p) for p in pendings], await self._predict(pendings, clock), strict=True))
             decisions: list[tuple[BarEvent, SymbolState, PaperBook, Pending | None, dict[str, Any] | None]] = []
+            emitted = False
             for (item, state, paper, executions), pending in zip(moving, prepared, strict=True):
                 signal = None
                 if pending is not None:
@@ -341,10 +343,12 @@ class SignalStage:
                         signal["latency_ms"] = round(time.time() * 1000 - item.received_ms, 3)
                         metrics.LATENCY.observe(signal["latency_ms"] / 1000)
                     await emit_outside(signal if publishable else None, executions, item)
+                    emitted = True
             # the round's signals leave before its bookkeeping: nothing is acknowledged before the batch is done,
             # and a bar redelivered before its state was stored is decided again to the same signal
-            with clock.paused():
-                await _let_the_producer_send()
+            if emitted:
+                with clock.paused():
+                    await _let_the_producer_send()
             for item, state, paper, pending, signal in decisions:
                 symbol = item.bar.symbol
                 if pending is not None and signal is not None:
