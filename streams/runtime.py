@@ -166,7 +166,9 @@ async def batches(
                 else:  # until quiet_s has passed since the newest event, within within_s
                     deadline = loop.time() + within_s
                     while (wait_s := min(last_added + quiet_s, deadline) - loop.time()) > 0:
-                        if await stream.wait_for_stopped(full, timeout=wait_s) or full.is_set():
+                        # mode's wait reports a timeout as "stopped" too: the flags say what happened
+                        await stream.wait_for_stopped(full, timeout=wait_s)
+                        if full.is_set() or stream.should_stop:
                             break
             batch = buffer[:size]
             del buffer[:size]

@@ -80,13 +80,16 @@ async def take_quietly(gaps_s: list[float], quiet_s: float, within_s: float) -> 
 
 
 def test_events_closer_together_than_the_quiet_gap_go_in_one_batch() -> None:
-    """Forty events 5 ms apart, a quiet gap of 250 ms: one batch, though the first event waited for the last
-    (at least 195 ms, and 250 ms more for the gap). A lone event after a pause of 1.5 s is a batch of its own,
-    taken once the gap has passed, long before `within_s`."""
-    gaps = [0.0] + [0.005] * 39 + [1.5]
-    taken = asyncio.run(asyncio.wait_for(take_quietly(gaps, quiet_s=0.25, within_s=30.0), timeout=60))
+    """Forty events 20 ms apart, a quiet gap of 500 ms: one batch, though the events keep coming for longer than
+    the gap (at least 780 ms), and it goes only once the gap has passed after the last of them. A lone event
+    after a pause of 2 s is a batch of its own, taken once the gap has passed, long before `within_s`.
+
+    (A take that waited `quiet_s` from the first event, not the newest, would cut the forty after about 25.)"""
+    gaps = [0.0] + [0.02] * 39 + [2.0]
+    taken = asyncio.run(asyncio.wait_for(take_quietly(gaps, quiet_s=0.5, within_s=30.0), timeout=60))
     assert [values for _, values in taken] == [list(range(40)), [40]]
-    assert taken[1][0] < 10.0  # the lone event did not wait out within_s (30 s)
+    assert taken[0][0] >= 0.78 + 0.5  # the first batch waited for the last event, then for the gap
+    assert taken[1][0] < 15.0  # the lone event did not wait out within_s (30 s)
 
 
 def test_a_stream_that_never_goes_quiet_is_cut_within_s() -> None:
