@@ -327,6 +327,19 @@ def _stage_processes(env: dict[str, str], home: Path, stages_apart: bool) -> tup
     return beside, "signals | ingest,sink"
 
 
+def _start_beside(beside: list[Any], env: dict[str, str], home: Path) -> Any:
+    """The worker started from `env` next to the processes `beside` it; if it fails to start, they are stopped
+    before the failure goes on."""
+    from bench.run import start_worker
+
+    try:
+        return start_worker(env, home)
+    except BaseException:
+        for process in beside:
+            process.stop()
+        raise
+
+
 def burst(
     settings: Settings,
     model_dir: Path,
@@ -353,7 +366,7 @@ def burst(
     env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home / "burst")
     env["MLRISK_MAX_SYMBOLS"] = str(max(largest, 300))
     beside, stages = _stage_processes(env, home / "burst", stages_apart)
-    first = start_worker(env, home / "burst")
+    first = _start_beside(beside, env, home / "burst")
     workers = [first]
     report: dict[str, Any] = {"fan_out_of": "BTCUSDT 1-minute klines", "stages": stages, "runs": []}
     try:
@@ -469,7 +482,7 @@ def steady(
 ) -> dict[str, Any]:
     """Latency of trade-closed bars on a mixed real feed of `symbols` names at `rate` events/s; with
     `stages_apart`, the signal stage in a process of its own and ingest and the sink in another (as in `burst`)."""
-    from bench.run import produce, start_worker, worker_env
+    from bench.run import produce, worker_env
     from models.features import WARMUP_BARS
     from models.registry import load_bundle
 
@@ -499,7 +512,7 @@ def steady(
     feed = [(key, value, symbol, event_ms) for _, key, value, symbol, event_ms in placed]
     env = worker_env(settings, f"bench{uuid.uuid4().hex[:6]}-", model_dir, home / "steady")
     beside, stages = _stage_processes(env, home / "steady", stages_apart)
-    worker = start_worker(env, home / "steady")
+    worker = _start_beside(beside, env, home / "steady")
     try:
         asyncio.run(produce(client_options(settings), env["MLRISK_TOPIC_PREFIX"] + "market-data", warm))
         _wait_idle([worker, *beside], len(warm))
