@@ -540,9 +540,18 @@ async def _steady_run(
     prefix = env["MLRISK_TOPIC_PREFIX"]
     subscriber = Subscriber(settings, prefix + "signals")
     await subscriber.start()
-    sent_at = await produce(client_options(settings), prefix + "market-data", [(k, v) for k, v, _, _ in feed], rate)
-    await asyncio.sleep(15)  # the last minutes close on the quiet-symbol flush
-    await subscriber.stop()
+    # the bench's own heap (the feed, what it sends) out of its collector while it times, as in the bursts: full
+    # collections of it took 60-80 ms every 10-20 s of this part, and a signal that arrived during one was timed
+    # that much late
+    items = [(key, value) for key, value, _, _ in feed]
+    gc.collect()
+    gc.freeze()
+    try:
+        sent_at = await produce(client_options(settings), prefix + "market-data", items, rate)
+        await asyncio.sleep(15)  # the last minutes close on the quiet-symbol flush
+    finally:
+        gc.unfreeze()
+        await subscriber.stop()
     by_symbol: dict[str, list[tuple[int, float]]] = {}
     for (_, _, symbol, event_ms), at in zip(feed, sent_at, strict=True):
         by_symbol.setdefault(symbol, []).append((event_ms, at))
