@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from models.bars import DAY_MS, Bar
-from models.ensemble import EnsemblePrediction, EnsembleState, combine, new_state, remember, resolve, weights
+from models.ensemble import EnsemblePrediction, EnsembleState, combine, new_state, remember, resolve, weights_many
 from models.features import N_FEATURES, RING_VALUES, WARMUP_BARS, FeatureState, MarketFeatures, update_many
 from models.registry import ModelBundle
 from models.signal import build_signal, risk_config_key
@@ -229,28 +229,26 @@ class SignalEngine:
             moving.append(i)
         pendings: list[Pending | None] = [None] * len(states)
         rows = update_many([states[i].features for i in moving], [bars[i] for i in moving])
-        for i, row in zip(moving, rows, strict=True):
-            pendings[i] = self._pending(states[i], bars[i], row)
+        full = [i for i, row in zip(moving, rows, strict=True) if self._push_row(states[i], row)]
+        if full:  # the ensemble weights in force, of every full window at once
+            in_force = weights_many(self.bundle.ensemble, [states[i].ensemble for i in full])
+            for i, member_weights in zip(full, in_force, strict=True):
+                state = states[i]
+                market = state.features.market
+                assert market is not None  # a row was pushed
+                pendings[i] = Pending(state.symbol, bars[i], state.rows.copy(), member_weights, market)
         return pendings
 
-    def _pending(self, state: SymbolState, bar: Bar, row: np.ndarray | None) -> Pending | None:
-        """Push a new feature row into the symbol's window; what must be scored once the window is full."""
+    def _push_row(self, state: SymbolState, row: np.ndarray | None) -> bool:
+        """Push a new feature row into the symbol's window; whether the window is full, and so must be scored."""
         if row is None or state.features.market is None:
-            return None
+            return False
         if state.features.count == WARMUP_BARS:
             state.rows_filled = 0  # a new segment after a reset: older rows belong to another market
         state.rows[:-1] = state.rows[1:]
         state.rows[-1] = row.astype(np.float32)
         state.rows_filled = min(state.rows_filled + 1, self.window)
-        if state.rows_filled < self.window:
-            return None
-        return Pending(
-            state.symbol,
-            bar,
-            state.rows.copy(),
-            weights(self.bundle.ensemble, state.ensemble),
-            state.features.market,
-        )
+        return state.rows_filled >= self.window
 
     def score(self, pendings: Sequence[Pending]) -> list[EnsemblePrediction]:
         """One inference call per model across all pending rows; each row's result is batch-independent."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,10 +112,16 @@ def new_state(config: EnsembleConfig) -> EnsembleState:
 
 def weights(config: EnsembleConfig, state: EnsembleState) -> np.ndarray:
     """Softmax of −eta × the members' loss sums."""
-    z = -config.eta * np.asarray(state.loss_sums, dtype=np.float64)
-    z -= z.max()
+    return weights_many(config, [state])[0]
+
+
+def weights_many(config: EnsembleConfig, states: Sequence[EnsembleState]) -> np.ndarray:
+    """`weights` of many states at once, a row each (states, members): each row is computed on its own, the same
+    whether alone or among others."""
+    z = -config.eta * np.array([state.loss_sums for state in states], dtype=np.float64)
+    z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum()
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def log_loss(p_up: float, up: bool) -> float:
@@ -158,22 +165,19 @@ def combine(config: EnsembleConfig, member_p_up: np.ndarray, member_weights: np.
     disagreement = np.minimum(1.0, 2.0 * spread)
     confidence = np.abs(2.0 * p - 1.0) * (1.0 - disagreement)
     out = []
-    for i in range(probs.shape[0]):
-        pi = float(p[i])
-        if pi > 0.5 + config.flat_band:
-            label = "up"
-        elif pi < 0.5 - config.flat_band:
-            label = "down"
-        else:
-            label = "flat"
+    up, down = 0.5 + config.flat_band, 0.5 - config.flat_band
+    # the arrays as Python floats once (the same values), rather than a NumPy scalar per field and row
+    for pi, members, weights_i, disagreement_i, confidence_i in zip(
+        p.tolist(), probs.tolist(), w.tolist(), disagreement.tolist(), confidence.tolist(), strict=True
+    ):
         out.append(
             EnsemblePrediction(
                 p_up=pi,
-                member_p_up=tuple(float(v) for v in probs[i]),
-                weights=tuple(float(v) for v in w[i]),
-                disagreement=float(disagreement[i]),
-                confidence=float(confidence[i]),
-                prediction=label,
+                member_p_up=tuple(members),
+                weights=tuple(weights_i),
+                disagreement=disagreement_i,
+                confidence=confidence_i,
+                prediction="up" if pi > up else "down" if pi < down else "flat",
             )
         )
     return out

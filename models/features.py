@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -588,8 +589,8 @@ class FeatureState:
             "symbol": self.symbol,
             "last_open_time": self.last_open_time,
             "count": self.count,
-            "prev": pack_floats(np.array(self.prev)),
-            "recursive": None if self.recursive is None else pack_floats(np.array(self.recursive)),
+            "prev": pack_float_values(self.prev),
+            "recursive": None if self.recursive is None else pack_float_values(self.recursive),
             "market": None if self.market is None else _market_to_list(self.market),
         }
 
@@ -755,12 +756,18 @@ def _market(bar: Bar, features: np.ndarray) -> MarketFeatures:
 def _market_to_list(m: MarketFeatures) -> list[Any]:
     # orjson writes NaN as null, so the floats go packed, in field order for MarketFeatures(close, *values)
     values = (m.price, m.atr, m.sigma_1m, m.vol_percentile, m.adx, m.trend, m.return_1m, m.volume_z, m.trades_z)
-    return [m.close_time_ms, pack_floats(np.array(values))]
+    return [m.close_time_ms, pack_float_values(values)]
 
 
 def pack_floats(values: np.ndarray) -> str:
     """float64 array → base64 text; exact (NaN and all bits kept), unlike JSON numbers."""
     return base64.b64encode(np.ascontiguousarray(values, dtype="<f8").tobytes()).decode("ascii")
+
+
+def pack_float_values(values: Sequence[float]) -> str:
+    """`pack_floats` of a few Python floats, the same text, without an array in between (a state is written every
+    bar)."""
+    return base64.b64encode(struct.pack(f"<{len(values)}d", *values)).decode("ascii")
 
 
 def unpack_floats(text: str) -> np.ndarray:

@@ -13,6 +13,7 @@ from models.ensemble import (
     replay_weights,
     resolve,
     weights,
+    weights_many,
 )
 
 CONFIG = EnsembleConfig(("good", "bad", "noise"), (0.693, 0.693, 0.693), horizon_minutes=5)
@@ -85,3 +86,17 @@ def test_disagreement_lowers_confidence_and_contributions_carry_each_model() -> 
     assert agree.prediction == "up"
     contributions = split.contributions(CONFIG.members)
     assert contributions["good"] == {"p_up": 0.9, "weight": 1 / 3}
+
+
+def test_weights_of_many_states_are_each_state_alone_a_softmax_of_its_own_losses() -> None:
+    rng = np.random.default_rng(11)
+    states = [new_state(CONFIG) for _ in range(37)]
+    for state in states:
+        state.loss_sums = list(rng.uniform(5.0, 80.0, size=3))
+    many = weights_many(CONFIG, states)
+    assert many.shape == (37, 3)
+    for state, row in zip(states, many, strict=True):
+        np.testing.assert_array_equal(row, weights_many(CONFIG, [state])[0])  # the same bits alone as in a batch
+        z = -CONFIG.eta * np.array(state.loss_sums)
+        np.testing.assert_allclose(row, np.exp(z - z.max()) / np.exp(z - z.max()).sum(), rtol=1e-12)
+        assert int(np.argmax(row)) == int(np.argmin(state.loss_sums))

@@ -10,7 +10,7 @@ import orjson
 
 from models.bars import parse_iso_ms
 from models.data import load_bars
-from models.features import WARMUP_BARS, FeatureState, pack_floats
+from models.features import WARMUP_BARS, FeatureState, pack_float_values, pack_floats, unpack_floats
 
 START = parse_iso_ms("2024-03-01")
 
@@ -68,3 +68,12 @@ def test_stored_states_of_both_layouts_continue_exactly(klines_dir: Path) -> Non
             if want is not None:
                 np.testing.assert_array_equal(got, want)
         assert state.to_bytes() == straight.to_bytes()
+
+
+def test_a_few_floats_pack_to_the_text_of_their_array_every_bit_kept() -> None:
+    quiet_nan = float("nan")
+    payload_nan = float(np.frombuffer(bytes.fromhex("0100000000f8ff7f"), dtype="<f8")[0])  # a NaN with a payload
+    values = (1.5, -0.0, 1e-310, quiet_nan, payload_nan, float("inf"), 97_123.456789012345, np.float64(2.0) / 3.0)
+    text = pack_float_values(values)
+    assert text == pack_floats(np.array(values))
+    assert unpack_floats(text).tobytes() == np.array(values, dtype="<f8").tobytes()
