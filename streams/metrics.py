@@ -32,6 +32,12 @@ SIGNAL_STAGE_CPU_SECONDS = Counter(
     "CPU time of the signal stage's own work on batches of bars (what other tasks and processes take excluded)",
     registry=REGISTRY,
 )
+YIELDED_SECONDS = Counter(
+    "mlrisk_yielded_to_signal_stage_seconds_total",
+    "Time that work which can wait (the sink's batches, the monitors' measurements) waited for the signal stage "
+    "to have no bars in hand",
+    registry=REGISTRY,
+)
 LATENCY = Histogram(
     "mlrisk_end_to_end_latency_seconds",
     "Event in (bar-closing event received) to signal out",

@@ -85,7 +85,9 @@ class Activity:
         started = time.perf_counter()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), at_most_s)
-        self.yielded_s += time.perf_counter() - started
+        waited = time.perf_counter() - started
+        self.yielded_s += waited
+        metrics.YIELDED_SECONDS.inc(waited)
 
     def pauses(self, at_most_s: float) -> Pause:
         """A pause for each piece of one job: each yields to the stage, all of them together at most

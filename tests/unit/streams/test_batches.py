@@ -7,7 +7,9 @@ import time
 from typing import Any
 
 import faust
+import pytest
 
+from streams import metrics
 from streams.runtime import Activity, batches
 
 EVENTS = 120
@@ -142,8 +144,14 @@ def test_the_stage_is_busy_from_its_first_buffered_event_until_a_batch_leaves_th
     assert samples["after"] == [False]
 
 
+def yielded_total() -> float:
+    """What /metrics shows of the time work has yielded to the stage."""
+    return metrics.REGISTRY.get_sample_value("mlrisk_yielded_to_signal_stage_seconds_total") or 0.0
+
+
 async def waits() -> dict[str, float]:
     activity = Activity()
+    counted = yielded_total()
     out: dict[str, float] = {}
     started = time.monotonic()
     await activity.pauses(5.0)()
@@ -155,6 +163,7 @@ async def waits() -> dict[str, float]:
         await pause()
     out["never_idle"] = time.monotonic() - started
     out["yielded"] = activity.yielded_s
+    out["yielded_metric"] = yielded_total() - counted
     asyncio.get_running_loop().call_later(0.1, activity.ended)
     started = time.monotonic()
     await activity.yield_to(10.0)
@@ -169,4 +178,5 @@ def test_work_that_can_wait_yields_to_a_busy_stage_within_its_bound() -> None:
     assert out["idle"] < 0.05
     assert 0.19 <= out["never_idle"] < 0.6  # five pauses, one bound between them: not 5 × 0.2 s
     assert out["yielded"] >= 0.19
+    assert out["yielded_metric"] == pytest.approx(out["yielded"], abs=1e-9)  # what /metrics shows of it
     assert 0.09 <= out["ended_meanwhile"] < 5.0
