@@ -20,7 +20,16 @@ import numpy as np
 import orjson
 
 from models.bars import DAY_MS, Bar
-from models.ensemble import EnsemblePrediction, EnsembleState, combine, new_state, remember, resolve, weights_many
+from models.ensemble import (
+    EnsemblePrediction,
+    EnsembleState,
+    combine,
+    misfit,
+    new_state,
+    remember,
+    resolve,
+    weights_many,
+)
 from models.features import N_FEATURES, RING_VALUES, WARMUP_BARS, FeatureState, MarketFeatures, update_many
 from models.registry import ModelBundle
 from models.signal import build_signal, risk_config_key
@@ -185,6 +194,16 @@ class SignalEngine:
             day_start_equity=equity,
             model_version=self.bundle.version,
         )
+
+    def restore(self, state: SymbolState) -> SymbolState:
+        """`adopt` a state read back from storage, once its ensemble memory is checked to fit the version in
+        service where it is that version's (ValueError if not: a forged or foreign state, which the caller starts
+        afresh)."""
+        if state.model_version == self.bundle.version:
+            reason = misfit(self.bundle.ensemble, state.ensemble)
+            if reason is not None:
+                raise ValueError(f"{state.symbol}: the ensemble memory {reason}")
+        return self.adopt(state)
 
     def adopt(self, state: SymbolState) -> SymbolState:
         """Carry a symbol's state over from another model version: features, book and risk state stay; the

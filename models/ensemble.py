@@ -110,6 +110,24 @@ def new_state(config: EnsembleConfig) -> EnsembleState:
     return EnsembleState([loss * scale for loss in config.validation_logloss])
 
 
+def misfit(config: EnsembleConfig, state: EnsembleState) -> str | None:
+    """What makes a stored ensemble memory impossible under `config` (None when it fits): one loss sum per member,
+    each within what the updates can reach (0 to the largest log-loss over 1 − forget), and pending predictions
+    of finite closes with one probability in 0..1 per member. A restored memory is checked before the weights and
+    the resolution read it, which would otherwise fail on every bar of the symbol or turn its weights into NaN."""
+    members = len(config.members)
+    if len(state.loss_sums) != members:
+        return f"holds {len(state.loss_sums)} loss sums for {members} members"
+    largest = max(log_loss(0.0, True), log_loss(1.0, False), *config.validation_logloss)  # the clamps round apart
+    bound = largest / (1.0 - config.forget) * (1.0 + 1e-9)
+    if not all(0.0 <= s <= bound for s in state.loss_sums):
+        return f"holds a loss sum outside 0..{bound:.0f}"
+    for _, close, probs in state.pending:
+        if not (math.isfinite(close) and len(probs) == members and all(0.0 <= p <= 1.0 for p in probs)):
+            return "holds a pending prediction that does not fit the members"
+    return None
+
+
 def weights(config: EnsembleConfig, state: EnsembleState) -> np.ndarray:
     """Softmax of −eta × the members' loss sums."""
     return weights_many(config, [state])[0]

@@ -270,7 +270,7 @@ class SignalStage:
         if cached is not None and cached[0] is blob:  # the very value this stage wrote last: still current
             return self.engine.adopt(cached[1])
         try:
-            return self.engine.adopt(decode_state(blob))
+            return self.engine.restore(decode_state(blob))
         except Exception as error:  # a stored state that does not decode (forged, or another format): start afresh
             return self._afresh("engine state", symbol, error, self.engine.new_state(symbol))
 

@@ -8,6 +8,7 @@ from models.bars import MINUTE_MS
 from models.ensemble import (
     EnsembleConfig,
     combine,
+    misfit,
     new_state,
     remember,
     replay_weights,
@@ -100,3 +101,25 @@ def test_weights_of_many_states_are_each_state_alone_a_softmax_of_its_own_losses
         z = -CONFIG.eta * np.array(state.loss_sums)
         np.testing.assert_allclose(row, np.exp(z - z.max()) / np.exp(z - z.max()).sum(), rtol=1e-12)
         assert int(np.argmax(row)) == int(np.argmin(state.loss_sums))
+
+
+def test_a_memory_the_updates_make_fits_and_a_forged_one_does_not() -> None:
+    state = new_state(CONFIG)
+    assert misfit(CONFIG, state) is None
+    for minute in range(20_000):  # the worst case: every member certain and wrong, until the sums saturate
+        close = 100.0 + (minute % 2)
+        resolve(CONFIG, state, minute * MINUTE_MS, close)
+        remember(CONFIG, state, minute * MINUTE_MS, close, (1.0, 1.0, 1.0) if minute % 2 else (0.0, 0.0, 0.0))
+    assert min(state.loss_sums) > 0.99 * 27.631 / (1.0 - CONFIG.forget)  # near the largest reachable sum
+    assert misfit(CONFIG, state) is None
+    for loss_sums, pending in (
+        (state.loss_sums[:2], state.pending),
+        ([-1.0, *state.loss_sums[1:]], state.pending),
+        ([float("nan"), *state.loss_sums[1:]], state.pending),
+        (state.loss_sums, [(0, 100.0, [0.5, 0.5])]),
+        (state.loss_sums, [(0, float("inf"), [0.5, 0.5, 0.5])]),
+        (state.loss_sums, [(0, 100.0, [0.5, float("nan"), 0.5])]),
+    ):
+        forged = new_state(CONFIG)
+        forged.loss_sums, forged.pending = list(loss_sums), list(pending)
+        assert misfit(CONFIG, forged) is not None

@@ -29,6 +29,20 @@ def _restore_errors() -> float:
     return metrics.REGISTRY.get_sample_value("mlrisk_errors_total", {"stage": "restore"}) or 0.0
 
 
+def _forged_ensemble(engine: SignalEngine, kind: str) -> bytes:
+    """A fresh state of the version in service, its ensemble memory forged as `kind` says."""
+    forged = engine.new_state("BTCUSDT")
+    memory = forged.ensemble
+    if kind == "ensemble: two loss sums for three members":
+        memory.loss_sums = memory.loss_sums[:2]
+    elif kind == "ensemble: a pending probability of 7":
+        memory.pending = [(parse_iso_ms("2024-06-03"), 65_000.0, [0.5, 7.0, 0.5])]
+    else:
+        memory.loss_sums = [1e300, *memory.loss_sums[1:]]
+    assert len(engine.members) == 3 and forged.model_version == engine.bundle.version
+    return forged.to_bytes()
+
+
 @pytest.mark.parametrize(
     ("state", "book"),
     [
@@ -37,6 +51,10 @@ def _restore_errors() -> float:
         (b'"a JSON string, as the earlier format was kept, of no state"', None),
         (12345, ["a", "list"]),  # not bytes (the paper book's JSON may restore any type)
         (None, {"book": {"position": ["BTCUSDT", "long", "many"]}}),
+        # states that decode, of the version in service, whose ensemble memory does not fit its members
+        ("ensemble: two loss sums for three members", None),
+        ("ensemble: a pending probability of 7", None),
+        ("ensemble: a loss sum no update can reach", None),
     ],
 )
 def test_a_stored_value_that_does_not_decode_starts_the_symbol_afresh(
@@ -46,6 +64,8 @@ def test_a_stored_value_that_does_not_decode_starts_the_symbol_afresh(
     engine = SignalEngine(load_bundle(quick_models), config)
     start = parse_iso_ms("2024-06-03")
     bars = list(load_bars(klines_dir, "BTCUSDT", start, start + 400 * 60_000).bars())
+    if isinstance(state, str):
+        state = _forged_ensemble(engine, state)
     states: dict[str, Any] = {} if state is None else {"BTCUSDT": state}
     books: dict[str, Any] = {} if book is None else {"BTCUSDT": book}
     broker = PaperBroker(PaperAccount(config.equity_usdt, config.limits), FillCosts(config.taker_fee_rate, 0.0))
